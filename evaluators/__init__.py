@@ -1,0 +1,1 @@
+"""Evaluators score each response; see evaluators/base.py for the protocol."""
