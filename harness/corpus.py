@@ -1,0 +1,205 @@
+"""The prompt corpus: JSONL, CSV or Parquet rows read as a stream and validated one by one."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.config import ConfigError
+
+CONTEXT_PREAMBLE = "Answer using only the context below.\n\nContext:\n"
+
+
+class CorpusError(ConfigError):
+    """A bad corpus row; the message is `file:line: what was wrong`."""
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+
+
+class Expected(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    answer: str | None = None
+    tool: str | list[str] | None = None
+    arguments: dict[str, Any] | list[dict[str, Any]] | None = None
+
+
+class PromptRecord(BaseModel):
+    """One corpus row. Either `messages` or `prompt` (a single user turn) must be given."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+    cohort: str = "default"
+    messages: list[Message] = Field(default_factory=list)
+    prompt: str | None = None
+    context: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    expected: Expected | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    source_line: int = 0
+
+    @field_validator("id", "cohort", mode="before")
+    @classmethod
+    def _stringify(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_shape(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for i, t in enumerate(tools or []):
+            fn = t.get("function") if isinstance(t, dict) else None
+            if t.get("type") != "function" or not isinstance(fn, dict) or not fn.get("name"):
+                raise ValueError(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., 'parameters': ...}}}}")
+        return tools
+
+    @model_validator(mode="after")
+    def _has_turns(self) -> "PromptRecord":
+        if not self.messages and not self.prompt:
+            raise ValueError("needs 'messages' (a list of {role, content}) or 'prompt' (a string)")
+        if self.messages and self.prompt:
+            raise ValueError("give 'messages' or 'prompt', not both")
+        if self.prompt:
+            self.messages = [Message(role="user", content=self.prompt)]
+            self.prompt = None
+        return self
+
+    def request_messages(self) -> list[dict[str, Any]]:
+        """The chat messages sent to a route: the context, when present, goes into the system turn."""
+        msgs = [m.model_dump(exclude_none=True) for m in self.messages]
+        if self.context:
+            if msgs and msgs[0]["role"] == "system":
+                msgs[0] = {**msgs[0], "content": (msgs[0].get("content") or "") + "\n\nContext:\n" + self.context}
+            else:
+                msgs.insert(0, {"role": "system", "content": CONTEXT_PREAMBLE + self.context})
+        return msgs
+
+    def store_row(self, run_id: str) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "prompt_id": self.id,
+            "cohort": self.cohort,
+            "messages": [m.model_dump(exclude_none=True) for m in self.messages],
+            "context": self.context,
+            "tools": self.tools,
+            "expected": self.expected.model_dump(exclude_none=True) if self.expected else None,
+            "metadata": self.metadata,
+            "source_line": self.source_line,
+        }
+
+
+@dataclass
+class CorpusStats:
+    read: int = 0
+    skipped: int = 0
+    skipped_reasons: list[str] = field(default_factory=list)
+
+
+# Columns that hold JSON when the corpus is CSV (or Parquet strings).
+_JSON_COLUMNS = ("messages", "tools", "expected", "metadata")
+
+
+def read_corpus(path: str | Path, skip_invalid: bool = False, stats: CorpusStats | None = None) -> Iterator[PromptRecord]:
+    """Yield validated rows one at a time (the file is never loaded whole).
+
+    A bad row raises CorpusError naming file:line, or with skip_invalid is counted in `stats` and skipped.
+    Duplicate ids are bad rows too: (prompt, route, sample) must identify a call.
+    """
+    path = Path(path)
+    stats = stats if stats is not None else CorpusStats()
+    if not path.exists():
+        raise CorpusError(f"{path}: corpus file not found")
+    seen: set[str] = set()
+    for line_no, raw in _raw_rows(path):
+        try:
+            if isinstance(raw, Exception):
+                raise raw
+            if not isinstance(raw, dict):
+                raise ValueError(f"expected a JSON object per line, got {type(raw).__name__}")
+            record = PromptRecord.model_validate({**_decode_json_columns(raw), "source_line": line_no})
+            if record.id in seen:
+                raise ValueError(f"duplicate id {record.id!r}")
+            seen.add(record.id)
+        except (ValueError, ValidationError) as e:
+            message = f"{path}:{line_no}: {_explain(e)}"
+            if not skip_invalid:
+                raise CorpusError(message) from None
+            stats.skipped += 1
+            if len(stats.skipped_reasons) < 20:
+                stats.skipped_reasons.append(message)
+            continue
+        stats.read += 1
+        yield record
+
+
+def corpus_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield line_no, ValueError(f"not valid JSON ({e.msg} at column {e.colno})")
+    elif suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                # Line of the row's end, which is its start for single-line rows.
+                yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        row_no = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                row_no += 1
+                yield row_no, {k: v for k, v in row.items() if v is not None}
+    else:
+        raise CorpusError(f"{path}: unknown corpus format {suffix!r}; expected .jsonl, .csv or .parquet")
+
+
+def _decode_json_columns(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for col in _JSON_COLUMNS:
+        if isinstance(out.get(col), str):
+            try:
+                out[col] = json.loads(out[col])
+            except json.JSONDecodeError as e:
+                raise ValueError(f"column {col!r} must hold JSON ({e.msg})") from None
+    return out
+
+
+def _explain(err: Exception) -> str:
+    if not isinstance(err, ValidationError):
+        return str(err)
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "row"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (expected id, cohort, messages|prompt, context, tools, expected, metadata)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in e and e["type"].endswith("_type"):
+            msg += f", got {type(e['input']).__name__}"
+        parts.append(f"{loc}: {msg}" if loc != "row" else msg)
+    return "; ".join(parts)

@@ -1,0 +1,320 @@
+"""Mirror a corpus through routes: every prompt goes to all routes at the same moment (a mirror group).
+
+A group waits for a free slot on every route it needs, then fires all calls together, so both
+routes see the same load and the same moment. Completed calls are written to the store within
+about a second; `resume` re-sends only the (prompt, route, sample) calls that have no successful row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from harness import __version__
+from harness.config import ConfigError, RouteConfig, RoutesFile
+from harness.corpus import CorpusStats, PromptRecord, corpus_sha256, read_corpus
+from harness.openai_stream import CallResult, RetryPolicy, stream_chat
+from harness.store import BatchWriter, connect, upsert
+from harness.tracing import make_tracer_provider, request_attributes, result_attributes, tracer
+
+FLUSH_INTERVAL_S = 1.0
+
+
+@dataclass
+class MirrorOptions:
+    corpus: Path
+    db: Path
+    samples: int = 1
+    limit: int | None = None
+    cohorts: list[str] | None = None
+    skip_invalid: bool = False
+    rate: float | None = None  # requests per second over all routes, None = unbounded
+    otlp_endpoint: str | None = None
+    run_id: str | None = None  # None: a new id is made
+    resume: bool = False  # finish run `run_id` instead of starting it
+    progress: bool = True
+
+    def stored(self) -> dict[str, Any]:
+        """The options a resumed run must keep, so it finishes the same work."""
+        return {"samples": self.samples, "limit": self.limit, "cohorts": self.cohorts, "skip_invalid": self.skip_invalid, "rate": self.rate}
+
+
+@dataclass
+class RouteTally:
+    done: int = 0
+    errors: int = 0
+    output_tokens: int = 0
+
+
+@dataclass
+class MirrorSummary:
+    run_id: str
+    status: str
+    prompts: int
+    calls: int
+    skipped_rows: int
+    resumed_skipped_calls: int
+    duration_s: float
+    per_route: dict[str, RouteTally] = field(default_factory=dict)
+
+
+class _RateLimiter:
+    """Spaces request starts evenly at `rate` per second (no bursts)."""
+
+    def __init__(self, rate: float):
+        self._interval = 1.0 / rate
+        self._next = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self._interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+
+
+def _build_body(route: RouteConfig, record: PromptRecord, sample: int) -> dict[str, Any]:
+    req = route.request
+    body: dict[str, Any] = {
+        "model": route.model,
+        "messages": record.request_messages(),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": req.temperature,
+        "max_tokens": req.max_tokens,
+    }
+    if req.seed is not None:
+        body["seed"] = req.seed + sample  # each sample its own reproducible draw
+    if req.top_p is not None:
+        body["top_p"] = req.top_p
+    if record.tools:
+        body["tools"] = record.tools
+    return body
+
+
+def _response_row(run_id: str, route: RouteConfig, record: PromptRecord, sample: int, r: CallResult, span: trace.Span) -> dict[str, Any]:
+    ctx = span.get_span_context()
+    return {
+        "run_id": run_id,
+        "prompt_id": record.id,
+        "route": route.name,
+        "sample": sample,
+        "role": route.role,
+        "cohort": record.cohort,
+        "model": route.model,
+        "response_model": r.response_model,
+        "response_id": r.response_id,
+        "text": r.text,
+        "tool_calls": r.tool_calls,
+        "finish_reason": r.finish_reason,
+        "input_tokens": r.input_tokens,
+        "output_tokens": r.output_tokens,
+        "total_tokens": r.total_tokens,
+        "usage_source": r.usage_source,
+        "started_at": datetime.fromtimestamp(r.started_at, tz=timezone.utc),
+        "latency_s": r.latency_s,
+        "ttft_s": r.ttft_s,
+        "itl_mean_s": r.itl_mean_s,
+        "itl_p99_s": r.itl_p99_s,
+        "attempts": r.attempts,
+        "http_status": r.http_status,
+        "error_type": r.error_type,
+        "error_message": r.error_message,
+        "timed_out": r.timed_out,
+        "trace_id": f"{ctx.trace_id:032x}",
+        "span_id": f"{ctx.span_id:016x}",
+    }
+
+
+class Mirror:
+    """One mirror run. Use `asyncio.run(Mirror(routes, opts).run())`."""
+
+    def __init__(self, routes: RoutesFile, opts: MirrorOptions, base_urls: dict[str, str] | None = None,
+                 on_progress: Callable[[str, RouteTally], None] | None = None):
+        self.routes = routes.routes
+        self.opts = opts
+        # serve: routes get their URL from the servers routecheck started.
+        self.base_urls = {r.name: (base_urls or {}).get(r.name) or r.base_url for r in self.routes}
+        missing = [name for name, url in self.base_urls.items() if not url]
+        if missing:
+            raise ConfigError(f"routes {missing} have no base_url (serve: routes must be started first)")
+        self.on_progress = on_progress
+        self.tally = {r.name: RouteTally() for r in self.routes}
+        self.run_id = opts.run_id or new_run_id()
+        self.con = connect(opts.db)
+        self.writer = BatchWriter(self.con)
+        self._slots = {r.name: asyncio.Semaphore(r.max_concurrency) for r in self.routes}
+        self._limiter = _RateLimiter(opts.rate) if opts.rate else None
+
+    # -- run bookkeeping -------------------------------------------------------------------------
+    def _start_run(self) -> set[tuple[str, str, int]]:
+        """Create the run row, or for a resume check it and return the calls already done."""
+        sha = corpus_sha256(self.opts.corpus)
+        snapshot = [r.snapshot() for r in self.routes]
+        for snap in snapshot:
+            snap["base_url"] = self.base_urls[snap["name"]]
+        if self.opts.resume:
+            row = self.con.execute("SELECT corpus_sha256, options FROM runs WHERE run_id = ?", [self.run_id]).fetchone()
+            if row is None:
+                raise ConfigError(f"--resume {self.run_id}: no such run in {self.opts.db}")
+            if row[0] != sha:
+                raise ConfigError(f"--resume {self.run_id}: {self.opts.corpus} has changed since the run started (SHA-256 differs)")
+            stored = json.loads(row[1])
+            for key, value in stored.items():
+                setattr(self.opts, key, value)
+            self.con.execute("UPDATE runs SET status = 'running', routes = ?, note = 'resumed' WHERE run_id = ?",
+                             [json.dumps(snapshot), self.run_id])
+            done = self.con.execute(
+                "SELECT prompt_id, route, sample FROM responses WHERE run_id = ? AND error_type IS NULL", [self.run_id]
+            ).fetchall()
+            return {(p, r, s) for p, r, s in done}
+        upsert(self.con, "runs", [{
+            "run_id": self.run_id, "started_at": datetime.now(timezone.utc), "status": "running",
+            "corpus_path": str(self.opts.corpus), "corpus_sha256": sha, "routes": snapshot,
+            "options": self.opts.stored(), "tool_version": __version__,
+        }])
+        return set()
+
+    def _finish_run(self, status: str, n_prompts: int) -> None:
+        self.con.execute(
+            "UPDATE runs SET status = ?, finished_at = ?, n_prompts = ?, n_expected = ? WHERE run_id = ?",
+            [status, datetime.now(timezone.utc), n_prompts, n_prompts * len(self.routes) * self.opts.samples, self.run_id],
+        )
+
+    # -- the run -----------------------------------------------------------------------------------
+    async def run(self) -> MirrorSummary:
+        t0 = time.monotonic()
+        done = self._start_run()
+        provider = make_tracer_provider(self.writer, self.opts.otlp_endpoint)
+        self._tracer = tracer(provider)
+        stats = CorpusStats()
+        status, n_prompts, n_calls, n_skipped_done = "failed", 0, 0, 0
+        clients = {
+            r.name: httpx.AsyncClient(
+                base_url=self.base_urls[r.name].rstrip("/") + "/",
+                headers={"Authorization": f"Bearer {key}"} if (key := r.api_key()) else {},
+                timeout=httpx.Timeout(r.timeout_s, connect=min(10.0, r.timeout_s)),
+                limits=httpx.Limits(max_connections=r.max_concurrency, max_keepalive_connections=r.max_concurrency),
+            )
+            for r in self.routes
+        }
+        groups: set[asyncio.Task] = set()
+        # A group holds a slot on each route; bound groups in flight by the widest route.
+        group_slots = asyncio.Semaphore(max(r.max_concurrency for r in self.routes))
+        flusher = asyncio.create_task(self._flush_periodically())
+        try:
+            for record in read_corpus(self.opts.corpus, self.opts.skip_invalid, stats):
+                if self.opts.cohorts and record.cohort not in self.opts.cohorts:
+                    continue
+                if self.opts.limit is not None and n_prompts >= self.opts.limit:
+                    break
+                n_prompts += 1
+                self.writer.add("prompts", [record.store_row(self.run_id)])
+                for sample in range(self.opts.samples):
+                    todo = [r for r in self.routes if (record.id, r.name, sample) not in done]
+                    n_skipped_done += len(self.routes) - len(todo)
+                    if not todo:
+                        continue
+                    await group_slots.acquire()
+                    task = asyncio.create_task(self._group(record, sample, todo, clients))
+                    task.add_done_callback(lambda _t: group_slots.release())
+                    groups.add(task)
+                    task.add_done_callback(groups.discard)
+                    n_calls += len(todo)
+            if groups:
+                await asyncio.gather(*groups)
+            status = "completed"
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            status = "interrupted"
+            for g in groups:
+                g.cancel()
+            await asyncio.gather(*groups, return_exceptions=True)
+            raise
+        finally:
+            flusher.cancel()
+            for c in clients.values():
+                await c.aclose()
+            provider.force_flush()
+            provider.shutdown()
+            self.writer.flush()
+            self._finish_run(status, n_prompts)
+            self.con.close()
+        return MirrorSummary(self.run_id, status, n_prompts, n_calls, stats.skipped, n_skipped_done,
+                             time.monotonic() - t0, self.tally)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            self.writer.flush()
+
+    async def _group(self, record: PromptRecord, sample: int, todo: list[RouteConfig], clients: dict[str, httpx.AsyncClient]) -> None:
+        # Fixed acquisition order (route order) means two groups can never deadlock on slots.
+        for r in todo:
+            await self._slots[r.name].acquire()
+        try:
+            if self._limiter:
+                await self._limiter.wait()
+            with self._tracer.start_as_current_span(
+                "mirror", kind=SpanKind.INTERNAL,
+                attributes={"routecheck.run_id": self.run_id, "routecheck.prompt_id": record.id,
+                            "routecheck.cohort": record.cohort, "routecheck.sample": sample,
+                            "routecheck.routes": [r.name for r in todo]},
+            ):
+                await asyncio.gather(*(self._call(r, record, sample, clients[r.name]) for r in todo))
+        finally:
+            for r in todo:
+                self._slots[r.name].release()
+
+    async def _call(self, route: RouteConfig, record: PromptRecord, sample: int, client: httpx.AsyncClient) -> None:
+        body = _build_body(route, record, sample)
+        with self._tracer.start_as_current_span(
+            f"chat {route.model}", kind=SpanKind.CLIENT,
+            attributes=request_attributes(route, self.run_id, record.id, record.cohort, sample, body),
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            headers: dict[str, str] = {}
+            propagate.inject(headers)  # W3C traceparent: server-side spans join this trace
+            result = await stream_chat(client, body, headers, route.timeout_s, RetryPolicy(max_retries=route.max_retries))
+            span.set_attributes(result_attributes(result))
+            if not result.ok:
+                span.set_status(Status(StatusCode.ERROR, result.error_message))
+            self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span)])
+        t = self.tally[route.name]
+        t.done += 1
+        t.errors += 0 if result.ok else 1
+        t.output_tokens += result.output_tokens or 0
+        if self.on_progress:
+            self.on_progress(route.name, t)
+
+
+def run_mirror(routes: RoutesFile, opts: MirrorOptions, base_urls: dict[str, str] | None = None,
+               on_progress: Callable[[str, RouteTally], None] | None = None) -> MirrorSummary:
+    """Run a mirror on a fresh event loop; SIGTERM is treated like Ctrl-C (the run is marked interrupted)."""
+    mirror = Mirror(routes, opts, base_urls, on_progress)
+
+    async def main() -> MirrorSummary:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        return await mirror.run()
+
+    return asyncio.run(main())

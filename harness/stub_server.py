@@ -1,0 +1,180 @@
+"""An OpenAI-compatible stub server for tests and benchmarks: real socket, real SSE, no model.
+
+Answers are deterministic so tests can predict them: a word is a token; usage counts the words of
+all message contents (prompt) and the words sent (completion). Latency, token rate, tool calls and
+injected failures are configurable.
+
+    python -m harness.stub_server --port 0 --ttft-s 0.01 --tokens-per-s 500
+prints `stub listening on http://127.0.0.1:PORT` once it accepts connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class StubConfig:
+    model: str = "stub"
+    ttft_s: float = 0.0  # delay before the first token
+    tokens_per_s: float = 0.0  # 0 = as fast as possible
+    answer: str | None = None  # fixed answer; default echoes the last user message
+    # Substring of the last user message -> answer text, checked in order before `answer`.
+    answers: dict[str, str] = field(default_factory=dict)
+    # When the request offers tools, call the first one with these arguments (None = answer in text).
+    tool_arguments: dict[str, Any] | None = None
+    # Fail the first N requests (or every request whose message contains a key of `fail_on`) with this status.
+    fail_first: int = 0
+    fail_status: int = 503
+    retry_after_s: float | None = None
+    fail_on: dict[str, int] = field(default_factory=dict)
+    include_usage: bool = True  # False: ignore stream_options, like some servers
+    record_headers: int = 1000  # keep the headers of the last N requests, for tests
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+def build_app(cfg: StubConfig) -> Starlette:
+    counter = itertools.count()
+    seen_headers: list[dict[str, str]] = []
+
+    def answer_for(messages: list[dict[str, Any]]) -> str:
+        last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+        for key, text in cfg.answers.items():
+            if key in last_user:
+                return text
+        return cfg.answer if cfg.answer is not None else "Echo: " + " ".join(_words(last_user)[:24])
+
+    async def chat(request: Request) -> Response:
+        n = next(counter)
+        seen_headers.append(dict(request.headers))
+        del seen_headers[: -cfg.record_headers]
+        try:
+            body = json.loads(await request.body())
+            messages = body["messages"]
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": {"message": "body must be JSON with 'messages'", "type": "invalid_request_error"}}, 400)
+        last = json.dumps(messages)
+        status = cfg.fail_status if n < cfg.fail_first else next((s for k, s in cfg.fail_on.items() if k in last), None)
+        if status:
+            headers = {"Retry-After": f"{cfg.retry_after_s:g}"} if cfg.retry_after_s is not None else {}
+            return JSONResponse({"error": {"message": f"stub failure {status}", "type": "stub"}}, status, headers=headers)
+
+        prompt_tokens = sum(len(_words(m.get("content") or "")) for m in messages)
+        model = body.get("model") or cfg.model
+        rid = f"chatcmpl-stub-{n}"
+        tools = body.get("tools") or []
+        tool_call = None
+        if tools and cfg.tool_arguments is not None:
+            tool_call = {"name": tools[0]["function"]["name"], "arguments": json.dumps(cfg.tool_arguments)}
+            pieces = [tool_call["arguments"][i : i + 8] for i in range(0, len(tool_call["arguments"]), 8)]
+        else:
+            pieces = [w if i == 0 else " " + w for i, w in enumerate(_words(answer_for(messages)))]
+        max_tokens = body.get("max_tokens") or 10**9
+        finish = "tool_calls" if tool_call else ("length" if len(pieces) > max_tokens else "stop")
+        pieces = pieces[:max_tokens]
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces), "total_tokens": prompt_tokens + len(pieces)}
+
+        if not body.get("stream"):
+            await asyncio.sleep(cfg.ttft_s + (len(pieces) / cfg.tokens_per_s if cfg.tokens_per_s else 0))
+            message: dict[str, Any] = {"role": "assistant", "content": None if tool_call else "".join(pieces)}
+            if tool_call:
+                message["tool_calls"] = [{"id": f"call_{n}", "type": "function", "function": tool_call}]
+            return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+                                 "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage})
+
+        want_usage = cfg.include_usage and (body.get("stream_options") or {}).get("include_usage")
+
+        async def events():
+            def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+                return "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": 0, "model": model,
+                                              "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}) + "\n\n"
+
+            yield chunk({"role": "assistant", "content": ""})
+            if cfg.ttft_s:
+                await asyncio.sleep(cfg.ttft_s)
+            for i, piece in enumerate(pieces):
+                if i and cfg.tokens_per_s:
+                    await asyncio.sleep(1.0 / cfg.tokens_per_s)
+                if tool_call:
+                    fn = {"arguments": piece} if i else {"name": tool_call["name"], "arguments": piece}
+                    delta = {"tool_calls": [{"index": 0, **({"id": f"call_{n}", "type": "function"} if i == 0 else {}), "function": fn}]}
+                else:
+                    delta = {"content": piece}
+                yield chunk(delta)
+            yield chunk({}, finish)
+            if want_usage:
+                yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": 0, "model": model,
+                                             "choices": [], "usage": usage}) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def models(_: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": cfg.model, "object": "model", "owned_by": "routecheck-stub"}]})
+
+    async def health(_: Request) -> Response:
+        return Response(status_code=200)
+
+    async def headers(_: Request) -> Response:
+        return JSONResponse(seen_headers)
+
+    return Starlette(routes=[
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/models", models),
+        Route("/health", health),
+        Route("/stub/headers", headers),
+    ])
+
+
+def serve(cfg: StubConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(build_app(cfg), log_level="warning", access_log=False, backlog=2048))
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        print(f"stub listening on http://{host}:{bound}", flush=True)
+        await task
+
+    asyncio.run(main())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m harness.stub_server", description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
+    p.add_argument("--config", help="JSON file with StubConfig fields; flags below override it")
+    p.add_argument("--model")
+    p.add_argument("--ttft-s", type=float)
+    p.add_argument("--tokens-per-s", type=float)
+    p.add_argument("--answer")
+    args = p.parse_args(argv)
+    data: dict[str, Any] = json.loads(open(args.config).read()) if args.config else {}
+    for key in ("model", "ttft_s", "tokens_per_s", "answer"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    serve(StubConfig(**data), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
