@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,8 @@ from harness.store import DEFAULT_DB, connect
 from harness.summary import list_runs, resolve_run_id, route_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mirror, trace, score, report and gate LLM routes.")
-console = Console()
+# Wide when piped (CI logs), so tables are not squeezed to 80 columns.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
 DB_OPTION = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.")

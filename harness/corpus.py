@@ -118,13 +118,14 @@ def read_corpus(path: str | Path, skip_invalid: bool = False, stats: CorpusStats
     if not path.exists():
         raise CorpusError(f"{path}: corpus file not found")
     seen: set[str] = set()
+    tabular = path.suffix.lower() in (".csv", ".parquet")  # nested fields arrive as JSON text
     for line_no, raw in _raw_rows(path):
         try:
             if isinstance(raw, Exception):
                 raise raw
             if not isinstance(raw, dict):
                 raise ValueError(f"expected a JSON object per line, got {type(raw).__name__}")
-            record = PromptRecord.model_validate({**_decode_json_columns(raw), "source_line": line_no})
+            record = PromptRecord.model_validate({**(_decode_json_columns(raw) if tabular else raw), "source_line": line_no})
             if record.id in seen:
                 raise ValueError(f"duplicate id {record.id!r}")
             seen.add(record.id)
