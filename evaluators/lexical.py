@@ -1,0 +1,195 @@
+"""The default CPU groundedness backend: lexical support features per claim, scored by a small
+logistic model.
+
+Everything is fitted once per batch: one TF-IDF vocabulary (word 1-2 grams and char 3-5 grams)
+over the batch's context sentences and claims; similarities are sparse row-wise products between
+each claim and the sentences of its own context. Features are semantic, not dataset artefacts
+(no answer length): does the claim's new content (words, numbers, names) occur in the context,
+how close is the best context sentence, and does the claim negate or contrast where the context
+does not.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from evaluators.claims import CONTRAST_CUES, NEGATIONS, STOPWORDS, Claim, norm, split_sentences, words
+
+FEATURES = [
+    "new_coverage",  # IDF-weighted share of the claim's new content words found in the context
+    "all_coverage",  # same over all the claim's content words (question included)
+    "missing_entities",  # share of the claim's new names/numbers absent from the context
+    "missing_number",  # 1 if a new number or date in the claim is absent from the context
+    "word_sim",  # best cosine (word 1-2 gram TF-IDF) claim vs one context sentence (or window)
+    "negation_mismatch",  # claim negates and its best sentence does not, or the reverse
+    "contrast_cue",  # claim corrects/contrasts ("actually", "instead", "not X")
+    "local_coverage",  # share of new content words found in the best-matching sentence/window
+    "nothing_new",  # 1 if the claim adds no content word beyond the question it answers
+]
+
+# Logistic weights over FEATURES, fitted on HaluEval QA dev rows by 5-fold grouped
+# cross-validation (bench/groundedness_quality.py --refit prints them); few features, so the
+# fit has little room to memorise the data set.
+WEIGHTS = np.array([2.0, 1.0, -2.0, -1.0, 1.0, 1.0, -1.0, -1.0])
+BIAS = -1.5
+# Claim supported when its support probability reaches this (chosen by cross-validation).
+CLAIM_THRESHOLD = 0.5
+
+
+@dataclass
+class ClaimEvidence:
+    features: np.ndarray  # (n_claims, len(FEATURES))
+    best_sentence: list[str]
+    missing: list[list[str]]  # new content words / entities of the claim not found in the context
+
+
+def _is_entity(token: str, position: int) -> bool:
+    return token[:1].isdigit() or (token[:1].isupper() and position > 0)
+
+
+def _number_forms(token: str) -> set[str]:
+    t = re.sub(r"(?<=\d)(st|nd|rd|th|s)$", "", token.lower()).replace(",", "")
+    return {t, t.lstrip("0") or "0"}
+
+
+def _stem(t: str) -> str:
+    return t[:6] if len(t) >= 7 else t
+
+
+def claim_evidence(claims: list[Claim], contexts: list[str], claim_doc: list[int]) -> ClaimEvidence:
+    """Features for claims; claim_doc[i] is the index in `contexts` of claim i's context."""
+    n = len(claims)
+    if n == 0:
+        return ClaimEvidence(np.zeros((0, len(FEATURES))), [], [])
+    # Context sentences, plus windows of two adjacent sentences (claims often fuse two facts).
+    sent_texts: list[str] = []
+    sent_doc: list[int] = []
+    sent_is_single: list[bool] = []
+    ctx_tokens: list[set[str]] = []
+    ctx_stems: list[set[str]] = []
+    ctx_numbers: list[set[str]] = []
+    for d, ctx in enumerate(contexts):
+        sents = split_sentences(ctx) or [ctx]
+        for i, s in enumerate(sents):
+            sent_texts.append(s)
+            sent_doc.append(d)
+            sent_is_single.append(True)
+            if i + 1 < len(sents):
+                sent_texts.append(f"{s} {sents[i + 1]}")
+                sent_doc.append(d)
+                sent_is_single.append(False)
+        toks = {norm(w) for w in words(ctx)}
+        ctx_tokens.append(toks)
+        ctx_stems.append({_stem(t) for t in toks})
+        ctx_numbers.append({f for w in words(ctx) if w[:1].isdigit() for f in _number_forms(w)})
+
+    check_texts = [c.check_text for c in claims]
+    word_vec = TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"(?u)\b\w+\b", lowercase=True)
+    corpus = sent_texts + check_texts
+    w_all = word_vec.fit_transform(corpus)
+    ns = len(sent_texts)
+    word_sim, best_idx = _best_match(w_all[ns:], w_all[:ns], np.asarray(claim_doc), np.asarray(sent_doc))
+
+    vocab = word_vec.vocabulary_
+    idf = word_vec.idf_
+    default_idf = float(idf.max()) if len(idf) else 1.0
+
+    feats = np.zeros((n, len(FEATURES)))
+    best_sentence: list[str] = []
+    missing_all: list[list[str]] = []
+    for i, claim in enumerate(claims):
+        d = claim_doc[i]
+        toks, stems, nums = ctx_tokens[d], ctx_stems[d], ctx_numbers[d]
+        given = {norm(w) for w in words(claim.given_text)}
+        raw = words(claim.text)
+        best = sent_texts[best_idx[i]] if best_idx[i] >= 0 else ""
+        local = {norm(w) for w in words(best)}
+        local_stems = {_stem(t) for t in local}
+        local_w = 0.0
+        new_w = new_tot = all_w = all_tot = 0.0
+        ents = ents_missing = 0
+        num_missing = 0.0
+        missing: list[str] = []
+        for pos, w in enumerate(raw):
+            t = norm(w)
+            if t in STOPWORDS or (len(t) < 2 and not t.isdigit()):
+                continue
+            weight = float(idf[vocab[t]]) if t in vocab else default_idf
+            if w[:1].isdigit():
+                found = bool(_number_forms(w) & nums)
+            else:
+                found = t in toks or _stem(t) in stems
+            all_tot += weight
+            all_w += weight * found
+            if t in given:
+                continue
+            new_tot += weight
+            new_w += weight * found
+            local_w += weight * (t in local or _stem(t) in local_stems or (w[:1].isdigit() and bool(_number_forms(w) & {n for x in local for n in _number_forms(x)})))
+            if _is_entity(w, pos):
+                ents += 1
+                ents_missing += not found
+            if w[:1].isdigit() and not found:
+                num_missing = 1.0
+            if not found:
+                missing.append(w)
+        for w in words(claim.given_text):  # the question's words also count toward all_coverage
+            t = norm(w)
+            if t in STOPWORDS or len(t) < 2:
+                continue
+            weight = float(idf[vocab[t]]) if t in vocab else default_idf
+            all_tot += weight
+            all_w += weight * (t in toks or _stem(t) in stems)
+        claim_lower = {w.lower() for w in raw}
+        best_lower = {w.lower() for w in words(best)} | ({"n't"} if "n't" in best else set())
+        neg_claim = bool(claim_lower & NEGATIONS) or "n't" in claim.text
+        neg_best = bool(best_lower & NEGATIONS)
+        feats[i] = [
+            new_w / new_tot if new_tot else 1.0,
+            all_w / all_tot if all_tot else 1.0,
+            ents_missing / ents if ents else 0.0,
+            num_missing,
+            word_sim[i],
+            float(neg_claim != neg_best),
+            float(bool(claim_lower & CONTRAST_CUES)),
+            local_w / new_tot if new_tot else 1.0,
+            float(new_tot == 0 and bool(claim.given_text)),
+        ]
+        best_sentence.append(best)
+        missing_all.append(missing)
+    return ClaimEvidence(feats, best_sentence, missing_all)
+
+
+def _best_match(claims_m: sp.csr_matrix, sents_m: sp.csr_matrix, claim_doc: np.ndarray, sent_doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max cosine of each claim against the sentences of its own context, vectorised over
+    all (claim, sentence) pairs of the batch. Rows are L2-normalised by TfidfVectorizer."""
+    n = claims_m.shape[0]
+    order = np.argsort(sent_doc, kind="stable")
+    sent_doc_sorted = sent_doc[order]
+    starts = np.searchsorted(sent_doc_sorted, claim_doc, side="left")
+    ends = np.searchsorted(sent_doc_sorted, claim_doc, side="right")
+    counts = ends - starts
+    pair_claim = np.repeat(np.arange(n), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    pair_sent = order[np.repeat(starts, counts) + offsets]
+    best = np.zeros(n)
+    best_idx = np.full(n, -1)
+    if len(pair_claim) == 0:
+        return best, best_idx
+    sims = np.asarray(claims_m[pair_claim].multiply(sents_m[pair_sent]).sum(axis=1)).ravel()
+    # Per-claim argmax: sort pairs by (claim, sim) and take the last of each claim.
+    idx = np.lexsort((sims, pair_claim))
+    last = np.r_[pair_claim[idx][1:] != pair_claim[idx][:-1], True]
+    winners = idx[last]
+    best[pair_claim[winners]] = sims[winners]
+    best_idx[pair_claim[winners]] = pair_sent[winners]
+    return best, best_idx
+
+
+def support_probability(features: np.ndarray, weights: np.ndarray = WEIGHTS, bias: float = BIAS) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(features @ weights + bias)))
