@@ -1,0 +1,206 @@
+"""Quality and speed of the groundedness / hallucination evaluators on labelled data.
+
+    python bench/groundedness_quality.py [--data ../shared/data/groundedness_dev.jsonl]
+        [--peer-python /work/peer-venv/bin/python] [--refit]
+
+Prints AUROC, F1 and throughput for our default (lexical) backend, a plain word-overlap
+baseline, and a peer's offline evaluator (FutureAGI ai-evaluation, local Faithfulness) run from
+its own venv. Cross-validated figures use 5-fold GroupKFold over HaluEval items (the supported
+and the hallucinated answer to one question always fall in the same fold), so no answer is
+scored by weights or a threshold fitted on its own question.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.model_selection import GroupKFold
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from evaluators import EvalRecord, get_evaluator  # noqa: E402
+from evaluators import lexical  # noqa: E402
+from evaluators.claims import build_claims  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "groundedness_dev.jsonl"
+# Features where a larger value means less support (aggregated by max over claims, others by min).
+NEGATIVE = {"missing_entities", "missing_number", "negation_mismatch", "contrast_cue", "nothing_new"}
+
+
+def load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def records(rows: list[dict]) -> list[EvalRecord]:
+    return [EvalRecord(prompt_id=r["id"], messages=[{"role": "user", "content": r["question"]}], context=r["context"], text=r["answer"]) for r in rows]
+
+
+def answer_features(rows: list[dict]) -> np.ndarray:
+    """Per answer, its weakest claim's features (the unit the labels are given for)."""
+    claims, doc = [], []
+    for i, r in enumerate(rows):
+        cs = build_claims(r["answer"], r["question"])
+        claims += cs
+        doc += [i] * len(cs)
+    ev = lexical.claim_evidence(claims, [r["context"] for r in rows], doc)
+    neg = np.array([f in NEGATIVE for f in lexical.FEATURES])
+    out = np.where(neg, 0.0, 1.0) * np.ones((len(rows), len(lexical.FEATURES)))
+    for k, d in enumerate(doc):
+        out[d] = np.where(neg, np.maximum(out[d], ev.features[k]), np.minimum(out[d], ev.features[k]))
+    return out
+
+
+class SignedLogistic:
+    """Logistic regression whose weights keep the sign each feature's meaning implies
+    (more coverage never lowers support; a missing number never raises it). Without this the
+    fit can learn data-set quirks, e.g. "words found but not contiguous = hallucinated", which
+    hold for HaluEval's extractive right answers but not for paraphrased summaries or dialogue."""
+
+    def __init__(self, C: float = 1.0):
+        self.C = C
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "SignedLogistic":
+        from scipy.optimize import minimize
+
+        k = X.shape[1]
+        bounds = [(None, 0.0) if f in NEGATIVE else (0.0, None) for f in lexical.FEATURES] + [(None, None)]
+        s = 2 * y - 1
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            w, b = theta[:k], theta[k]
+            z = s * (X @ w + b)
+            p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+            value = 0.5 * w @ w + self.C * np.sum(np.logaddexp(0.0, -z))
+            g = -self.C * s * (1.0 - p)
+            return value, np.r_[w + X.T @ g, g.sum()]
+
+        res = minimize(loss, np.zeros(k + 1), jac=True, method="L-BFGS-B", bounds=bounds)
+        self.coef_, self.intercept_ = res.x[:k], res.x[k]
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-(X @ self.coef_ + self.intercept_)))
+        return np.c_[1 - p, p]
+
+
+def best_f1_threshold(scores: np.ndarray, y: np.ndarray) -> float:
+    candidates = np.unique(np.quantile(scores, np.linspace(0.02, 0.98, 97)))
+    f1s = [f1_score(y, scores >= t) for t in candidates]
+    return float(candidates[int(np.argmax(f1s))])
+
+
+def cross_validate(X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5) -> dict:
+    """Out-of-fold support probabilities and thresholds: weights and threshold fitted on train folds only."""
+    prob = np.zeros(len(y))
+    pred = np.zeros(len(y), dtype=bool)
+    thresholds = []
+    for train, test in GroupKFold(folds).split(X, y, groups):
+        clf = SignedLogistic().fit(X[train], y[train])
+        thr = best_f1_threshold(clf.predict_proba(X[train])[:, 1], y[train])
+        p = clf.predict_proba(X[test])[:, 1]
+        prob[test], pred[test] = p, p >= thr
+        thresholds.append(thr)
+    return {"auroc": roc_auc_score(y, prob), "f1": f1_score(y, pred), "thresholds": thresholds}
+
+
+def word_overlap(rows: list[dict]) -> np.ndarray:
+    tok = lambda s: re.findall(r"\w+", s.lower())  # noqa: E731
+    return np.array([np.mean([w in set(tok(r["context"])) for w in tok(r["answer"])] or [0.0]) for r in rows])
+
+
+def run_peer(python: str, data: Path, with_question: bool) -> tuple[np.ndarray, float] | str:
+    if not Path(python).exists():
+        return f"peer venv not found at {python}"
+    cmd = [python, str(ROOT / "bench" / "peer_fi_faithfulness.py")] + (["--with-question"] if with_question else [])
+    proc = subprocess.run(cmd, input=data.read_text(), capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        return f"peer failed: {proc.stderr.strip()[-500:]}"
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return np.array([o["score"] for o in lines[:-1]]), lines[-1]["elapsed_s"]
+
+
+def timed_scores(recs: list[EvalRecord], name: str, repeats: int = 3) -> tuple[list, float]:
+    ev = get_evaluator(name)
+    ev.evaluate(recs[:50])  # warm-up: imports, regex compilation
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        results = ev.evaluate(recs)
+        times.append(time.perf_counter() - start)
+    return results, float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--peer-python", default="/work/peer-venv/bin/python")
+    ap.add_argument("--refit", action="store_true", help="print weights and threshold fitted on all rows (to update evaluators/lexical.py)")
+    args = ap.parse_args()
+
+    rows = load(args.data)
+    y = np.array([r["label"] for r in rows])
+    groups = np.array([r["id"].rsplit("-", 1)[0] for r in rows])
+    recs = records(rows)
+    print(f"data: {args.data} ({len(rows)} answers, {int(y.sum())} supported)")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, single process\n")
+
+    X = answer_features(rows)
+    cv = cross_validate(X, y, groups)
+    g_results, g_time = timed_scores(recs, "groundedness")
+    h_results, h_time = timed_scores(recs, "hallucination")
+    g = np.array([r.score if r.applicable else 0.0 for r in g_results])
+    g_pass = np.array([bool(r.passed) for r in g_results])
+    h = np.array([r.score if r.applicable else 0.0 for r in h_results])
+    h_pass = np.array([bool(r.passed) for r in h_results])
+    n_na = sum(not r.applicable for r in g_results)
+
+    table = [
+        ("routecheck groundedness (lexical), 5-fold CV", cv["auroc"], cv["f1"], len(rows) / g_time),
+        ("routecheck groundedness (lexical), shipped weights", roc_auc_score(y, g), f1_score(y, g_pass), len(rows) / g_time),
+        ("routecheck hallucination (lexical), shipped weights", roc_auc_score(y, h), f1_score(y, h_pass), len(rows) / h_time),
+    ]
+    start = time.perf_counter()
+    wo = word_overlap(rows)
+    wo_time = time.perf_counter() - start
+    wo_pred = np.zeros(len(y), dtype=bool)
+    for train, test in GroupKFold(5).split(wo, y, groups):  # threshold chosen on train folds, as for ours
+        wo_pred[test] = wo[test] >= best_f1_threshold(wo[train], y[train])
+    table.append(("baseline: share of answer words in context (CV threshold)", roc_auc_score(y, wo), f1_score(y, wo_pred), len(rows) / wo_time))
+    for with_q in (False, True):
+        peer = run_peer(args.peer_python, args.data, with_q)
+        label = "peer: ai-evaluation 1.1.0 Faithfulness (offline)" + (", question+answer" if with_q else ", answer only")
+        if isinstance(peer, str):
+            print(f"{label}: skipped ({peer})")
+            continue
+        scores, elapsed = peer
+        table.append((label, roc_auc_score(y, scores), f1_score(y, scores >= 0.5), len(rows) / elapsed))
+
+    print("| evaluator | AUROC | F1 | answers/s |")
+    print("|---|---:|---:|---:|")
+    for name, auc, f1, speed in table:
+        print(f"| {name} | {auc:.3f} | {f1:.3f} | {speed:,.0f} |")
+    print(f"\nCV thresholds per fold: {[round(t, 3) for t in cv['thresholds']]} (shipped CLAIM_THRESHOLD={lexical.CLAIM_THRESHOLD})")
+    print(f"not applicable: {n_na} answers")
+    print("F1 is for the supported class (label 1) at each evaluator's default pass threshold; the baseline's threshold is chosen by the same 5-fold CV; the peer's is its own 0.5.")
+
+    if args.refit:
+        clf = SignedLogistic().fit(X, y)
+        print("\nweights fitted on all rows (paste into evaluators/lexical.py):")
+        print("WEIGHTS = np.array([" + ", ".join(f"{w:.3f}" for w in clf.coef_) + "])")
+        print(f"BIAS = {clf.intercept_:.3f}")
+        print(f"CLAIM_THRESHOLD = {np.mean(cv['thresholds']):.3f}  # mean of the per-fold CV thresholds")
+
+
+if __name__ == "__main__":
+    main()

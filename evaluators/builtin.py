@@ -1,0 +1,1 @@
+from evaluators import groundedness  # noqa: F401
