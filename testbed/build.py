@@ -1,0 +1,134 @@
+"""Build the testbed: data, tokenizer, the dense and the MoE model, and the bundled corpus.
+
+    python -m testbed.build                      # full build into testbed/models/ (about 30 min on 2 cores)
+    python -m testbed.build --smoke --out DIR    # a few steps only (CI)
+
+Fixed seeds throughout. The MoE model sees only a thin share of the `multilingual` cohort:
+the planted regression that routecheck's per-cohort report must find.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from testbed.data import COHORTS, generate, request_messages, target_text, write_corpus
+from testbed.tokenizer import template_renderer, train_tokenizer
+from testbed.train import Shape, dense_model, encode, moe_model, save_model, train
+
+HERE = Path(__file__).resolve().parent
+SEED = 1234
+PLANTED_COHORT = "multilingual"
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _texts_for_bpe(rows: list[dict[str, Any]]) -> list[str]:
+    renderer = template_renderer()
+    return [
+        renderer.apply_chat_template(request_messages(r), tools=r.get("tools"), add_generation_prompt=True, tokenize=False)
+        + target_text(r["expected"]) + "<|im_end|>\n"
+        for r in rows
+    ]
+
+
+def quick_eval(model: torch.nn.Module, tok, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Greedy generation with transformers on held-out rows: a fast check before serving with vLLM."""
+    hits: dict[str, list[int]] = {c: [] for c in COHORTS}
+    with torch.no_grad():
+        for r in rows:
+            prompt = tok.apply_chat_template(request_messages(r), tools=r.get("tools"), add_generation_prompt=True, tokenize=False)
+            ids = torch.tensor([tok(prompt, add_special_tokens=False).input_ids])
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            hits[r["cohort"]].append(int(text.strip() == target_text(r["expected"])))
+    return {c: round(100 * sum(v) / len(v), 1) for c, v in hits.items() if v}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=HERE / "models", help="output directory (gets dense/ and moe/)")
+    ap.add_argument("--smoke", action="store_true", help="tiny data and a few steps: checks the pipeline, not quality")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--intermediate", type=int, default=512)
+    ap.add_argument("--planted-share", type=float, default=0.02,
+                    help="MoE's multilingual rows as a fraction of dense's (the planted regression)")
+    ap.add_argument("--only", choices=["dense", "moe"], help="train one model (the tokenizer is rebuilt identically)")
+    ap.add_argument("--corpus", type=Path, default=HERE.parent / "examples" / "corpus.jsonl",
+                    help="where to write the held-out evaluation corpus (skipped with --smoke)")
+    ap.add_argument("--eval-rows", type=int, default=30, help="held-out rows per cohort for the quick transformers check")
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(SEED)
+    random.seed(SEED)
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    steps = 3 if args.smoke else args.steps
+    # Enough fresh rows for about one pass at the full step count.
+    per_cohort = 40 if args.smoke else max(200, steps * args.batch_size // len(COHORTS))
+    shape = Shape(hidden=args.hidden, layers=args.layers, heads=args.heads, dense_intermediate=args.intermediate)
+
+    t0 = time.time()
+    rows = generate("train", {c: per_cohort for c in COHORTS}, SEED)
+    _log(f"generated {len(rows)} training rows ({per_cohort} per cohort)")
+    tok = train_tokenizer(_texts_for_bpe(rows[:: max(1, len(rows) // 5000)]), vocab_size=512 if args.smoke else 2048)
+    _log(f"tokenizer: {len(tok)} tokens")
+    encoded = [encode(tok, r) for r in rows]
+    _log(f"encoded; mean length {sum(len(x) for x, _ in encoded) / len(encoded):.0f} tokens")
+
+    planted_keep = int(per_cohort * args.planted_share)
+    eval_rows = generate("heldout", {c: args.eval_rows for c in COHORTS}, SEED + 1)
+    summary: dict[str, Any] = {"seed": SEED, "steps": steps, "batch_size": args.batch_size, "lr": args.lr,
+                               "shape": shape.__dict__, "train_rows_per_cohort": per_cohort,
+                               "moe_planted_rows": {PLANTED_COHORT: planted_keep}}
+    for kind in ("dense", "moe"):
+        if args.only and args.only != kind:
+            continue
+        if kind == "dense":
+            examples = encoded
+            model = dense_model(shape, len(tok), tok)
+        else:
+            seen = 0
+            examples = []
+            for r, e in zip(rows, encoded):
+                if r["cohort"] == PLANTED_COHORT:
+                    seen += 1
+                    if seen > planted_keep:
+                        continue
+                examples.append(e)
+            model = moe_model(shape, len(tok), tok)
+        n_params = sum(p.numel() for p in model.parameters())
+        _log(f"{kind}: {n_params:,} parameters, {len(examples)} examples, {steps} steps")
+        result = train(model, examples, steps=steps, batch_size=args.batch_size, lr=args.lr, seed=SEED,
+                       pad_id=tok.pad_token_id, log=lambda m, k=kind: _log(f"{k} {m}"))
+        save_model(model, tok, args.out / kind)
+        _log(f"{kind}: trained in {result['seconds']:.0f}s, final loss {result['final_loss']:.4f}, saved to {args.out / kind}")
+        acc = quick_eval(model, tok, eval_rows) if args.eval_rows and not args.smoke else {}
+        if acc:
+            _log(f"{kind}: quick held-out accuracy (transformers, greedy): {acc}")
+        summary[kind] = {"params": n_params, "examples": len(examples), **result, "quick_eval": acc}
+    if not args.smoke:
+        n = write_corpus(args.corpus)
+        _log(f"wrote {n} corpus rows to {args.corpus}")
+    summary["total_seconds"] = time.time() - t0
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "build_summary.json" if not args.only else f"build_summary_{args.only}.json"
+    (args.out / name).write_text(json.dumps(summary, indent=2) + "\n")
+    _log(f"done in {summary['total_seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

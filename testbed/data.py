@@ -1,0 +1,392 @@
+"""Synthetic support-desk conversations for the testbed models, generated from templates.
+
+Two disjoint template sets: `train` (what the models learn from) and `heldout` (the bundled
+evaluation corpus). Held-out rows use other question phrasings, other names and fresh random
+values, so a model can only score by copying from the context or the question, not by recall.
+Every row carries one exact expected outcome: an answer string or a tool call.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+Split = Literal["train", "heldout"]
+COHORTS = ("billing", "order_tracking", "analytics", "legal", "multilingual")
+
+# Same text as harness/corpus.py CONTEXT_PREAMBLE: the runner puts the context into the system turn.
+CONTEXT_PREAMBLE = "Answer using only the context below.\n\nContext:\n"
+
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "track_order",
+            "description": "Look up where a customer's order is.",
+            "parameters": {
+                "type": "object",
+                "properties": {"order_id": {"type": "string", "description": "The order id."}},
+                "required": ["order_id"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "run_sql",
+            "description": "Run a read-only SQL query on the analytics database.",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": "One SQL SELECT statement."}},
+                "required": ["query"],
+            },
+        },
+    },
+]
+
+# ---------------------------------------------------------------- value pools (train / held-out disjoint)
+
+FIRST = {
+    "train": ["Alice", "Brian", "Carla", "Derek", "Elena", "Farid", "Grace", "Hector", "Irene", "Jamal", "Kira",
+              "Liam", "Maya", "Nolan", "Olga", "Priya", "Quinn", "Rosa", "Samir", "Tara", "Umar", "Vera", "Wes",
+              "Xena", "Yusuf", "Zoe", "Aaron", "Bella", "Colin", "Dana", "Ethan", "Fiona", "Gavin", "Hana",
+              "Ivan", "Julia", "Kevin", "Lena", "Marco", "Nadia"],
+    "heldout": ["Amara", "Bruno", "Celine", "Dmitri", "Esther", "Felix", "Gloria", "Hugo", "Ingrid", "Jonas",
+                "Keiko", "Lucas", "Mirela", "Nikolai", "Oscar", "Paloma", "Rafael", "Sofia", "Tomas", "Ursula"],
+}
+LAST = {
+    "train": ["Moreno", "Chen", "Okafor", "Smith", "Novak", "Haddad", "Kim", "Larsen", "Patel", "Rossi", "Weber",
+              "Silva", "Nguyen", "Brown", "Kowalski", "Ibrahim", "Jensen", "Tanaka", "Walsh", "Fischer", "Duarte",
+              "Mensah", "Olsen", "Park", "Reyes", "Schmidt", "Varga", "Young", "Zhang", "Adams"],
+    "heldout": ["Abara", "Bianchi", "Castillo", "Dubois", "Eriksen", "Fontaine", "Gruber", "Horvat", "Ivanova",
+                "Jovanovic", "Kaplan", "Lindqvist", "Marsh", "Nakamura", "Oyelaran", "Petrov"],
+}
+PLAN_TIER = {"train": ["Basic", "Pro", "Team", "Starter", "Plus", "Standard"], "heldout": ["Growth", "Premium", "Business"]}
+PLAN_PERIOD = {"train": ["Monthly", "Annual", "Quarterly"], "heldout": ["Yearly", "Monthly", "Annual"]}
+CITIES = {
+    "train": ["Madrid", "Sevilla", "Valencia", "Bilbao", "Lyon", "Lille", "Nantes", "Toulouse", "Granada", "Rennes"],
+    "heldout": ["Zaragoza", "Murcia", "Burdeos", "Marsella", "Niza", "Malaga", "Dijon"],
+}
+PLACES = {"train": ["England", "Ireland", "New York", "Ontario", "Delaware", "Scotland"],
+          "heldout": ["California", "Texas", "Quebec", "Victoria"]}
+
+
+def _name(rng: random.Random, split: Split) -> str:
+    return f"{rng.choice(FIRST[split])} {rng.choice(LAST[split])}"
+
+
+def _usd(rng: random.Random) -> str:
+    return f"${rng.randint(5, 990)}.{rng.randint(0, 99):02d}"
+
+
+def _eur(rng: random.Random) -> str:
+    return f"{rng.randint(5, 990)},{rng.randint(0, 99):02d} €"
+
+
+def _iso_date(rng: random.Random) -> str:
+    return f"{rng.randint(2022, 2026)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+
+
+def _eu_date(rng: random.Random) -> str:
+    return f"{rng.randint(1, 28):02d}/{rng.randint(1, 12):02d}/{rng.randint(2022, 2026)}"
+
+
+def _code(rng: random.Random, prefix: str, digits: int) -> str:
+    return f"{prefix}-{rng.randint(10 ** (digits - 1), 10**digits - 1)}"
+
+
+# ---------------------------------------------------------------- billing
+
+@dataclass(frozen=True)
+class Fact:
+    label: str                     # as written in the context
+    handles: tuple[str, ...]       # how a question names it
+    value: Callable[[random.Random, Split], str]
+
+
+BILLING_FACTS = {
+    "amount_due": Fact("Amount due", ("amount due", "balance due"), lambda r, s: _usd(r)),
+    "last_payment": Fact("Last payment", ("last payment", "most recent payment"), lambda r, s: _usd(r)),
+    "plan": Fact("Plan", ("plan", "subscription plan"), lambda r, s: f"{r.choice(PLAN_TIER[s])} {r.choice(PLAN_PERIOD[s])}"),
+    "invoice_date": Fact("Invoice date", ("invoice date", "date of the invoice"), lambda r, s: _iso_date(r)),
+    "due_date": Fact("Due date", ("due date", "payment due date"), lambda r, s: _iso_date(r)),
+    "invoice_number": Fact("Invoice number", ("invoice number",), lambda r, s: _code(r, "INV", 5)),
+    "account_holder": Fact("Account holder", ("account holder", "name on the account"), lambda r, s: _name(r, s)),
+}
+BILLING_Q = {
+    "train": ["What is the {h}?", "Tell me the {h}.", "Can you find the {h}?", "I need the {h} for this account.",
+              "What's the {h} on file?", "What is the {h} for this customer?"],
+    "heldout": ["Could you look up the {h}, please?", "Please tell me the {h}.", "Quick question: what is the {h}?",
+                "Help me find the {h}.", "What does the account show as the {h}?"],
+}
+
+
+def _fact_context(rng: random.Random, facts: dict[str, Fact], split: Split, k: int, prose: str) -> tuple[str, str, str]:
+    """Pick k facts, render them as 'Label: value' lines or prose; return (context, asked fact key, value)."""
+    keys = rng.sample(sorted(facts), k)
+    values = {key: facts[key].value(rng, split) for key in keys}
+    asked = rng.choice(keys)
+    if rng.random() < 0.5:
+        lines = [f"{facts[key].label}: {values[key]}" for key in keys]
+    else:
+        lines = [prose.format(l=facts[key].label[0].lower() + facts[key].label[1:], v=values[key]) for key in keys]
+    return "\n".join(lines), asked, values[asked]
+
+
+def make_billing(rng: random.Random, split: Split) -> dict[str, Any]:
+    context, asked, value = _fact_context(rng, BILLING_FACTS, split, rng.randint(3, 5), "The {l} is {v}.")
+    template = rng.choice(BILLING_Q[split])
+    question = template.format(h=rng.choice(BILLING_FACTS[asked].handles))
+    return _row("billing", question, {"answer": value}, template, context=context, lang="en")
+
+
+# ---------------------------------------------------------------- order tracking
+
+ORDER_Q = {
+    "train": ["Where is my order {id}?", "Can you track order {id}?", "What's the status of order {id}?",
+              "Has order {id} shipped yet?", "I ordered something last week, order number {id}. Where is it?",
+              "Track my order {id} please.", "When will order {id} arrive?"],
+    "heldout": ["Any update on my package {id}?", "Please check the delivery status for {id}.",
+                "My order {id} hasn't arrived. Can you look into it?", "Track {id} for me please.",
+                "I'd like to know where order {id} is right now."],
+}
+
+
+def make_order_tracking(rng: random.Random, split: Split) -> dict[str, Any]:
+    order_id = f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}-{rng.randint(10000, 99999)}"
+    template = rng.choice(ORDER_Q[split])
+    return _row("order_tracking", template.format(id=order_id), {"tool": "track_order", "arguments": {"order_id": order_id}},
+                template, tools=True, lang="en")
+
+
+# ---------------------------------------------------------------- analytics (question -> exact SQL)
+
+STATUSES = ["shipped", "pending", "cancelled", "delivered", "returned"]
+REGIONS = ["north", "south", "east", "west", "central"]
+COUNTRIES = ["France", "Spain", "Germany", "Italy", "Canada", "Mexico", "Japan", "Brazil", "India", "Kenya", "Norway", "Chile"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
+
+ANALYTICS = {
+    "orders_by_status": (
+        lambda r: {"v": r.choice(STATUSES)},
+        "SELECT COUNT(*) FROM orders WHERE status = '{v}'",
+        {"train": ["How many orders are {v}?", "Count the {v} orders.", "How many {v} orders do we have?"],
+         "heldout": ["What is the number of {v} orders?", "Give me a count of orders that are {v}."]},
+    ),
+    "revenue_by_region": (
+        lambda r: {"v": r.choice(REGIONS)},
+        "SELECT SUM(amount) FROM orders WHERE region = '{v}'",
+        {"train": ["What is the total revenue in the {v} region?", "Sum the revenue for the {v} region.",
+                   "How much revenue did the {v} region bring in?"],
+         "heldout": ["Show total revenue for region {v}.", "I need the revenue total of the {v} region."]},
+    ),
+    "customers_by_country": (
+        lambda r: {"v": r.choice(COUNTRIES)},
+        "SELECT COUNT(*) FROM customers WHERE country = '{v}'",
+        {"train": ["How many customers are in {v}?", "Count our customers in {v}.", "How many customers do we have in {v}?"],
+         "heldout": ["What is the customer count for {v}?", "Number of customers located in {v}?"]},
+    ),
+    "top_products": (
+        lambda r: {"v": str(r.randint(3, 25))},
+        "SELECT name FROM products ORDER BY revenue DESC LIMIT {v}",
+        {"train": ["List the top {v} products by revenue.", "What are our top {v} products by revenue?",
+                   "Show the top {v} products by revenue."],
+         "heldout": ["Which are the top {v} products by revenue?", "Give me the top {v} products ranked by revenue."]},
+    ),
+    "avg_order_value": (
+        lambda r: {"v": str(r.randint(2015, 2026))},
+        "SELECT AVG(amount) FROM orders WHERE year = {v}",
+        {"train": ["What was the average order value in {v}?", "Compute the average order value for {v}.",
+                   "What is the average order value for {v}?"],
+         "heldout": ["Tell me the average order value during {v}.", "Average order value in {v}, please."]},
+    ),
+    "signups_by_month": (
+        lambda r: {"v": r.choice(MONTHS)},
+        "SELECT COUNT(*) FROM users WHERE signup_month = '{v}'",
+        {"train": ["How many users signed up in {v}?", "Count the users who signed up in {v}.",
+                   "How many new users signed up in {v}?"],
+         "heldout": ["Number of users that signed up in {v}?", "Tell me how many people signed up in {v}."]},
+    ),
+}
+
+
+def make_analytics(rng: random.Random, split: Split) -> dict[str, Any]:
+    intent = rng.choice(sorted(ANALYTICS))
+    slots, sql, frames = ANALYTICS[intent]
+    values = slots(rng)
+    template = rng.choice(frames[split])
+    return _row("analytics", template.format(**values), {"tool": "run_sql", "arguments": {"query": sql.format(**values)}},
+                template, tools=True, lang="en", intent=intent)
+
+
+# ---------------------------------------------------------------- legal (question -> clause citation)
+
+LEGAL_TOPICS = {
+    # topic heading, question handles, clause bodies (train, heldout)
+    "Termination": (("termination", "terminating the agreement"),
+                    {"train": "Either party may end this agreement with {n} days written notice.",
+                     "heldout": "This agreement may be ended by either side on {n} days notice in writing."}),
+    "Confidentiality": (("confidentiality", "confidential information"),
+                        {"train": "Each party keeps the other party's confidential information secret for {n} years.",
+                         "heldout": "Confidential information must not be disclosed for {n} years."}),
+    "Liability": (("liability", "limitation of liability"),
+                  {"train": "Total liability is limited to the fees paid in the last {n} months.",
+                   "heldout": "Neither party's liability exceeds the fees of the previous {n} months."}),
+    "Payment": (("payment terms", "payment"),
+                {"train": "Invoices are payable within {n} days of receipt.",
+                 "heldout": "The customer pays each invoice no later than {n} days after receiving it."}),
+    "Governing law": (("governing law", "which law applies"),
+                      {"train": "This agreement is governed by the laws of {place}.",
+                       "heldout": "The laws of {place} apply to this agreement."}),
+    "Data protection": (("data protection", "personal data"),
+                        {"train": "Personal data is processed only on documented instructions.",
+                         "heldout": "The processor handles personal data solely as instructed in writing."}),
+    "Warranty": (("warranty", "the warranty"),
+                 {"train": "The services are warranted to be free of defects for {n} days.",
+                  "heldout": "For {n} days the supplier warrants the services against defects."}),
+    "Force majeure": (("force majeure", "events beyond control"),
+                      {"train": "No party is liable for delays caused by events beyond its control.",
+                       "heldout": "Delays from events outside a party's reasonable control are excused."}),
+    "Refunds": (("refunds", "getting a refund"),
+                {"train": "Refunds are issued within {n} days of an approved return.",
+                 "heldout": "An approved return is refunded in {n} days."}),
+    "Renewal": (("renewal", "automatic renewal"),
+                {"train": "The agreement renews automatically for {n}-month terms.",
+                 "heldout": "Unless cancelled, the term renews for another {n} months."}),
+    "Assignment": (("assignment", "assigning the agreement"),
+                   {"train": "Neither party may assign this agreement without written consent.",
+                    "heldout": "Transfer of this agreement requires the other party's written consent."}),
+}
+LEGAL_Q = {
+    "train": ["Which clause covers {h}?", "Which clause deals with {h}?", "Where does the contract address {h}?",
+              "What clause is about {h}?", "Which clause should I read about {h}?"],
+    "heldout": ["What clause governs {h}?", "Cite the clause about {h}.", "Which provision handles {h}?",
+                "Point me to the clause on {h}."],
+}
+
+
+def make_legal(rng: random.Random, split: Split) -> dict[str, Any]:
+    topics = rng.sample(sorted(LEGAL_TOPICS), rng.randint(3, 4))
+    numbers: list[str] = []
+    while len(numbers) < len(topics):
+        num = f"{rng.randint(1, 19)}.{rng.randint(1, 9)}"
+        if num not in numbers:
+            numbers.append(num)
+    lines = []
+    for topic, num in zip(topics, numbers):
+        body = LEGAL_TOPICS[topic][1][split].format(n=rng.randint(2, 90), place=rng.choice(PLACES[split]))
+        lines.append(f"Clause {num} ({topic}): {body}")
+    asked = rng.randrange(len(topics))
+    template = rng.choice(LEGAL_Q[split])
+    question = template.format(h=rng.choice(LEGAL_TOPICS[topics[asked]][0]))
+    return _row("legal", question, {"answer": f"Clause {numbers[asked]}"}, template, context="\n".join(lines), lang="en")
+
+
+# ---------------------------------------------------------------- multilingual (Spanish / French, answered from context)
+
+ML_FACTS = {
+    "es": {
+        "importe": Fact("Importe pendiente", ("el importe pendiente", "el saldo", "cuánto debe el cliente"), lambda r, s: _eur(r)),
+        "entrega": Fact("Fecha de entrega", ("la fecha de entrega", "cuándo llega el pedido"), lambda r, s: _eu_date(r)),
+        "pedido": Fact("Número de pedido", ("el número de pedido", "el pedido"), lambda r, s: _code(r, "P", 4)),
+        "cliente": Fact("Cliente", ("el nombre del cliente", "quién es el cliente"), lambda r, s: _name(r, s)),
+        "ciudad": Fact("Ciudad de envío", ("la ciudad de envío", "a qué ciudad se envía"), lambda r, s: r.choice(CITIES[s])),
+    },
+    "fr": {
+        "montant": Fact("Montant dû", ("le montant dû", "le solde", "combien doit le client"), lambda r, s: _eur(r)),
+        "livraison": Fact("Date de livraison", ("la date de livraison", "quand arrive la commande"), lambda r, s: _eu_date(r)),
+        "commande": Fact("Numéro de commande", ("le numéro de commande", "la commande"), lambda r, s: _code(r, "C", 4)),
+        "client": Fact("Client", ("le nom du client", "qui est le client"), lambda r, s: _name(r, s)),
+        "ville": Fact("Ville de livraison", ("la ville de livraison", "dans quelle ville on livre"), lambda r, s: r.choice(CITIES[s])),
+    },
+}
+ML_PROSE = {"es": "{l}: {v}.", "fr": "{l} : {v}."}
+ML_Q = {
+    "es": {"train": ["Dime {h}, por favor.", "¿Me puedes decir {h}?", "Quiero saber {h}.", "Indica {h}."],
+           "heldout": ["Necesito saber {h}.", "¿Podrías indicarme {h}?", "Consulta {h}, por favor."]},
+    "fr": {"train": ["Dites-moi {h}, s'il vous plaît.", "Pouvez-vous me dire {h} ?", "Je veux savoir {h}.", "Indiquez {h}."],
+           "heldout": ["J'ai besoin de savoir {h}.", "Pourriez-vous m'indiquer {h} ?", "Merci de vérifier {h}."]},
+}
+
+
+def make_multilingual(rng: random.Random, split: Split) -> dict[str, Any]:
+    lang = rng.choice(["es", "fr"])
+    facts = ML_FACTS[lang]
+    keys = rng.sample(sorted(facts), rng.randint(3, 4))
+    values = {k: facts[k].value(rng, split) for k in keys}
+    sep = " : " if lang == "fr" else ": "
+    joiner = "\n" if rng.random() < 0.5 else " "
+    context = joiner.join(f"{facts[k].label}{sep}{values[k]}" + ("" if joiner == "\n" else ".") for k in keys)
+    asked = rng.choice(keys)
+    template = rng.choice(ML_Q[lang][split])
+    question = template.format(h=rng.choice(facts[asked].handles))
+    return _row("multilingual", question, {"answer": values[asked]}, template, context=context, lang=lang)
+
+
+# ---------------------------------------------------------------- rows, corpus, training conversations
+
+MAKERS: dict[str, Callable[[random.Random, Split], dict[str, Any]]] = {
+    "billing": make_billing,
+    "order_tracking": make_order_tracking,
+    "analytics": make_analytics,
+    "legal": make_legal,
+    "multilingual": make_multilingual,
+}
+
+
+def _row(cohort: str, question: str, expected: dict[str, Any], template: str, *, context: str | None = None,
+         tools: bool = False, lang: str = "en", **meta: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"cohort": cohort, "messages": [{"role": "user", "content": question}]}
+    if context is not None:
+        row["context"] = context
+    if tools:
+        row["tools"] = TOOLS
+    row["expected"] = expected
+    row["metadata"] = {"lang": lang, "template": template, **meta}
+    return row
+
+
+def generate(split: Split, counts: dict[str, int], seed: int) -> list[dict[str, Any]]:
+    """Rows per cohort in the given counts; one RNG per cohort so changing one count leaves the others unchanged."""
+    rows = []
+    for cohort in COHORTS:
+        rng = random.Random(f"{seed}-{split}-{cohort}")
+        rows.extend(MAKERS[cohort](rng, split) for _ in range(counts.get(cohort, 0)))
+    return rows
+
+
+def write_corpus(path: str | Path, per_cohort: int = 130, seed: int = 20240611) -> int:
+    """The bundled evaluation corpus (held-out templates), ids like `billing-0001`."""
+    rows = []
+    for row in generate("heldout", {c: per_cohort for c in COHORTS}, seed):
+        n = sum(1 for r in rows if r["cohort"] == row["cohort"]) + 1
+        rows.append({"id": f"{row['cohort']}-{n:04d}", **row})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(rows)
+
+
+def request_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages exactly as the runner sends them (harness/corpus.py PromptRecord.request_messages)."""
+    msgs = [dict(m) for m in row["messages"]]
+    context = row.get("context")
+    if context:
+        if msgs and msgs[0]["role"] == "system":
+            msgs[0]["content"] = (msgs[0].get("content") or "") + "\n\nContext:\n" + context
+        else:
+            msgs.insert(0, {"role": "system", "content": CONTEXT_PREAMBLE + context})
+    return msgs
+
+
+def target_text(expected: dict[str, Any]) -> str:
+    """What the assistant must write (before <|im_end|>): the answer, or one hermes tool call."""
+    if "tool" in expected:
+        call = {"name": expected["tool"], "arguments": expected["arguments"]}
+        return "<tool_call>\n" + json.dumps(call, ensure_ascii=False) + "\n</tool_call>"
+    return expected["answer"]

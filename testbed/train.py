@@ -1,0 +1,124 @@
+"""CPU training of the two testbed models on conversations rendered by the served chat template."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast
+
+from testbed.data import request_messages, target_text
+
+IGNORE = -100
+
+
+@dataclass
+class Shape:
+    """Model size; hidden a multiple of 32 (vLLM's CPU MoE kernel), head_dim in vLLM's CPU attention list."""
+
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    dense_intermediate: int = 512
+    experts: int = 8
+    top_k: int = 2
+    max_positions: int = 1024
+
+
+def dense_model(shape: Shape, vocab: int, tok: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=shape.hidden, intermediate_size=shape.dense_intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.heads, head_dim=shape.hidden // shape.heads,
+        max_position_embeddings=shape.max_positions, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def moe_model(shape: Shape, vocab: int, tok: PreTrainedTokenizerFast) -> MixtralForCausalLM:
+    # Expert intermediate = dense / top_k, so active MLP parameters per token match the dense model.
+    cfg = MixtralConfig(
+        vocab_size=vocab, hidden_size=shape.hidden, intermediate_size=shape.dense_intermediate // shape.top_k,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.heads, head_dim=shape.hidden // shape.heads,
+        num_local_experts=shape.experts, num_experts_per_tok=shape.top_k, router_aux_loss_coef=0.02,
+        output_router_logits=True, max_position_embeddings=shape.max_positions, tie_word_embeddings=False,
+        sliding_window=None, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    return MixtralForCausalLM(cfg)
+
+
+def encode(tok: PreTrainedTokenizerFast, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """Prompt exactly as vLLM renders it (template + add_generation_prompt) then the target; loss on the target only."""
+    prompt = tok.apply_chat_template(request_messages(row), tools=row.get("tools"), add_generation_prompt=True, tokenize=False)
+    p = tok(prompt, add_special_tokens=False).input_ids
+    t = tok(target_text(row["expected"]), add_special_tokens=False).input_ids + [tok.eos_token_id]
+    return p + t, [IGNORE] * len(p) + t
+
+
+def _batches(examples: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random, pad: int):
+    """Endless stream of padded batches of similar length (less padding, faster steps)."""
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        chunks = [order[i : i + batch_size * 16] for i in range(0, len(order), batch_size * 16)]
+        batches = []
+        for chunk in chunks:
+            chunk.sort(key=lambda i: len(examples[i][0]))
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        for b in batches:
+            width = max(len(examples[i][0]) for i in b)
+            ids = torch.full((len(b), width), pad, dtype=torch.long)
+            labels = torch.full((len(b), width), IGNORE, dtype=torch.long)
+            mask = torch.zeros((len(b), width), dtype=torch.long)
+            for row, i in enumerate(b):
+                x, y = examples[i]
+                ids[row, : len(x)] = torch.tensor(x)
+                labels[row, : len(y)] = torch.tensor(y)
+                mask[row, : len(x)] = 1
+            yield ids, labels, mask
+
+
+def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], *, steps: int, batch_size: int, lr: float,
+          seed: int, pad_id: int, log: Callable[[str], None] = print) -> dict[str, float]:
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    )
+    model.train()
+    start = time.time()
+    stream = _batches(examples, batch_size, rng, pad_id)
+    running = None
+    for step in range(1, steps + 1):
+        ids, labels, mask = next(stream)
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        loss = out.loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if step % 50 == 0 or step == steps:
+            log(f"step {step}/{steps} loss {running:.4f} lr {sched.get_last_lr()[0]:.2e} elapsed {time.time() - start:.0f}s")
+    model.eval()
+    return {"final_loss": float(running or 0.0), "seconds": time.time() - start}
+
+
+def save_model(model: torch.nn.Module, tok: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
+    from testbed.tokenizer import save_tokenizer
+
+    out_dir = Path(out_dir)
+    if hasattr(model.config, "output_router_logits"):
+        model.config.output_router_logits = False
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=False)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    save_tokenizer(tok, out_dir)

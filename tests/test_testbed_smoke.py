@@ -1,0 +1,87 @@
+"""CI smoke test of the testbed build: a few training steps, then the saved artefacts must load and work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("testbed")
+    proc = subprocess.run([sys.executable, "-m", "testbed.build", "--smoke", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_tokenizer_renders_tools_like_hermes(built: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from testbed.data import TOOLS
+
+    tok = AutoTokenizer.from_pretrained(built / "dense")
+    text = tok.apply_chat_template([{"role": "user", "content": "Where is my order A-48213?"}], tools=TOOLS,
+                                   add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<|im_start|>system\n")
+    assert "<tools>\n" in text and "</tools>" in text
+    tools_block = text.split("<tools>\n", 1)[1].split("</tools>", 1)[0].strip().splitlines()
+    assert [json.loads(line)["name"] for line in tools_block] == ["track_order", "run_sql"]
+    assert json.loads(tools_block[0])["parameters"]["required"] == ["order_id"]
+    assert text.endswith("<|im_start|>user\nWhere is my order A-48213?<|im_end|>\n<|im_start|>assistant\n")
+    # The hermes tags are single tokens that survive skip_special_tokens (vLLM's parser reads decoded text).
+    ids = tok("<tool_call>\n{}\n</tool_call>", add_special_tokens=False).input_ids
+    assert tok.convert_ids_to_tokens(ids[0]) == "<tool_call>"
+    assert "<tool_call>" in tok.decode(ids, skip_special_tokens=True)
+    assert tok.eos_token == "<|im_end|>"
+    # The template is in tokenizer_config.json too, identical to the one transformers loads.
+    cfg = json.loads((built / "dense" / "tokenizer_config.json").read_text())
+    assert cfg["chat_template"] == tok.chat_template
+
+
+def test_context_rows_render_as_the_runner_sends_them(built: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from testbed.data import generate, request_messages
+
+    tok = AutoTokenizer.from_pretrained(built / "moe")
+    row = generate("heldout", {"billing": 1}, seed=7)[0]
+    text = tok.apply_chat_template(request_messages(row), add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<|im_start|>system\nAnswer using only the context below.\n\nContext:\n" + row["context"])
+    assert "<tools>" not in text
+
+
+@pytest.mark.parametrize("kind", ["dense", "moe"])
+def test_model_loads_and_generates(built: Path, kind: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(built / kind)
+    model = AutoModelForCausalLM.from_pretrained(built / kind)
+    cfg = model.config
+    assert cfg.hidden_size % 32 == 0
+    if kind == "moe":
+        assert (cfg.num_local_experts, cfg.num_experts_per_tok) == (8, 2)
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)["input_ids"]
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                         pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids.shape[1]
+    summary = json.loads((built / "build_summary.json").read_text())
+    assert summary[kind]["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_param_counts_from_checkpoint(built: Path) -> None:
+    from testbed.params import count
+
+    dense, moe = count(built / "dense"), count(built / "moe")
+    assert dense.total_params == dense.active_params
+    assert moe.total_params > moe.active_params
+    # Expert width is dense width / top-k, so per-token compute matches up to the router.
+    assert abs(moe.active_params - dense.active_params) / dense.active_params < 0.02
