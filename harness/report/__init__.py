@@ -1,0 +1,1 @@
+"""`routecheck report`: per-cohort comparison of candidate routes with the baseline."""

@@ -1,0 +1,167 @@
+"""Metric definitions and the gate policy (gate.yaml): margins, alpha, minimum samples.
+
+The report and the gate share these, so `routecheck report --policy gate.yaml` gives the
+same margins the gate will use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.config import ConfigError
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: Literal["quality", "serving"]
+    stat: Literal["mean", "quantile"]
+    higher_is_better: bool
+    column: str                 # column of the per-prompt (mean) or per-response (quantile) frame
+    default_margin: float
+    relative: bool = False      # margin is a share of the baseline's value
+    q: float | None = None
+    evaluator: str | None = None
+    label: str = ""
+
+
+SERVING_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("latency_p99_s", "serving", "quantile", False, "latency_s", 0.10, True, 0.99, label="p99 latency (s)"),
+    MetricSpec("ttft_p99_s", "serving", "quantile", False, "ttft_s", 0.10, True, 0.99, label="p99 TTFT (s)"),
+    MetricSpec("error_rate", "serving", "mean", False, "error", 0.01, label="error rate"),
+    MetricSpec("timeout_rate", "serving", "mean", False, "timeout", 0.01, label="timeout rate"),
+    MetricSpec("output_tokens_per_s", "serving", "mean", True, "out_tps", 0.10, True, label="output tokens/s"),
+    MetricSpec("cost_per_trace_usd", "serving", "mean", False, "cost", 0.05, True, label="cost per trace (USD)"),
+)
+
+QUALITY_MARGIN = 0.05
+
+
+def quality_metrics(evaluator: str, has_pass: bool, has_score: bool) -> list[MetricSpec]:
+    out = []
+    if has_pass:
+        out.append(MetricSpec(f"{evaluator}.pass_rate", "quality", "mean", True, "pass_rate", QUALITY_MARGIN,
+                              evaluator=evaluator, label=f"{evaluator} pass rate"))
+    if has_score:
+        out.append(MetricSpec(f"{evaluator}.score", "quality", "mean", True, "score", QUALITY_MARGIN,
+                              evaluator=evaluator, label=f"{evaluator} mean score"))
+    return out
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MetricRule(_Strict):
+    """Non-inferiority rule for one metric: a drop of `margin` must be caught."""
+
+    margin: float | None = Field(None, gt=0)          # absolute (pass rate 0.05 = 5 points)
+    margin_rel: float | None = Field(None, gt=0)      # share of the baseline value (latency 0.10 = +10%)
+    alpha: float | None = Field(None, gt=0, lt=0.5)   # family-wise over the cohorts of this metric (Holm)
+    min_samples: int | None = Field(None, ge=2)       # prompts per cohort below which the gate cannot judge
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _one_margin(self) -> "MetricRule":
+        if self.margin is not None and self.margin_rel is not None:
+            raise ValueError("give 'margin' (absolute) or 'margin_rel' (relative), not both")
+        return self
+
+
+class CohortRule(_Strict):
+    """Per-cohort override. No alpha here: alpha belongs to the metric's Holm family."""
+
+    margin: float | None = Field(None, gt=0)
+    margin_rel: float | None = Field(None, gt=0)
+    min_samples: int | None = Field(None, ge=2)
+    enabled: bool = True
+
+
+class Policy(_Strict):
+    version: Literal[1] = 1
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    min_samples: int = Field(30, ge=2)
+    on_insufficient: Literal["warn", "fail"] = "warn"
+    on_inconclusive: Literal["pass", "fail"] = "pass"
+    include_overall: bool = True
+    metrics: dict[str, MetricRule] = Field(min_length=1)
+    # cohort name -> metric name (or "*") -> override
+    cohorts: dict[str, dict[str, CohortRule]] = Field(default_factory=dict)
+
+    def rule(self, metric: str, cohort: str | None) -> tuple[float | None, bool, float, int, bool]:
+        """(margin, relative, alpha, min_samples, enabled) for one metric in one cohort."""
+        base = self.metrics[metric]
+        margin, relative = (base.margin, False) if base.margin_rel is None else (base.margin_rel, True)
+        min_samples = base.min_samples or self.min_samples
+        enabled = base.enabled
+        over = self.cohorts.get(cohort or "", {})
+        for key in ("*", metric):
+            o = over.get(key)
+            if o is None:
+                continue
+            if o.margin is not None:
+                margin, relative = o.margin, False
+            if o.margin_rel is not None:
+                margin, relative = o.margin_rel, True
+            if o.min_samples is not None:
+                min_samples = o.min_samples
+            enabled = enabled and o.enabled
+        return margin, relative, base.alpha or self.alpha, min_samples, enabled
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read policy file: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'metrics' section, got {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(path, e)) from None
+
+
+def _describe(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (see docs/report.md 'Gate policy')"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{path}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def check_policy_metrics(policy: Policy, path: Path | str, available: list[str], cohorts: list[str]) -> None:
+    """Metrics or cohorts the run does not have are config errors, not silent passes."""
+    problems = []
+    for name in policy.metrics:
+        if name not in available:
+            problems.append(f"{path}: metrics.{name}: no such metric in this run; available: {', '.join(available)}")
+    for cohort, rules in policy.cohorts.items():
+        if cohort not in cohorts:
+            problems.append(f"{path}: cohorts.{cohort}: no such cohort in this run; cohorts: {', '.join(cohorts)}")
+        for name in rules:
+            if name != "*" and name not in policy.metrics:
+                problems.append(f"{path}: cohorts.{cohort}.{name}: metric is not in 'metrics' (add a rule there first)")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def margins_from_policy(policy: Policy | None) -> dict[str, Any]:
+    return {} if policy is None else {k: v.model_dump(exclude_none=True) for k, v in policy.metrics.items()}

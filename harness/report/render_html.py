@@ -1,0 +1,203 @@
+"""One self-contained HTML file: inline SVG plots (matplotlib), tables, worst examples.
+
+Nothing is fetched over the network (no scripts at all, no CDN, no web fonts); every string
+from the store (model text, prompt text, cohort and route names) goes through html.escape.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from harness.report.model import Comparison, Report  # noqa: E402
+from harness.report.render_text import (  # noqa: E402
+    HEADER, PHASE_COLUMNS, SERVING_COLUMNS, diff_text, fnum, fp, headline, serving_rows,
+)
+
+COLORS = {"regression": "#c62828", "improvement": "#2e7d32", "no change": "#757575", "inconclusive": "#f9a825"}
+plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+
+
+def esc(x: object) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _svg(fig, salt: str) -> str:
+    plt.rcParams["svg.hashsalt"] = salt  # distinct ids per figure: several SVGs share one document
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]
+    # The SVG's own <style> would apply to the whole page; its rules only set stroke joins.
+    return re.sub(r"<style[^>]*>.*?</style>", "", svg, flags=re.S)
+
+
+def forest_plot(rows: list[Comparison], title: str, relative: bool = False) -> str:
+    rows = [c for c in rows if not math.isnan(c.diff) and (not relative or c.baseline)]
+    if not rows:
+        return "<p>No comparisons to plot.</p>"
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+    labels = []
+    for i, c in enumerate(reversed(rows)):
+        scale = abs(c.baseline) if relative else 1.0
+        d, lo, hi = c.diff / scale, c.diff_ci[0] / scale, c.diff_ci[1] / scale
+        color = COLORS[c.verdict]
+        if not math.isnan(lo):
+            ax.plot([lo, hi], [i, i], color=color, lw=2)
+        ax.plot([d], [i], "o", color=color, ms=5)
+        if not math.isnan(c.margin):
+            m = c.margin / scale
+            ax.plot([-m, m], [i, i], "|", color="#90a4ae", ms=8)
+        labels.append(f"{c.cohort} · {c.metric}")
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("candidate − baseline" + (" (share of baseline)" if relative else "") +
+                  "; bars: 95% CI; ticks: ±margin; red = regression, green = improvement, amber = inconclusive")
+    ax.set_title(title)
+    return _svg(fig, title)
+
+
+def cdf_plot(report: Report) -> str:
+    if not report.latency_cdf:
+        return "<p>No latencies recorded.</p>"
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for route, d in report.latency_cdf.items():
+        ax.step(d["latency_s"], d["p"], where="post", label=route + (" (baseline)" if route == report.baseline else ""))
+    ax.set_xlabel("end-to-end latency (s), successful calls")
+    ax.set_ylabel("share of calls ≤ x")
+    if all(min(d["latency_s"]) > 0 for d in report.latency_cdf.values()):
+        ax.set_xscale("log")
+    ax.axhline(0.99, color="#999", lw=0.6, ls="--")
+    ax.legend()
+    ax.set_title("Latency CDF per route")
+    return _svg(fig, "cdf")
+
+
+def cost_quality_plot(report: Report) -> str:
+    cost = {r["route"]: r.get("cost_per_trace_usd") for r in report.serving if r["scope"] == "overall"}
+    overall = [c for c in report.comparisons if c.scope == "overall" and c.kind == "quality"]
+    if not overall:
+        return "<p>No quality scores to plot.</p>"
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    markers = "osD^v<>ph"
+    for j, metric in enumerate(sorted({c.metric for c in overall})):
+        pts = {}
+        for c in overall:
+            if c.metric == metric:
+                pts[report.baseline] = c.baseline
+                pts[c.candidate] = c.candidate_value
+        xs = [cost.get(r) or 0.0 for r in pts]
+        ax.plot(xs, list(pts.values()), markers[j % len(markers)] + "-", label=metric, alpha=0.8)
+        for r, x, y in zip(pts, xs, pts.values()):
+            ax.annotate(r, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("cost per trace (USD, route prices)")
+    ax.set_ylabel("mean over prompts")
+    ax.legend(fontsize=7)
+    ax.set_title("Cost versus quality (all cohorts)")
+    return _svg(fig, "costq")
+
+
+def _table(header: list[str], rows: list[list[str]], table_id: str, raw: bool = False) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c if raw else esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table id="{esc(table_id)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _comparison_table(rows: list[Comparison], table_id: str) -> str:
+    out = []
+    for c in rows:
+        out.append([esc(c.cohort), esc(c.metric), str(c.n_prompts), fnum(c.baseline), fnum(c.candidate_value),
+                    esc(diff_text(c)), fp(c.p_adjusted), f'<span class="v-{c.verdict.replace(" ", "-")}">{esc(c.verdict)}</span>',
+                    esc(c.note)])
+    return _table(HEADER, out, table_id, raw=True)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 6px;vertical-align:top}
+th{background:#f5f5f5;text-align:left}.v-regression{color:#c62828;font-weight:bold}.v-improvement{color:#2e7d32}
+.v-inconclusive{color:#a67c00}.v-no-change{color:#757575}.fail{color:#c62828}.pass{color:#2e7d32}
+pre{white-space:pre-wrap;word-break:break-word;max-width:420px;max-height:220px;overflow:auto;margin:0;font-size:11px}
+.muted{color:#666;font-size:12px}svg{max-width:100%;height:auto}
+"""
+
+
+def to_html(report: Report) -> str:
+    s = report.settings
+    regs = report.regressions()
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             # No network: forbid every fetch and every script, even if something slipped through escaping.
+             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">",
+             f"<title>routecheck report {esc(report.run_id)}</title><style>{CSS}</style></head><body>"]
+    parts.append(f"<h1>routecheck report — run {esc(report.run_id)}</h1>")
+    parts.append(f'<p id="headline" class="{"fail" if regs else "pass"}"><b>{"FAIL" if regs else "PASS"}</b> — {esc(headline(report))}</p>')
+    parts.append(f'<p class="muted">Baseline <b>{esc(report.baseline)}</b>; candidates {esc(", ".join(report.candidates))}. '
+                 f"alpha {esc(s['alpha'])}; {esc(s['correction'])}; {esc(s['families'])}. Unit: {esc(s['unit'])}. "
+                 f"Verdict: {esc(s['verdict_rule'])}. Generated {esc(report.generated_at)}.</p>")
+    parts.append('<h2>Per-cohort differences (forest plot)</h2><div id="forest-plot">')
+    for cand in report.candidates:
+        rows = [c for c in report.comparisons if c.candidate == cand and c.kind == "quality"]
+        rows.sort(key=lambda c: (c.metric, c.scope != "overall", c.cohort))
+        parts.append(forest_plot(rows, f"{cand} vs {report.baseline}: quality"))
+        srows = [c for c in report.comparisons if c.candidate == cand and c.kind == "serving"]
+        srows.sort(key=lambda c: (c.metric, c.scope != "overall", c.cohort))
+        parts.append(forest_plot(srows, f"{cand} vs {report.baseline}: serving (relative)", relative=True))
+    parts.append("</div>")
+    for cand in report.candidates:
+        rows = sorted([c for c in report.comparisons if c.candidate == cand],
+                      key=lambda c: (c.kind != "quality", c.metric, c.scope != "overall", c.cohort))
+        parts.append(f"<h2>{esc(cand)} vs {esc(report.baseline)}: all comparisons</h2>")
+        parts.append(_comparison_table(rows, f"comparisons-{cand}"))
+    parts.append('<h2>Serving</h2><div id="latency-cdf">' + cdf_plot(report) + "</div>")
+    cols = SERVING_COLUMNS + PHASE_COLUMNS
+    srows = serving_rows(report, overall_only=False)
+    parts.append(_table(["route", "cohort", "n"] + [l for _, l in cols],
+                        [[r["route"], r["cohort"], str(r["responses"])] + [fnum(r.get(k)) for k, _ in cols] for r in srows],
+                        "serving-table"))
+    if report.server_metrics:
+        parts.append("<h3>vLLM server metrics (Prometheus; counters: after − before, gauges: peak during run)</h3>")
+        parts.append(_table(["route", "metric", "before", "after", "delta", "peak during"],
+                            [[m["route"], m["metric"], fnum(m.get("before")), fnum(m.get("after")), fnum(m.get("delta")),
+                              fnum(m.get("peak_during"))] for m in report.server_metrics], "server-metrics"))
+    else:
+        parts.append('<p class="muted">No vLLM /metrics samples recorded for this run.</p>')
+    parts.append('<h2>Cost versus quality</h2><div id="cost-quality">' + cost_quality_plot(report) + "</div>")
+    parts.append('<h2>Worst examples in regressed cohorts</h2>')
+    if report.worst_examples:
+        parts.append(_table(["candidate", "cohort", "metric", "prompt", "baseline", "candidate", "prompt text",
+                             "baseline response", "candidate response"],
+                            [[esc(w.candidate), esc(w.cohort), esc(w.metric), esc(w.prompt_id), fnum(w.baseline_value),
+                              fnum(w.candidate_value), f"<pre>{esc(w.prompt_text)}</pre>", f"<pre>{esc(w.baseline_text)}</pre>",
+                              f"<pre>{esc(w.candidate_text)}</pre>"] for w in report.worst_examples],
+                            "worst-examples", raw=True))
+    else:
+        parts.append('<p class="muted" id="worst-examples">No quality regression, so no examples.</p>')
+    if report.discovery:
+        d = report.discovery
+        parts.append("<h2>Exploratory cohorts (not pre-registered)</h2>")
+        parts.append(f"<p class=\"muted\">{esc(d.reason)}. {esc(d.method)}; chosen k = {d.k} "
+                     f"(silhouette: {esc(', '.join(f'k={k}: {v:.3f}' for k, v in d.silhouette.items()))}). "
+                     f"{esc(d.correction)}. These findings are hypotheses for a pre-registered cohort, not verdicts.</p>")
+        parts.append(_table(["cluster", "prompts", "top terms"],
+                            [[c["label"], str(c["prompts"]), ", ".join(c["top_terms"])] for c in d.clusters], "clusters"))
+        parts.append(_comparison_table(d.comparisons, "discovered-comparisons"))
+        parts.append(f"<h3>Worst slices ({d.slices_searched} searched)</h3>")
+        parts.append(_comparison_table(d.worst_slices, "worst-slices"))
+    parts.append('<h2>Expert telemetry</h2><section id="expert-telemetry"><p class="muted">'
+                 "MoE expert-load panels per cohort appear here once expert telemetry is recorded (planned).</p></section>")
+    if report.warnings:
+        parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{esc(w)}</li>" for w in report.warnings) + "</ul>")
+    parts.append(f'<h2>Method</h2><ul class="muted">' + "".join(
+        f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in s.items() if k not in ("policy", "margins")) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,207 @@
+"""Terminal (rich), Markdown and JUnit XML renderings of a Report."""
+
+from __future__ import annotations
+
+import html
+import math
+import xml.etree.ElementTree as ET
+from typing import Iterable
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from harness.report.model import Comparison, Report
+
+VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "no change": "dim", "inconclusive": "yellow"}
+VERDICT_MARK = {"regression": "REGRESSION", "improvement": "improvement", "no change": "no change", "inconclusive": "inconclusive"}
+SEVERITY = {"regression": 0, "improvement": 1, "inconclusive": 2, "no change": 3}
+
+
+def fnum(v: float | None, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))):
+        return "-"
+    if v != 0 and abs(v) < 1e-3:
+        return f"{v:+.3g}" if signed else f"{v:.3g}"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def fp(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def diff_text(c: Comparison) -> str:
+    lo, hi = c.diff_ci
+    if math.isnan(lo):
+        return fnum(c.diff, True)
+    return f"{fnum(c.diff, True)} [{fnum(lo, True)}, {fnum(hi, True)}]"
+
+
+def shown_rows(report: Report, candidate: str) -> tuple[list[Comparison], int]:
+    """Terminal/Markdown headline rows: every quality row, every serving verdict, serving overall."""
+    rows = [c for c in report.comparisons if c.candidate == candidate]
+    keep = [c for c in rows if c.kind == "quality" or c.scope == "overall" or c.verdict in ("regression", "improvement")]
+    keep.sort(key=lambda c: (c.kind != "quality", SEVERITY[c.verdict], c.scope != "overall", c.cohort, c.metric))
+    return keep, len(rows) - len(keep)
+
+
+def headline(report: Report) -> str:
+    regs = report.regressions()
+    if not regs:
+        return f"No regression found for {', '.join(report.candidates)} vs baseline {report.baseline}."
+    parts = [f"{c.candidate} / {c.cohort} / {c.metric} ({fnum(c.diff, True)})" for c in regs]
+    return f"{len(regs)} regression(s): " + "; ".join(parts)
+
+
+# ---------------------------------------------------------------- terminal
+
+def print_report(report: Report, console: Console | None = None, html_path: str | None = None) -> None:
+    console = console or Console()
+    s = report.settings
+    console.print(Text(f"routecheck report  run {report.run_id}  baseline {report.baseline}  "
+                       f"candidates {', '.join(report.candidates)}", style="bold"))
+    console.print(Text(f"alpha {s['alpha']}, {s['correction']}; unit: prompt; CI 95%", style="dim"))
+    for cand in report.candidates:
+        rows, hidden = shown_rows(report, cand)
+        t = Table(title=f"{cand} vs {report.baseline}", show_lines=False, header_style="bold")
+        for col in ("cohort", "metric", "n", "baseline", "candidate", "diff [95% CI]", "p (Holm)", "verdict", "note"):
+            t.add_column(col, overflow="fold")
+        for c in rows:
+            t.add_row(Text(c.cohort), Text(c.metric), str(c.n_prompts), fnum(c.baseline), fnum(c.candidate_value),
+                      diff_text(c), fp(c.p_adjusted), Text(VERDICT_MARK[c.verdict], style=VERDICT_STYLE[c.verdict]),
+                      Text(c.note, style="dim"))
+        console.print(t)
+        if hidden:
+            console.print(Text(f"  {hidden} more serving rows per cohort (no verdict change) in the Markdown/HTML/JSON report", style="dim"))
+    console.print(serving_table(report))
+    if report.discovery:
+        d = report.discovery
+        t = Table(title=f"Exploratory: discovered cohorts (k={d.k}) and worst slices — not pre-registered; {d.correction}")
+        for col in ("slice", "metric", "n", "diff [95% CI]", "p (Holm)", "verdict"):
+            t.add_column(col, overflow="fold")
+        for c in sorted(d.comparisons, key=lambda c: SEVERITY[c.verdict])[:12] + d.worst_slices:
+            t.add_row(Text(c.cohort), Text(c.metric), str(c.n_prompts), diff_text(c), fp(c.p_adjusted),
+                      Text(VERDICT_MARK[c.verdict], style=VERDICT_STYLE[c.verdict]))
+        console.print(t)
+    for w in report.warnings:
+        console.print(Text(f"warning: {w}", style="yellow"))
+    style = "bold red" if report.regressions() else "bold green"
+    console.print(Text(headline(report), style=style))
+    if html_path:
+        console.print(Text(f"HTML report: {html_path}"))
+
+
+SERVING_COLUMNS = (
+    ("latency_p50_s", "lat p50"), ("latency_p95_s", "lat p95"), ("latency_p99_s", "lat p99"),
+    ("ttft_p50_s", "TTFT p50"), ("ttft_p99_s", "TTFT p99"), ("output_tokens_per_s", "out tok/s"),
+    ("tokens_per_trace", "tok/trace"), ("cost_per_trace_usd", "USD/trace"), ("error_rate", "errors"),
+    ("timeout_rate", "timeouts"),
+)
+PHASE_COLUMNS = (("queue_mean_s", "queue"), ("prefill_mean_s", "prefill"), ("decode_mean_s", "decode"))
+
+
+def serving_rows(report: Report, overall_only: bool = True) -> list[dict]:
+    phases = {(p["route"], p["cohort"]): p for p in report.server_phases}
+    out = []
+    for r in report.serving:
+        if overall_only and r["scope"] != "overall":
+            continue
+        row = dict(r)
+        ph = phases.get((r["route"], r["cohort"]), {})
+        for key, _ in PHASE_COLUMNS:
+            row[key] = ph.get(key)
+        out.append(row)
+    return sorted(out, key=lambda r: (r["cohort"] != "(all)", r["cohort"], r["route"] != report.baseline, r["route"]))
+
+
+def serving_table(report: Report) -> Table:
+    t = Table(title="Serving (all cohorts; server-side phases are means from vLLM spans where recorded)", header_style="bold")
+    t.add_column("route")
+    t.add_column("n")
+    for _, label in SERVING_COLUMNS + PHASE_COLUMNS:
+        t.add_column(label, justify="right")
+    for r in serving_rows(report):
+        t.add_row(Text(r["route"]), str(r["responses"]), *[fnum(r.get(k)) for k, _ in SERVING_COLUMNS + PHASE_COLUMNS])
+    return t
+
+
+# ---------------------------------------------------------------- markdown
+
+def md_cell(s: object) -> str:
+    return html.escape(str(s)).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _comparison_rows(rows: list[Comparison]) -> list[list[str]]:
+    return [[md_cell(c.cohort), md_cell(c.metric), str(c.n_prompts), fnum(c.baseline), fnum(c.candidate_value),
+             diff_text(c), fp(c.p_adjusted), ("**REGRESSION**" if c.verdict == "regression" else c.verdict), md_cell(c.note)]
+            for c in rows]
+
+
+HEADER = ["cohort", "metric", "n", "baseline", "candidate", "diff [95% CI]", "p (Holm)", "verdict", "note"]
+
+
+def to_markdown(report: Report, html_name: str | None = None) -> str:
+    s = report.settings
+    regs = report.regressions()
+    lines = [f"# routecheck report: run `{md_cell(report.run_id)}`", ""]
+    lines += [("**FAIL** — " if regs else "**PASS** — ") + md_cell(headline(report)), ""]
+    lines += [f"Baseline `{md_cell(report.baseline)}`; candidates: {', '.join(f'`{md_cell(c)}`' for c in report.candidates)}. "
+              f"alpha = {s['alpha']}, p-values corrected with {s['correction']} ({s['families']}). "
+              f"Unit: {s['unit']}. Verdict: {s['verdict_rule']}.", ""]
+    for cand in report.candidates:
+        rows, hidden = shown_rows(report, cand)
+        lines += [f"## {md_cell(cand)} vs {md_cell(report.baseline)}", ""]
+        lines += _md_table(HEADER, _comparison_rows(rows))
+        rest = [c for c in report.comparisons if c.candidate == cand and c not in rows]
+        if rest:
+            lines += ["", f"<details><summary>{hidden} more serving rows per cohort</summary>", ""]
+            lines += _md_table(HEADER, _comparison_rows(rest))
+            lines += ["", "</details>"]
+        lines.append("")
+    lines += ["## Serving", ""]
+    cols = SERVING_COLUMNS + PHASE_COLUMNS
+    lines += _md_table(["route", "n"] + [l for _, l in cols],
+                       [[md_cell(r["route"]), str(r["responses"])] + [fnum(r.get(k)) for k, _ in cols] for r in serving_rows(report)])
+    lines.append("")
+    if report.discovery:
+        d = report.discovery
+        lines += [f"## Exploratory cohorts (not pre-registered)", "",
+                  f"{md_cell(d.reason)}. {md_cell(d.method)}; chosen k = {d.k}. {md_cell(d.correction)}.", ""]
+        lines += _md_table(HEADER, _comparison_rows(d.comparisons + d.worst_slices))
+        lines.append("")
+    if report.warnings:
+        lines += ["## Warnings", ""] + [f"- {md_cell(w)}" for w in report.warnings] + [""]
+    if html_name:
+        lines += [f"Full report with plots and worst examples: `{md_cell(html_name)}`", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- junit
+
+def to_junit(report: Report, suite_name: str = "routecheck.report") -> str:
+    root = ET.Element("testsuites", name=suite_name)
+    for cand in report.candidates:
+        # Pre-registered cohorts only: exploratory clusters never fail a CI job.
+        rows = [c for c in report.comparisons if c.candidate == cand]
+        suite = ET.SubElement(root, "testsuite", name=f"{cand} vs {report.baseline}", tests=str(len(rows)),
+                              failures=str(sum(c.verdict == "regression" for c in rows)),
+                              skipped=str(sum(c.verdict == "inconclusive" for c in rows)), errors="0")
+        for c in rows:
+            case = ET.SubElement(suite, "testcase", classname=f"routecheck.{cand}.{c.scope}", name=f"{c.cohort} :: {c.metric}")
+            detail = (f"{c.metric} in {c.cohort}: baseline {fnum(c.baseline)}, candidate {fnum(c.candidate_value)}, "
+                      f"diff {diff_text(c)}, p(Holm) {fp(c.p_adjusted)}, n {c.n_prompts}, margin {fnum(c.margin)}")
+            if c.verdict == "regression":
+                ET.SubElement(case, "failure", message=f"regression: {detail}", type="regression").text = detail
+            elif c.verdict == "inconclusive":
+                ET.SubElement(case, "skipped", message=f"inconclusive: {c.note or detail}")
+            ET.SubElement(case, "system-out").text = f"{c.verdict}: {detail}"
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

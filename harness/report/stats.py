@@ -1,0 +1,257 @@
+"""Paired statistics for route comparisons.
+
+The prompt is the unit of analysis: callers aggregate samples within a prompt first, so a
+prompt asked five times counts once, with its within-prompt spread folded into its mean.
+Tests and intervals come from scipy/statsmodels; this module only chooses between them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.proportion import proportion_confint
+
+CONFIDENCE = 0.95
+POWER = 0.80
+# Up to this many prompts the mean difference's CI is a paired bootstrap; above it the
+# bootstrap distribution of a mean is normal to within Monte-Carlo noise, so the t-interval
+# (same centre, same spread, no resampling cost) is used instead.
+BOOTSTRAP_MAX_N = 5000
+BOOTSTRAP_RESAMPLES = 2000
+# Quantile differences are always bootstrapped; above this many prompts an m-out-of-n
+# bootstrap (m = this) with sqrt(m/n) rescaling keeps the cost bounded.
+QUANTILE_BOOT_M = 4000
+QUANTILE_RESAMPLES = 1000
+
+_power = TTestPower()
+
+
+@dataclass
+class Interval:
+    value: float
+    low: float
+    high: float
+
+
+@dataclass
+class PairedResult:
+    """Candidate minus baseline on the prompts both routes answered."""
+
+    n: int
+    baseline: Interval
+    candidate: Interval
+    diff: float
+    diff_low: float
+    diff_high: float
+    se: float               # standard error of diff (for other CI levels and power)
+    sd_diff: float          # per-prompt SD of the difference (NaN for quantiles)
+    ci_method: str
+    test: str
+    p_two_sided: float
+    p_worse: float          # one-sided p for "candidate is worse"
+
+
+def _nan_interval() -> Interval:
+    return Interval(float("nan"), float("nan"), float("nan"))
+
+
+def mean_interval(x: np.ndarray, binary: bool) -> Interval:
+    """Mean of per-prompt values with a 95% CI (Wilson for one-sample pass/fail, else t)."""
+    n = len(x)
+    if n == 0:
+        return _nan_interval()
+    m = float(np.mean(x))
+    if binary:
+        lo, hi = proportion_confint(float(np.sum(x)), n, alpha=1 - CONFIDENCE, method="wilson")
+        return Interval(m, float(lo), float(hi))
+    if n < 2:
+        return Interval(m, float("nan"), float("nan"))
+    sd = float(np.std(x, ddof=1))
+    if sd == 0:
+        return Interval(m, m, m)
+    lo, hi = stats.t.interval(CONFIDENCE, n - 1, loc=m, scale=sd / math.sqrt(n))
+    return Interval(m, float(lo), float(hi))
+
+
+def _is_binary(a: np.ndarray) -> bool:
+    return bool(np.all((a == 0) | (a == 1)))
+
+
+def paired_mean(base: np.ndarray, cand: np.ndarray, higher_is_better: bool, rng: np.random.Generator) -> PairedResult:
+    """Paired comparison of per-prompt means.
+
+    Pass/fail with one sample per prompt gets McNemar's exact test (statsmodels; one-sided:
+    the exact binomial test on the discordant pairs, which is what McNemar's exact test is).
+    Anything else (scores, or pass rates averaged over samples) gets the Wilcoxon signed-rank
+    test (scipy). The CI of the mean difference is a paired bootstrap over prompts
+    (scipy.stats.bootstrap, percentile) up to BOOTSTRAP_MAX_N prompts, a t-interval above.
+    """
+    base = np.asarray(base, dtype=float)
+    cand = np.asarray(cand, dtype=float)
+    n = len(base)
+    binary = n > 0 and _is_binary(base) and _is_binary(cand)
+    bi, ci = mean_interval(base, binary), mean_interval(cand, binary)
+    nan = float("nan")
+    if n == 0:
+        return PairedResult(0, bi, ci, nan, nan, nan, nan, nan, "none", "none", nan, nan)
+    d = cand - base
+    diff = float(d.mean())
+    sd = float(d.std(ddof=1)) if n > 1 else nan
+    se = sd / math.sqrt(n) if n > 1 else nan
+
+    # Confidence interval of the mean difference.
+    if n < 2 or sd == 0:
+        lo = hi = diff
+        ci_method = "degenerate (all differences equal)" if n > 1 else "none (one prompt)"
+    elif n <= BOOTSTRAP_MAX_N:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap((d,), np.mean, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=CONFIDENCE,
+                                  method="percentile", vectorized=True, rng=rng)
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        se = float(res.standard_error)
+        ci_method = f"paired bootstrap over prompts (percentile, {BOOTSTRAP_RESAMPLES} resamples)"
+    else:
+        lo, hi = stats.t.interval(CONFIDENCE, n - 1, loc=diff, scale=se)
+        lo, hi = float(lo), float(hi)
+        ci_method = "t-interval of the paired mean difference (n > %d)" % BOOTSTRAP_MAX_N
+
+    # Tests. worse_alt is the scipy alternative meaning "candidate worse than baseline".
+    worse_alt = "less" if higher_is_better else "greater"
+    if binary:
+        b = int(np.sum((base == 1) & (cand == 0)))   # baseline passed, candidate failed
+        c = int(np.sum((base == 0) & (cand == 1)))   # candidate passed, baseline failed
+        both = int(np.sum((base == 1) & (cand == 1)))
+        neither = n - b - c - both
+        test = "McNemar exact"
+        if b + c == 0:
+            p2 = pw = 1.0
+        else:
+            p2 = float(mcnemar([[both, b], [c, neither]], exact=True).pvalue)
+            worse_count = b if higher_is_better else c
+            pw = float(stats.binomtest(worse_count, b + c, 0.5, alternative="greater").pvalue)
+    else:
+        test = "Wilcoxon signed-rank"
+        if not np.any(d != 0):
+            p2 = pw = 1.0
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                p2 = float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+                pw = float(stats.wilcoxon(d, zero_method="wilcox", alternative=worse_alt).pvalue)
+    return PairedResult(n, bi, ci, diff, lo, hi, se, sd, ci_method, test, p2, pw)
+
+
+def paired_quantile(base: np.ndarray, cand: np.ndarray, q: float, higher_is_better: bool,
+                    rng: np.random.Generator) -> PairedResult:
+    """Difference of a quantile (e.g. p99 latency) between routes, bootstrapping prompts.
+
+    `base`/`cand` are (prompts x samples) arrays (NaN = no value, e.g. a failed call): a
+    resample draws whole prompts, so all samples of a prompt stay together. Above
+    QUANTILE_BOOT_M prompts an m-out-of-n bootstrap is used, its deviations rescaled by
+    sqrt(m/n). The p-value is the normal approximation with the bootstrap standard error.
+    """
+    base = np.asarray(base, dtype=float)
+    cand = np.asarray(cand, dtype=float)
+    if base.ndim == 1:
+        base, cand = base.reshape(-1, 1), cand.reshape(-1, 1)
+    n = base.shape[0]
+    nan = float("nan")
+    b_est, c_est = _quantile(base.ravel(), q), _quantile(cand.ravel(), q)
+    bi, ci = Interval(b_est, nan, nan), Interval(c_est, nan, nan)
+    diff = c_est - b_est
+    if n < 5 or math.isnan(diff):
+        return PairedResult(n, bi, ci, diff, nan, nan, nan, nan, "none (fewer than 5 prompts)", "bootstrap", nan, nan)
+    m = min(n, QUANTILE_BOOT_M)
+    idx = rng.integers(0, n, size=(QUANTILE_RESAMPLES, m))
+    has_nan = bool(np.isnan(base).any() or np.isnan(cand).any())
+    qb = _quantile_rows(base[idx].reshape(QUANTILE_RESAMPLES, -1), q, has_nan)
+    qc = _quantile_rows(cand[idx].reshape(QUANTILE_RESAMPLES, -1), q, has_nan)
+    scale = math.sqrt(m / n)
+    diffs = diff + scale * ((qc - qb) - np.nanmean(qc - qb))
+    bstar_b = b_est + scale * (qb - np.nanmean(qb))
+    bstar_c = c_est + scale * (qc - np.nanmean(qc))
+    a = (1 - CONFIDENCE) / 2
+    lo, hi = np.nanquantile(diffs, [a, 1 - a])
+    bi = Interval(b_est, *map(float, np.nanquantile(bstar_b, [a, 1 - a])))
+    ci = Interval(c_est, *map(float, np.nanquantile(bstar_c, [a, 1 - a])))
+    se = float(np.nanstd(diffs, ddof=1))
+    if se == 0 or math.isnan(se):
+        p2 = pw = 1.0 if diff == 0 else 0.0
+    else:
+        z = diff / se
+        p2 = float(2 * stats.norm.sf(abs(z)))
+        pw = float(stats.norm.sf(z) if not higher_is_better else stats.norm.cdf(z))
+    method = (f"paired bootstrap over prompts ({QUANTILE_RESAMPLES} resamples)" if m == n else
+              f"paired m-out-of-n bootstrap over prompts (m={m}, {QUANTILE_RESAMPLES} resamples, sqrt(m/n) rescaled)")
+    return PairedResult(n, bi, ci, diff, float(lo), float(hi), se, nan, method, "bootstrap (normal approx.)", p2, pw)
+
+
+def _quantile(x: np.ndarray, q: float) -> float:
+    x = x[~np.isnan(x)]
+    return float(np.quantile(x, q)) if len(x) else float("nan")
+
+
+def _quantile_rows(a: np.ndarray, q: float, has_nan: bool) -> np.ndarray:
+    if has_nan:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.nanquantile(a, q, axis=1)
+    return np.quantile(a, q, axis=1)
+
+
+def holm(pvalues: list[float], alpha: float) -> list[float]:
+    """Holm-adjusted p-values (statsmodels); NaN p-values stay NaN and do not count."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(len(p), np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], alpha=alpha, method="holm")[1]
+    return out.tolist()
+
+
+def planning_sd(sd: float, binary: bool) -> float:
+    """SD used for power when the sample shows none (e.g. all differences zero)."""
+    if math.isnan(sd) or sd == 0:
+        return 0.5 if binary else 0.25
+    return sd
+
+
+def minimal_detectable_effect(n: int, sd: float, alpha: float, two_sided: bool = True, power: float = POWER) -> float:
+    """Smallest true mean difference detected with `power` at this n (one-sample t power, statsmodels)."""
+    if n < 2 or math.isnan(sd):
+        return float("nan")
+    alt = "two-sided" if two_sided else "larger"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        es = _power.solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative=alt)
+    return float(es) * sd
+
+
+def prompts_needed(effect: float, sd: float, alpha: float, two_sided: bool = True, power: float = POWER) -> int | None:
+    """Prompts needed to detect `effect` with `power` (paired, one-sample t approximation)."""
+    if not effect or math.isnan(sd) or sd <= 0:
+        return None
+    alt = "two-sided" if two_sided else "larger"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            n = _power.solve_power(effect_size=abs(effect) / sd, nobs=None, alpha=alpha, power=power, alternative=alt)
+        except Exception:
+            return None
+    return int(math.ceil(float(n))) if n and not math.isnan(float(n)) else None
+
+
+def power_at(effect: float, n: int, sd: float, alpha: float, two_sided: bool = False) -> float:
+    """Power to detect a true difference of `effect` with n prompts."""
+    if n < 2 or math.isnan(sd) or sd <= 0 or not effect:
+        return float("nan")
+    alt = "two-sided" if two_sided else "larger"
+    return float(_power.power(effect_size=abs(effect) / sd, nobs=n, alpha=alpha, alternative=alt))
