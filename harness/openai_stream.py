@@ -125,7 +125,7 @@ async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dic
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
-                    break
+                    continue  # read on to the end of the body, so the connection goes back to the pool
                 chunk = json.loads(data)
                 if "error" in chunk:
                     raise _Fatal("server_error", json.dumps(chunk["error"])[:500], resp.status_code)

