@@ -35,7 +35,7 @@ from evaluators.claims import build_claims  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "groundedness_dev.jsonl"
 # Features where a larger value means less support (aggregated by max over claims, others by min).
-NEGATIVE = {"missing_entities", "missing_number", "negation_mismatch", "contrast_cue", "nothing_new"}
+NEGATIVE = {"missing_number", "negation_mismatch", "contrast_cue", "nothing_new"}
 
 
 def load(path: Path) -> list[dict]:
@@ -109,6 +109,7 @@ def cross_validate(X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int 
         clf = SignedLogistic().fit(X[train], y[train])
         thr = best_f1_threshold(clf.predict_proba(X[train])[:, 1], y[train])
         p = clf.predict_proba(X[test])[:, 1]
+        p = np.where(lexical.contradicted(X[test]), p * lexical.CONTRADICTION_FACTOR, p)  # the fixed rule, as shipped
         prob[test], pred[test] = p, p >= thr
         thresholds.append(thr)
     return {"auroc": roc_auc_score(y, prob), "f1": f1_score(y, pred), "thresholds": thresholds}

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 _SENT_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[]?[A-Z0-9])|(?<=[a-z0-9][.!?])(?=[A-Z][a-z])|\n+")
 _ABBREV = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|vs|etc|Inc|Ltd|Co|No|Gen|Col|Lt|Mt|Ft|U\.S|e\.g|i\.e|approx)\.$", re.I)
 # Clause boundaries inside a sentence: semicolons and contrastive conjunctions after a comma.
-_CLAUSE_SPLIT = re.compile(r";\s+|,\s+(?=(?:but|while|whereas|although|though|however|yet)\b)", re.I)
+_CLAUSE_SPLIT = re.compile(
+    r";\s+|,\s+(?=(?:and|but|while|whereas|although|though|however|yet)\b)"
+    r"|\s+(?:and|but)\s+(?=(?:it|he|she|they|we|i|this|that|there|its|his|her|their)\s)",
+    re.I,
+)
+_LEADING_CONJ = re.compile(r"^(?:and|but)\s+", re.I)
 _WORD = re.compile(r"[A-Za-z\u00C0-\u024F]+(?:['’][A-Za-z]+)?|\d+(?:[.,:]\d+)*(?:st|nd|rd|th|s)?\b")
 _SPEAKER = re.compile(r"^\s*[A-Z][\w ]{0,20}:\s+")  # "User: ..." dialogue turn prefixes
 
@@ -54,7 +59,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 def split_clauses(sentence: str) -> list[str]:
-    clauses = [c.strip(" ,") for c in _CLAUSE_SPLIT.split(sentence)]
+    clauses = [_LEADING_CONJ.sub("", c.strip(" ,")) for c in _CLAUSE_SPLIT.split(sentence)]
     # Keep a fragment too short to stand alone attached to its neighbour.
     out: list[str] = []
     for c in clauses:

@@ -94,7 +94,7 @@ def _lexical(claims: list[Claim], contexts: list[str], claim_doc: list[int], thr
     ev = lexical.claim_evidence(claims, contexts, claim_doc)
     prob = lexical.support_probability(ev.features)
     thr = lexical.CLAIM_THRESHOLD if threshold is None else threshold
-    neg = lexical.FEATURES.index("negation_mismatch")
+    contra = lexical.contradicted(ev.features)
     verdicts = []
     for i, c in enumerate(claims):
         supported = bool(prob[i] >= thr)
@@ -103,7 +103,7 @@ def _lexical(claims: list[Claim], contexts: list[str], claim_doc: list[int], thr
                 claim=c.text,
                 support=float(prob[i]),
                 supported=supported,
-                contradicted=bool(not supported and ev.features[i, neg] > 0 and not ev.missing[i]),
+                contradicted=bool(contra[i]),
                 evidence=ev.best_sentence[i],
                 missing=ev.missing[i],
             )
