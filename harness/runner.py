@@ -30,6 +30,7 @@ from harness.store import BatchWriter, connect, upsert
 from harness.tracing import make_tracer_provider, request_attributes, result_attributes, tracer
 
 FLUSH_INTERVAL_S = 1.0
+SERVER_SPAN_WAIT_S = 15.0
 
 
 @dataclass
@@ -147,15 +148,11 @@ def _response_row(run_id: str, route: RouteConfig, record: PromptRecord, sample:
 class Mirror:
     """One mirror run. Use `asyncio.run(Mirror(routes, opts).run())`."""
 
-    def __init__(self, routes: RoutesFile, opts: MirrorOptions, base_urls: dict[str, str] | None = None,
+    def __init__(self, routes: RoutesFile, opts: MirrorOptions,
                  on_progress: Callable[[str, RouteTally], None] | None = None):
         self.routes = routes.routes
         self.opts = opts
-        # serve: routes get their URL from the servers routecheck started.
-        self.base_urls = {r.name: (base_urls or {}).get(r.name) or r.base_url for r in self.routes}
-        missing = [name for name, url in self.base_urls.items() if not url]
-        if missing:
-            raise ConfigError(f"routes {missing} have no base_url (serve: routes must be started first)")
+        self.base_urls: dict[str, str | None] = {r.name: r.base_url for r in self.routes}
         self.on_progress = on_progress
         self.tally = {r.name: RouteTally() for r in self.routes}
         self.run_id = opts.run_id or new_run_id()
@@ -202,6 +199,9 @@ class Mirror:
     # -- the run -----------------------------------------------------------------------------------
     async def run(self) -> MirrorSummary:
         t0 = time.monotonic()
+        missing = [name for name, url in self.base_urls.items() if not url]
+        if missing:
+            raise ConfigError(f"routes {missing} have no base_url (serve: routes must be started first)")
         done = self._start_run()
         provider = make_tracer_provider(self.writer, self.opts.otlp_endpoint)
         self._tracer = tracer(provider)
@@ -256,7 +256,6 @@ class Mirror:
             provider.shutdown()
             self.writer.flush()
             self._finish_run(status, n_prompts)
-            self.con.close()
         return MirrorSummary(self.run_id, status, n_prompts, n_calls, stats.skipped, n_skipped_done,
                              time.monotonic() - t0, self.tally)
 
@@ -305,11 +304,44 @@ class Mirror:
             self.on_progress(route.name, t)
 
 
-def run_mirror(routes: RoutesFile, opts: MirrorOptions, base_urls: dict[str, str] | None = None,
-               on_progress: Callable[[str, RouteTally], None] | None = None) -> MirrorSummary:
-    """Run a mirror on a fresh event loop; SIGTERM is treated like Ctrl-C (the run is marked interrupted)."""
-    mirror = Mirror(routes, opts, base_urls, on_progress)
+def run_mirror(routes: RoutesFile, opts: MirrorOptions, on_progress: Callable[[str, RouteTally], None] | None = None,
+               scrape_interval_s: float = 10.0) -> MirrorSummary:
+    """Run a mirror: start the serve: routes' vLLM servers (with an OTLP receiver for their spans and a
+    metrics scraper), send the corpus, stop the servers. SIGTERM and Ctrl-C mark the run interrupted.
+    """
+    mirror = Mirror(routes, opts, on_progress)
+    served = [r for r in routes.routes if r.serve is not None]
+    try:
+        with contextlib.ExitStack() as stack:
+            if served:
+                from harness.otlp_receiver import OTLPReceiver
+                from harness.serve import serving
+                from harness.server_metrics import MetricsScraper
 
+                receiver = stack.enter_context(OTLPReceiver(mirror.writer))
+                log_dir = opts.db.parent / "logs" / mirror.run_id
+                urls = stack.enter_context(serving(served, log_dir, receiver.endpoint))
+                mirror.base_urls.update(urls)
+                stack.enter_context(MetricsScraper(urls, mirror.writer, mirror.run_id, interval_s=scrape_interval_s))
+            summary = _run_loop(mirror)
+            if served:
+                # vLLM exports its request spans in batches every few seconds: wait for them before stopping it.
+                expected = sum(summary.per_route[r.name].done for r in served)
+                deadline = time.monotonic() + SERVER_SPAN_WAIT_S
+                while receiver.spans_received < expected and time.monotonic() < deadline:
+                    time.sleep(0.2)
+        if served:
+            from harness.otlp_receiver import attach_server_spans
+
+            mirror.writer.flush()
+            attach_server_spans(mirror.con, mirror.run_id)
+        return summary
+    finally:
+        mirror.writer.flush()
+        mirror.con.close()
+
+
+def _run_loop(mirror: Mirror) -> MirrorSummary:
     async def main() -> MirrorSummary:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
@@ -318,7 +350,10 @@ def run_mirror(routes: RoutesFile, opts: MirrorOptions, base_urls: dict[str, str
         return await mirror.run()
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(main())
+        try:
+            return runner.run(main())
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

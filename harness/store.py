@@ -129,6 +129,22 @@ TABLES: dict[str, str] = {
 }
 
 
+# Client timing beside the server's own view of the same request (vLLM's `llm_request` span,
+# a child of the call span through the traceparent header). NULL where no server span arrived.
+RESPONSE_TIMINGS_VIEW = """
+CREATE OR REPLACE VIEW response_timings AS
+SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort,
+       r.latency_s, r.ttft_s,
+       TRY_CAST(json_extract_string(s.attributes, '$."gen_ai.latency.time_in_queue"') AS DOUBLE)         AS server_queue_s,
+       TRY_CAST(json_extract_string(s.attributes, '$."gen_ai.latency.time_in_model_prefill"') AS DOUBLE) AS server_prefill_s,
+       TRY_CAST(json_extract_string(s.attributes, '$."gen_ai.latency.time_in_model_decode"') AS DOUBLE)  AS server_decode_s,
+       TRY_CAST(json_extract_string(s.attributes, '$."gen_ai.latency.time_to_first_token"') AS DOUBLE)   AS server_ttft_s,
+       TRY_CAST(json_extract_string(s.attributes, '$."gen_ai.latency.e2e"') AS DOUBLE)                   AS server_e2e_s
+FROM responses r
+LEFT JOIN spans s ON s.trace_id = r.trace_id AND s.parent_span_id = r.span_id AND s.name = 'llm_request'
+"""
+
+
 def columns(table: str) -> list[str]:
     """Column names of a table, in declaration order."""
     cols = []
@@ -157,6 +173,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     for name, body in TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({body})")
     con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute(RESPONSE_TIMINGS_VIEW)
     con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
 

@@ -17,12 +17,12 @@ def _requests_seen(stub) -> int:
 
 
 def test_sigkill_then_resume(tmp_path, stub_server):
-    stub = stub_server(answer="one two three four five six seven eight", tokens_per_s=40)
+    stub = stub_server(answer="one two three four five six seven eight", tokens_per_s=20)
     routes = write_routes(tmp_path / "routes.yaml", [
         {"name": "base", "role": "baseline", "model": "a", "base_url": stub.base_url, "max_concurrency": 4},
         {"name": "cand", "role": "candidate", "model": "b", "base_url": stub.base_url, "max_concurrency": 4},
     ])
-    corpus = write_corpus(tmp_path / "c.jsonl", [{"id": f"p{i:02d}", "cohort": "c", "prompt": f"q {i}"} for i in range(60)])
+    corpus = write_corpus(tmp_path / "c.jsonl", [{"id": f"p{i:02d}", "cohort": "c", "prompt": f"q {i}"} for i in range(120)])
     db = tmp_path / "s.duckdb"
     cmd = [sys.executable, "-m", "harness.cli", "mirror", "--corpus", str(corpus), "--routes", str(routes), "--db", str(db),
            "--no-progress"]
@@ -40,7 +40,7 @@ def test_sigkill_then_resume(tmp_path, stub_server):
     done_before = con.execute("SELECT count(*) FROM responses WHERE error_type IS NULL").fetchone()[0]
     con.close()
     assert status == "running"  # killed: nobody could mark it
-    assert 0 < done_before < 120, done_before
+    assert 0 < done_before < 200, done_before
 
     seen_before = _requests_seen(stub)
     out = subprocess.run([*cmd, "--resume", run_id], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -49,9 +49,9 @@ def test_sigkill_then_resume(tmp_path, stub_server):
 
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute("SELECT prompt_id, route, sample, count(*) FROM responses GROUP BY ALL").fetchall()
-    assert len(rows) == 120 and all(r[3] == 1 for r in rows)
-    assert {(r[0], r[1]) for r in rows} == {(f"p{i:02d}", route) for i in range(60) for route in ("base", "cand")}
+    assert len(rows) == 240 and all(r[3] == 1 for r in rows)
+    assert {(r[0], r[1]) for r in rows} == {(f"p{i:02d}", route) for i in range(120) for route in ("base", "cand")}
     assert con.execute("SELECT count(*) FROM responses WHERE error_type IS NOT NULL").fetchone()[0] == 0
     assert con.execute("SELECT status FROM runs").fetchone()[0] == "completed"
     # Only the calls without a stored row were sent again.
-    assert _requests_seen(stub) - seen_before == 120 - done_before
+    assert _requests_seen(stub) - seen_before == 240 - done_before
