@@ -104,8 +104,10 @@ def _score(rec: EvalRecord, default_match: str, f1_threshold: float) -> EvalResu
         passes.append(details["json_error"] is None)
     score = sum(parts.values()) / len(parts)
     details["sub_scores"] = parts
-    reason = "; ".join(
-        [f"{details['match']} match {parts['answer']:.2f} vs {details['best_reference'][:60]!r}"] * ("answer" in parts)
-        + ([f"JSON invalid: {details['json_error']}"] if details.get("json_error") else ["JSON valid"] if "json_schema" in parts else [])
-    )
+    reasons = []
+    if "answer" in parts:
+        reasons.append(f"{details['match']} match {parts['answer']:.2f} vs {details['best_reference'][:60]!r}")
+    if "json_schema" in parts:
+        reasons.append(f"JSON invalid: {details['json_error']}" if details["json_error"] else "JSON valid")
+    reason = "; ".join(reasons)
     return EvalResult(score, all(passes), reason=reason, details=details)

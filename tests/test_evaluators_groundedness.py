@@ -1,0 +1,95 @@
+"""groundedness and hallucination (lexical backend) on hand-written cases."""
+
+import pytest
+
+from evaluators import EvalRecord, get_evaluator
+from evaluators.claims import build_claims, split_sentences
+
+CTX = (
+    "The Eiffel Tower is in Paris. It was completed in 1889 and is 330 metres tall. "
+    "The tower was designed by Gustave Eiffel's company."
+)
+
+
+def rec(text, question=None, context=CTX):
+    msgs = [{"role": "user", "content": question}] if question else []
+    return EvalRecord(prompt_id="p", messages=msgs, context=context, text=text)
+
+
+def both(*records):
+    recs = list(records)
+    return get_evaluator("groundedness").evaluate(recs), get_evaluator("hallucination").evaluate(recs)
+
+
+def test_supported_sentence_passes():
+    (g,), (h,) = both(rec("The Eiffel Tower is in Paris. It is 330 metres tall."))
+    assert g.applicable and g.passed is True and g.score > 0.7
+    assert g.details["unsupported"] == []
+    assert (h.score, h.passed) == (1.0, True)
+    assert h.details["n_claims"] == 2
+
+
+def test_number_mismatch_is_unsupported():
+    (g,), (h,) = both(rec("It was completed in 1887.", question="When was the Eiffel Tower completed?"))
+    assert g.passed is False and g.score < 0.1
+    assert g.details["claims"][0]["not_in_context"] == ["1887"]
+    assert (h.score, h.passed) == (0.0, False)
+
+
+def test_bare_phrase_answer_judged_with_question():
+    claims = build_claims("Paris", "Where is the Eiffel Tower?")
+    assert claims[0].check_text == "Where is the Eiffel Tower? Paris"
+    (g_ok, g_bad), (h_ok, h_bad) = both(rec("Paris", question="Where is the Eiffel Tower?"), rec("Lyon", question="Where is the Eiffel Tower?"))
+    assert g_ok.passed is True and g_bad.passed is False
+    assert g_ok.score > g_bad.score + 0.5
+    assert g_bad.details["unsupported"] == ["Lyon"]
+    assert (h_ok.passed, h_bad.passed) == (True, False)
+
+
+def test_negation_contradiction():
+    (g,), (h,) = both(rec("The Eiffel Tower is not in Paris."))
+    assert g.passed is False
+    assert g.details["claims"][0]["contradicted"] is True
+    assert h.passed is False
+    assert h.details["contradicted"] == ["The Eiffel Tower is not in Paris."]
+
+
+def test_one_unsupported_claim_among_several_is_listed():
+    (g,), (h,) = both(rec("The Eiffel Tower is in Paris. It was designed by Thomas Edison."))
+    assert g.details["unsupported"] == ["It was designed by Thomas Edison."]
+    assert g.details["claims"][1]["not_in_context"] == ["Thomas", "Edison"]
+    assert h.score == 0.5 and h.passed is False
+    assert [c["claim"] for c in h.details["hallucinated_claims"]] == ["It was designed by Thomas Edison."]
+
+
+def test_compound_sentence_split_into_clauses():
+    (h,) = get_evaluator("hallucination").evaluate([rec("The Eiffel Tower was completed in 1889 and it was painted green by Napoleon.")])
+    assert h.details["n_claims"] == 2
+    assert [c["claim"] for c in h.details["hallucinated_claims"]] == ["it was painted green by Napoleon."]
+
+
+def test_missing_context_or_answer_not_applicable():
+    (g1, g2, g3), (h1, h2, h3) = both(rec("Paris", context=None), rec("Paris", context="   "), rec("", question="Where?"))
+    for r in (g1, g2, g3, h1, h2, h3):
+        assert (r.applicable, r.score, r.passed) == (False, None, None)
+    assert g1.reason == "no context to check against"
+    assert g3.reason == "no answer text"
+
+
+def test_batch_result_independent_of_order():
+    a, b = rec("Paris", question="Where is the Eiffel Tower?"), rec("It was designed by Thomas Edison.")
+    g1 = get_evaluator("groundedness").evaluate([a, b])
+    g2 = get_evaluator("groundedness").evaluate([b, a])
+    assert g1[0].score == pytest.approx(g2[1].score) and g1[1].score == pytest.approx(g2[0].score)
+
+
+def test_sentence_splitter_handles_glued_sentences_and_abbreviations():
+    assert split_sentences("It was in the 19th century.First for Women is a magazine.") == ["It was in the 19th century.", "First for Women is a magazine."]
+    assert split_sentences("Dr. Smith met Mr. Jones. They talked.") == ["Dr. Smith met Mr. Jones.", "They talked."]
+
+
+def test_unknown_backend_and_nli_without_model_dir():
+    with pytest.raises(ValueError, match="unknown backend"):
+        get_evaluator("groundedness", {"backend": "magic"}).evaluate([rec("Paris")])
+    with pytest.raises(ValueError, match="model_dir"):
+        get_evaluator("groundedness", {"backend": "nli"}).evaluate([rec("Paris")])
