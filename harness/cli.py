@@ -15,7 +15,7 @@ from rich.table import Table
 from harness import __version__
 from harness.config import ConfigError, load_routes
 from harness.runner import MirrorOptions, RouteTally, new_run_id, run_mirror
-from harness.store import DEFAULT_DB, connect
+from harness.store import DEFAULT_DB, RESPONSE_TIMINGS_SQL, connect
 from harness.summary import list_runs, resolve_run_id, route_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mirror, trace, score, report and gate LLM routes.")
@@ -111,9 +111,34 @@ def _print_route_summary(db: Path, run_id: str) -> None:
     console.print(table)
 
 
+def _print_server_view(db: Path, run_id: str) -> None:
+    """What the vLLM servers saw: Prometheus deltas over the run and per-request server spans."""
+    from harness.server_metrics import server_summary
+
+    with connect(db, read_only=True) as con:
+        metrics = server_summary(con, run_id)
+        timings = con.execute(f"""
+            SELECT route, count(server_queue_s) AS server_spans,
+                   avg(latency_s) AS client_latency_s, avg(server_e2e_s) AS server_e2e_s,
+                   avg(server_queue_s) AS queue_s, avg(server_prefill_s) AS prefill_s, avg(server_decode_s) AS decode_s
+            FROM ({RESPONSE_TIMINGS_SQL}) WHERE run_id = ? GROUP BY route ORDER BY route""", [run_id]).df()
+    for title, df in (("server metrics (Prometheus, after - before)", metrics), ("server spans (vLLM llm_request), means", timings)):
+        if df.empty or (title.startswith("server spans") and not df.server_spans.any()):
+            console.print(f"{title}: none recorded (only serve: routes are scraped and traced)")
+            continue
+        table = Table(title=title)
+        for col in df.columns:
+            table.add_column(col, justify="left" if col == "route" else "right")
+        for row in df.itertuples(index=False):
+            table.add_row(*(_fmt(v) for v in row))
+        console.print(table)
+
+
 def _fmt(value: object) -> str:
     if value is None or value != value:  # None or NaN
         return "-"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
+        return f"{int(value):,}"
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value)
@@ -139,6 +164,7 @@ def runs(
             df = list_runs(con)
     if detail:
         _print_route_summary(db, run_id)
+        _print_server_view(db, run_id)
         return
     table = Table(title=f"runs in {db}")
     for col in ("run_id", "status", "started_at", "duration_s", "prompts", "responses", "errors", "expected", "corpus_path"):
@@ -148,6 +174,21 @@ def runs(
                       _fmt(row.responses), _fmt(row.errors), _fmt(row.expected), row.corpus_path)
     console.print(table)
 
+
+def _register_stage_commands() -> None:
+    """Each later stage keeps its command beside its code; the CLI only names them."""
+    from evaluators.scoring import score_command
+    from harness.gate import gate_command
+    from harness.report.command import report_command
+    from harness.serve import serve_command
+
+    app.command("serve")(serve_command)
+    app.command("score")(score_command)
+    app.command("report")(report_command)
+    app.command("gate")(gate_command)
+
+
+_register_stage_commands()
 
 if __name__ == "__main__":
     app()

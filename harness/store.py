@@ -131,8 +131,7 @@ TABLES: dict[str, str] = {
 
 # Client timing beside the server's own view of the same request (vLLM's `llm_request` span,
 # a child of the call span through the traceparent header). NULL where no server span arrived.
-RESPONSE_TIMINGS_VIEW = """
-CREATE OR REPLACE VIEW response_timings AS
+RESPONSE_TIMINGS_SQL = """
 SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort,
        r.latency_s, r.ttft_s,
        TRY_CAST(json_extract_string(s.attributes, '$."gen_ai.latency.time_in_queue"') AS DOUBLE)         AS server_queue_s,
@@ -143,6 +142,7 @@ SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort,
 FROM responses r
 LEFT JOIN spans s ON s.trace_id = r.trace_id AND s.parent_span_id = r.span_id AND s.name = 'llm_request'
 """
+RESPONSE_TIMINGS_VIEW = f"CREATE OR REPLACE VIEW response_timings AS {RESPONSE_TIMINGS_SQL}"
 
 
 def columns(table: str) -> list[str]:
