@@ -167,7 +167,7 @@ def _windows(context: str, max_chars: int = 1500) -> list[str]:
     return out
 
 
-_VERDICT = re.compile(r"^\s*(?:claim\s*)?(\d+)\s*[:.)\-]\s*\**\s*(SUPPORTED|UNSUPPORTED|CONTRADICTED|NOT SUPPORTED)", re.I | re.M)
+_VERDICT = re.compile(r"\b(?:claim\s*)?(\d+)\s*[:.)\-]\s*\**\s*(SUPPORTED|UNSUPPORTED|CONTRADICTED|NOT SUPPORTED)", re.I)
 
 
 def _llm(claims: list[Claim], contexts: list[str], claim_doc: list[int], route: str | None = None, routes: str = "routes.yaml", base_url: str | None = None, model: str | None = None) -> list[ClaimVerdict]:
@@ -207,7 +207,8 @@ def _llm(claims: list[Claim], contexts: list[str], claim_doc: list[int], route: 
 def groundedness(records: list[EvalRecord], backend: str = "lexical", threshold: float | None = None, **backend_options: Any) -> list[EvalResult]:
     """Mean support of the answer's claims by the context; unsupported claims listed."""
     results = []
-    default_thr = lexical.CLAIM_THRESHOLD if backend == "lexical" else 0.5
+    # llm verdicts are 0/1, so its default asks for every claim to be supported.
+    default_thr = {"lexical": lexical.CLAIM_THRESHOLD, "llm": 1.0}.get(backend, 0.5)
     thr = default_thr if threshold is None else threshold
     for verdicts in analyse(records, backend, threshold, **backend_options):
         if isinstance(verdicts, str):

@@ -194,7 +194,7 @@ def score_command(
     config: Annotated[Optional[Path], typer.Option("--config", help="evaluators.yaml with evaluators and their options.")] = None,
 ) -> None:
     """Score a run's responses (RUN_ID or `latest`) with the configured evaluators; writes `scores`."""
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         specs = resolve_specs(evaluators, config)
         if not Path(db).exists():

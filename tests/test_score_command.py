@@ -1,0 +1,116 @@
+"""score_run / score_command on a real DuckDB file filled through harness.store."""
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from evaluators import score_command, score_run
+from harness import store
+
+CTX = "The Eiffel Tower is in Paris. It was completed in 1889."
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def fill(db, run_id="run-a", started=None):
+    con = store.connect(db)
+    store.upsert(con, "runs", [{"run_id": run_id, "started_at": started or datetime.now(timezone.utc), "status": "completed"}])
+    store.upsert(
+        con,
+        "prompts",
+        [
+            {"run_id": run_id, "prompt_id": "q1", "cohort": "rag", "messages": [{"role": "user", "content": "Where is the Eiffel Tower?"}], "context": CTX, "expected": {"answer": "Paris"}},
+            {"run_id": run_id, "prompt_id": "t1", "cohort": "tools", "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER], "expected": {"tool": "get_weather", "arguments": {"city": "Paris"}}},
+        ],
+    )
+    call = [{"id": "c0", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}]
+    store.upsert(
+        con,
+        "responses",
+        [
+            {"run_id": run_id, "prompt_id": "q1", "route": "dense", "sample": 0, "cohort": "rag", "text": "Paris"},
+            {"run_id": run_id, "prompt_id": "q1", "route": "moe", "sample": 0, "cohort": "rag", "text": "Lyon"},
+            {"run_id": run_id, "prompt_id": "t1", "route": "dense", "sample": 0, "cohort": "tools", "text": None, "tool_calls": call},
+            {"run_id": run_id, "prompt_id": "t1", "route": "moe", "sample": 0, "cohort": "tools", "error_type": "timeout", "error_message": "read timed out"},
+        ],
+    )
+    con.close()
+
+
+def scores(db, run_id="run-a"):
+    con = store.connect(db, read_only=True)
+    df = con.execute("SELECT * FROM scores WHERE run_id = ? ORDER BY prompt_id, route, evaluator", [run_id]).df()
+    con.close()
+    return df
+
+
+def test_score_run_writes_every_response_and_is_idempotent(tmp_path):
+    db = tmp_path / "rc.duckdb"
+    fill(db)
+    evs = ["groundedness", "tool_selection", "task_completion"]
+    summary = score_run(db, "run-a", evs, progress=False)
+    assert summary.n_responses == 4 and summary.rows_written == 12
+    df = scores(db)
+    assert len(df) == 12
+    row = lambda p, r, e: df[(df.prompt_id == p) & (df.route == r) & (df.evaluator == e)].iloc[0]  # noqa: E731
+
+    assert row("q1", "dense", "task_completion").passed == True  # noqa: E712
+    assert row("q1", "moe", "task_completion").score == 0.0
+    assert row("q1", "dense", "groundedness").passed == True  # noqa: E712
+    assert row("q1", "moe", "groundedness").passed == False  # noqa: E712
+    assert json.loads(row("q1", "moe", "groundedness").details)["unsupported"] == ["Lyon"]
+    assert row("t1", "dense", "tool_selection").score == 1.0
+    assert row("t1", "dense", "groundedness").applicable == False  # noqa: E712  (no context)
+    failed = row("t1", "moe", "tool_selection")
+    assert (failed.applicable, failed.reason) == (False, "call failed")
+    assert pd_isna(failed.score) and pd_isna(failed.passed)
+    assert json.loads(failed.details)["error"] == "timeout: read timed out"
+    assert set(df.evaluator_version) == {"1"}
+    assert summary.per_evaluator["tool_selection"]["dense"] == {"n": 2, "applicable": 1, "mean_score": 1.0, "pass_rate": 1.0}
+
+    first_scored = df.scored_at.max()
+    score_run(db, "run-a", evs, progress=False)
+    again = scores(db)
+    assert len(again) == 12
+    assert again.scored_at.min() >= first_scored
+    assert list(again.score.fillna(-1)) == list(df.score.fillna(-1))
+
+
+def pd_isna(v):
+    import pandas as pd
+
+    return pd.isna(v)
+
+
+def test_latest_and_unknown_run(tmp_path):
+    db = tmp_path / "rc.duckdb"
+    fill(db, "old-run", started=datetime.now(timezone.utc) - timedelta(hours=1))
+    fill(db, "new-run")
+    summary = score_run(db, "latest", ["task_completion"], progress=False)
+    assert summary.run_id == "new-run"
+    assert len(scores(db, "new-run")) == 4 and len(scores(db, "old-run")) == 0
+    with pytest.raises(LookupError, match="no run 'nope'"):
+        score_run(db, "nope", ["task_completion"], progress=False)
+
+
+def test_score_command_cli(tmp_path):
+    db = tmp_path / "rc.duckdb"
+    fill(db)
+    cfg = tmp_path / "evaluators.yaml"
+    cfg.write_text("evaluators:\n  - name: task_completion\n    as: tc_contains\n    options: {match: contains}\n")
+    app = typer.Typer()
+    app.command("score")(score_command)
+    app.command("other")(lambda: None)  # two commands, so `score` is a sub-command as in routecheck
+    runner = CliRunner()
+    result = runner.invoke(app, ["score", "latest", "--db", str(db), "--config", str(cfg), "-e", "tool_selection"])
+    assert result.exit_code == 0, result.output
+    assert "tc_contains" in result.output and "tool_selection" in result.output
+    assert set(scores(db).evaluator) == {"tc_contains", "tool_selection"}
+
+    bad = runner.invoke(app, ["score", "latest", "--db", str(db), "-e", "no_such_evaluator"])
+    assert bad.exit_code == 2
+    assert "unknown evaluator 'no_such_evaluator'" in bad.output
+    missing = runner.invoke(app, ["score", "latest", "--db", str(tmp_path / "none.duckdb")])
+    assert missing.exit_code == 2 and "no routecheck store" in missing.output
