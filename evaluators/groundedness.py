@@ -144,9 +144,12 @@ def _nli(claims: list[Claim], contexts: list[str], claim_doc: list[int], thresho
             if con is not None:
                 con_p[s : s + len(chunk)] = probs[:, con]
     thr = 0.5 if threshold is None else threshold
+    pairs_of: dict[int, list[int]] = {}
+    for j, p in enumerate(pairs):
+        pairs_of.setdefault(p[2], []).append(j)
     verdicts = []
     for k, c in enumerate(claims):
-        idx = [j for j, p in enumerate(pairs) if p[2] == k]
+        idx = pairs_of[k]
         best = max(idx, key=lambda j: ent_p[j])
         support = float(ent_p[best])
         contradicted = float(max(con_p[j] for j in idx)) > 0.5 and support < thr
