@@ -298,22 +298,30 @@ def wait_ready(handles: Sequence[ServerHandle], timeouts_s: dict[str, float], po
                 time.sleep(poll_s)
 
 
-def _group_members(handle: ServerHandle) -> list[psutil.Process]:
-    """Every live process of the server: its process tree plus anything else carrying its tag."""
+def server_processes(handle: ServerHandle) -> list[psutil.Process]:
+    """Every live process of a server: its process tree, its process group, and anything else
+    carrying its tag (a process that left the tree and the group still inherits the environment,
+    unless it rewrote it: EngineCore's setproctitle clobbers /proc/PID/environ, hence all three)."""
+    pgid = handle.process.pid  # start_new_session: the server leads its own group
     found: dict[int, psutil.Process] = {}
     with contextlib.suppress(psutil.Error):
         root = psutil.Process(handle.process.pid)
-        found[root.pid] = root
+        if root.status() != psutil.STATUS_ZOMBIE:
+            found[root.pid] = root
         for child in root.children(recursive=True):
             found[child.pid] = child
-    for proc in find_tagged_processes(handle.tag):
-        found.setdefault(proc.pid, proc)
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.pid in found or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if os.getpgid(proc.pid) == pgid or proc.environ().get(SERVE_TAG_ENV) == handle.tag:
+                found[proc.pid] = proc
     return list(found.values())
 
 
 def stop_server(handle: ServerHandle, grace_s: float = 10.0) -> None:
     """SIGTERM the server's process group, SIGKILL whatever is left after `grace_s`. Idempotent."""
-    members = _group_members(handle)
+    members = server_processes(handle)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(handle.process.pid, signal.SIGTERM)
     for proc in members:  # in case one left the group
@@ -331,17 +339,29 @@ def stop_server(handle: ServerHandle, grace_s: float = 10.0) -> None:
     _LIVE.pop(id(handle), None)
 
 
-def find_tagged_processes(tag: str) -> list[psutil.Process]:
-    """Live processes whose environment carries ROUTECHECK_SERVE_TAG=tag (EngineCore renames its
-    command line, but inherits the environment)."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        with contextlib.suppress(psutil.Error):
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if proc.environ().get(SERVE_TAG_ENV) == tag:
-                found.append(proc)
-    return found
+def find_server_processes(tag_prefix: str) -> list[psutil.Process]:
+    """Live processes of servers whose ROUTECHECK_SERVE_TAG starts with `tag_prefix` (tags are
+    `<route>-<routecheck pid>-<ns>`), with every member of their process groups (EngineCore and
+    workers rewrite their environment, so they are found through the group)."""
+    procs = [p for p in psutil.process_iter(["pid"]) if _alive(p)]
+    tagged, groups = {}, set()
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            if (proc.environ().get(SERVE_TAG_ENV) or "").startswith(tag_prefix):
+                tagged[proc.pid] = proc
+                groups.add(os.getpgid(proc.pid))
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.pid not in tagged and os.getpgid(proc.pid) in groups:
+                tagged[proc.pid] = proc
+    return list(tagged.values())
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 # Every server started and not yet stopped, for the atexit and signal safety nets.

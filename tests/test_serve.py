@@ -53,20 +53,20 @@ def _route(name: str, model_dir: Path, role: str = "baseline", **serve_kw) -> Ro
     return RouteConfig(name=name, role=role, model=f"{name}-model", serve={"model": str(model_dir), **serve_kw})
 
 
-def _leftovers(tag_prefix: str = "", model_dir: Path | None = None) -> list[psutil.Process]:
-    """Processes carrying our serve tag (prefix) or the model dir in their command line."""
-    found = []
+def _leftovers(tag_prefix: str = "", model_dir: Path | None = None, pids: set[int] = frozenset()) -> list[psutil.Process]:
+    """Live processes that belong to servers we started: tagged (prefix) or in a tagged process's
+    group, with the model dir in the command line, or among `pids` seen while serving."""
+    found = {p.pid: p for p in serve.find_server_processes(tag_prefix)} if tag_prefix else {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+            if proc.pid == os.getpid() or proc.pid in found or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            tag = proc.environ().get(serve.SERVE_TAG_ENV)
             cmd = " ".join(proc.info["cmdline"] or [])
-            if (tag_prefix and tag and tag.startswith(tag_prefix)) or (model_dir and str(model_dir) in cmd):
-                found.append(proc)
+            if proc.pid in pids or (model_dir and str(model_dir) in cmd):
+                found[proc.pid] = proc
         except psutil.Error:
             continue
-    return found
+    return list(found.values())
 
 
 @pytest.fixture
@@ -291,7 +291,9 @@ def test_real_vllm_route_metrics_and_server_span(tmp_path, tiny_model):
         with serve.serving([route], tmp_path / "logs", otlp_traces_endpoint=receiver.endpoint) as urls:
             base = urls["tiny-moe"]
             assert httpx.get(base.removesuffix("/v1") + "/health", trust_env=False).status_code == 200
-            assert len(_leftovers(model_dir=tiny_model)) >= 1
+            serving_pids = {p.pid for p in _leftovers(f"tiny-moe-{os.getpid()}-")}
+            names = {psutil.Process(pid).name() for pid in serving_pids}
+            assert {"VLLM::EngineCore", "VLLM::Worker"} <= names, names  # the group holds vLLM's children
             scraper = MetricsScraper({"tiny-moe": base}, writer, "run-v", interval_s=1.0).start()
             with httpx.Client(trust_env=False, timeout=60) as client:
                 for i in range(3):
@@ -317,7 +319,7 @@ def test_real_vllm_route_metrics_and_server_span(tmp_path, tiny_model):
     finally:
         receiver.stop()
 
-    assert _leftovers(model_dir=tiny_model) == []
+    assert _leftovers(f"tiny-moe-{os.getpid()}-", tiny_model, serving_pids) == []
 
     phases = {p for (p,) in con.execute("SELECT DISTINCT phase FROM server_metrics WHERE run_id='run-v'").fetchall()}
     assert {"before", "during", "after"} <= phases
@@ -345,12 +347,18 @@ def test_real_vllm_route_metrics_and_server_span(tmp_path, tiny_model):
 @pytest.mark.vllm
 def test_real_vllm_sigint_to_parent_leaves_no_process(tmp_path, tiny_model):
     parent = _run_parent(tmp_path, "-", tiny_model, *TINY_ARGS)
-    line = parent.stdout.readline()
-    assert line.startswith("READY"), line + parent.stdout.read()
-    prefix = f"p-{parent.pid}-"
-    names = {p.name() for p in _leftovers(prefix)}
-    assert len(_leftovers(prefix)) >= 3, names  # API server, EngineCore, worker(s)
-    parent.send_signal(signal.SIGINT)
-    out = parent.communicate(timeout=60)[0]
-    assert "INTERRUPTED" in out, out
-    assert _leftovers(prefix, model_dir=tiny_model) == []
+    try:
+        line = parent.stdout.readline()
+        assert line.startswith("READY"), line + parent.stdout.read()
+        prefix = f"p-{parent.pid}-"
+        serving_pids = {p.pid for p in _leftovers(prefix)}
+        names = {psutil.Process(pid).name() for pid in serving_pids}
+        assert {"VLLM::EngineCore", "VLLM::Worker"} <= names, names
+        parent.send_signal(signal.SIGINT)
+        out = parent.communicate(timeout=60)[0]
+        assert "INTERRUPTED" in out, out
+        assert _leftovers(prefix, tiny_model, serving_pids) == []
+    finally:
+        if parent.poll() is None:
+            parent.send_signal(signal.SIGINT)
+            parent.wait(timeout=60)
