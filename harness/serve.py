@@ -511,7 +511,7 @@ def serve_command(
             for r in chosen:
                 h = pool.handles[r.name]
                 table.add_row(r.name, r.model, urls[r.name], f"{h.ready_s:.0f} s", str(h.log_path))
-            console.print(table)
+            Console().print(table)  # stdout: the URLs, for whoever reads them
             console.print("serving; press Ctrl-C to stop")
             while True:
                 time.sleep(1.0)
