@@ -25,6 +25,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from harness import __version__
 from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.corpus import CorpusStats, PromptRecord, corpus_sha256, read_corpus
+from harness.http_pool import ShardedTransport
 from harness.openai_stream import CallResult, RetryPolicy, stream_chat
 from harness.store import BatchWriter, connect, upsert
 from harness.tracing import make_tracer_provider, request_attributes, result_attributes, tracer
@@ -212,7 +213,7 @@ class Mirror:
                 base_url=self.base_urls[r.name].rstrip("/") + "/",
                 headers={"Authorization": f"Bearer {key}"} if (key := r.api_key()) else {},
                 timeout=httpx.Timeout(r.timeout_s, connect=min(10.0, r.timeout_s)),
-                limits=httpx.Limits(max_connections=r.max_concurrency, max_keepalive_connections=r.max_concurrency),
+                transport=ShardedTransport(r.max_concurrency),
             )
             for r in self.routes
         }
