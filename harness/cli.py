@@ -175,6 +175,27 @@ def runs(
     console.print(table)
 
 
+@app.command()
+def sql(query: str = typer.Argument(..., help="A SQL query over runs, prompts, responses, spans, scores, server_metrics."),
+        db: Path = DB_OPTION) -> None:
+    """Run a read-only SQL query on the store and print the result (no separate DuckDB CLI needed)."""
+    import duckdb
+
+    try:
+        with connect(db, read_only=True) as con:
+            df = con.execute(query).df()
+    except FileNotFoundError as e:
+        fail(str(e))
+    except duckdb.Error as e:
+        fail(f"query failed: {e}")
+    table = Table()
+    for col in df.columns:
+        table.add_column(str(col))
+    for row in df.itertuples(index=False):
+        table.add_row(*(_fmt(v) for v in row))
+    console.print(table)
+
+
 def _register_stage_commands() -> None:
     """Each later stage keeps its command beside its code; the CLI only names them."""
     from evaluators.scoring import score_command
