@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 from dataclasses import dataclass
 
 # Sentence ends: punctuation followed by space+capital/digit/quote, or glued ("century.First").
@@ -76,6 +77,7 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text or "")
 
 
+@lru_cache(maxsize=200_000)
 def norm(token: str) -> str:
     """Lower case, possessive and plural stripped: a cheap stemmer that keeps names intact."""
     t = _strip_accents(token.lower().replace("’", "'"))
