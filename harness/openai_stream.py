@@ -120,32 +120,38 @@ async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dic
                 if resp.status_code in RETRYABLE_STATUS:
                     raise _Retryable(f"http_{resp.status_code}", message, resp.status_code, _retry_after(resp))
                 raise _Fatal(f"http_{resp.status_code}", message, resp.status_code)
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    continue  # read on to the end of the body, so the connection goes back to the pool
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    raise _Fatal("server_error", json.dumps(chunk["error"])[:500], resp.status_code)
-                result.response_id = result.response_id or chunk.get("id")
-                result.response_model = result.response_model or chunk.get("model")
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                for choice in chunk.get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    got_token = False
-                    if delta.get("content"):
-                        text_parts.append(delta["content"])
-                        got_token = True
-                    for tc in delta.get("tool_calls") or ():
-                        _merge_tool_call(tool_calls, tc)
-                        got_token = True
-                    if got_token:
-                        token_times.append(time.perf_counter())
-                    if choice.get("finish_reason"):
-                        result.finish_reason = choice["finish_reason"]
+            # SSE split by hand on bytes: httpx's aiter_lines decodes to text first and costs more CPU.
+            pending = b""
+            async for data_bytes in resp.aiter_bytes():
+                pending += data_bytes
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        continue  # read on to the end of the body, so the connection goes back to the pool
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise _Fatal("server_error", json.dumps(chunk["error"])[:500], resp.status_code)
+                    if result.response_id is None:
+                        result.response_id = chunk.get("id")
+                        result.response_model = chunk.get("model")
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        got_token = False
+                        if delta.get("content"):
+                            text_parts.append(delta["content"])
+                            got_token = True
+                        for tc in delta.get("tool_calls") or ():
+                            _merge_tool_call(tool_calls, tc)
+                            got_token = True
+                        if got_token:
+                            token_times.append(time.perf_counter())
+                        if choice.get("finish_reason"):
+                            result.finish_reason = choice["finish_reason"]
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
         raise _Retryable(type(e).__name__, str(e) or type(e).__name__) from None
     except json.JSONDecodeError as e:
