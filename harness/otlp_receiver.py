@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import duckdb
+import pandas as pd
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -272,3 +273,28 @@ def attach_server_spans(con: duckdb.DuckDBPyConnection, run_id: str | None = Non
     )
     after = con.execute("SELECT count(*) FROM spans WHERE run_id IS NOT NULL").fetchone()[0]
     return after - before
+
+
+_SERVER_TIMINGS_SQL = """
+SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort,
+       r.latency_s, r.ttft_s,
+       CAST(s.attributes->>'$."gen_ai.latency.time_in_queue"' AS DOUBLE)          AS server_queue_s,
+       CAST(s.attributes->>'$."gen_ai.latency.time_in_model_prefill"' AS DOUBLE)  AS server_prefill_s,
+       CAST(s.attributes->>'$."gen_ai.latency.time_in_model_decode"' AS DOUBLE)   AS server_decode_s,
+       CAST(s.attributes->>'$."gen_ai.latency.time_to_first_token"' AS DOUBLE)    AS server_ttft_s,
+       CAST(s.attributes->>'$."gen_ai.latency.e2e"' AS DOUBLE)                    AS server_e2e_s,
+       r.latency_s - CAST(s.attributes->>'$."gen_ai.latency.e2e"' AS DOUBLE)      AS outside_server_s,
+       s.span_id AS server_span_id
+FROM responses r
+LEFT JOIN spans s
+  ON s.trace_id = r.trace_id AND s.parent_span_id = r.span_id AND s.name = 'llm_request'
+WHERE r.run_id = $run_id
+ORDER BY r.route, r.prompt_id, r.sample
+"""
+
+
+def server_timings(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
+    """Each response with the server's own queue / prefill / decode / TTFT / e2e seconds from its
+    `llm_request` span (NULL where no span arrived), and the time spent outside the server
+    (client latency minus server e2e: network, HTTP, detokenising the stream)."""
+    return con.execute(_SERVER_TIMINGS_SQL, {"run_id": run_id}).df()

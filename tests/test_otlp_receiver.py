@@ -152,3 +152,24 @@ def test_attach_server_spans_copies_run_and_route_from_the_client_span(store):
     row = store.execute("SELECT run_id, route, prompt_id, cohort, sample FROM spans WHERE span_id = 's1'").fetchone()
     assert row == ("r1", "moe", "p1", "sql", 0)
     assert store.execute("SELECT run_id FROM spans WHERE span_id = 's2'").fetchone() == (None,)
+
+
+def test_server_timings_join_responses_to_their_server_span(store):
+    from harness.otlp_receiver import server_timings
+
+    upsert(store, "responses", [
+        {"run_id": "r1", "prompt_id": "p1", "route": "moe", "sample": 0, "cohort": "sql", "latency_s": 1.0,
+         "ttft_s": 0.2, "trace_id": "t1", "span_id": "c1"},
+        {"run_id": "r1", "prompt_id": "p2", "route": "moe", "sample": 0, "cohort": "sql", "latency_s": 2.0,
+         "trace_id": "t2", "span_id": "c2"},
+    ])
+    upsert(store, "spans", [
+        {"trace_id": "t1", "span_id": "s1", "parent_span_id": "c1", "name": "llm_request", "kind": "SERVER",
+         "attributes": {"gen_ai.latency.time_in_queue": 0.1, "gen_ai.latency.time_in_model_prefill": 0.05,
+                        "gen_ai.latency.time_in_model_decode": 0.6, "gen_ai.latency.time_to_first_token": 0.16,
+                        "gen_ai.latency.e2e": 0.9}},
+    ])
+    df = server_timings(store, "r1").set_index("prompt_id")
+    assert df.loc["p1", "server_queue_s"] == 0.1 and df.loc["p1", "server_decode_s"] == 0.6
+    assert df.loc["p1", "outside_server_s"] == pytest.approx(0.1)
+    assert df.loc["p2", "server_span_id"] is None or df["server_queue_s"].isna()["p2"]
