@@ -170,6 +170,10 @@ def get_evaluator(name: str, options: dict[str, Any] | None = None, alias: str |
                 return _t(records, **_o)
     except TypeError as e:
         raise EvaluatorError(f"evaluator {name!r}: bad options {options}: {e}") from None
+    except EvaluatorError:
+        raise
+    except ValueError as e:
+        raise EvaluatorError(f"evaluator {name!r}: {e}") from None
     return BoundEvaluator(name=alias or name, evaluator=name, version=info.version, options=options, _fn=fn)
 
 

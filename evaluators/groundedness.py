@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -206,47 +207,95 @@ def _llm(claims: list[Claim], contexts: list[str], claim_doc: list[int], route: 
     return [v for v in verdicts if v is not None]
 
 
+_BACKEND_OPTIONS = {
+    "lexical": set(),
+    "nli": {"model_dir", "batch_size", "max_length"},
+    "llm": {"route", "routes", "base_url", "model"},
+}
+
+
+class _ClaimEvaluator:
+    """Shared options of groundedness and hallucination, checked when the evaluator is built so a
+    typo or a missing model directory fails before any scoring starts."""
+
+    def __init__(
+        self,
+        backend: str = "lexical",
+        threshold: float | None = None,
+        model_dir: str | None = None,
+        batch_size: int = 16,
+        max_length: int = 512,
+        route: str | None = None,
+        routes: str = "routes.yaml",
+        base_url: str | None = None,
+        model: str | None = None,
+    ):
+        if backend not in _BACKEND_OPTIONS:
+            raise ValueError(f"unknown backend {backend!r}; use lexical, nli or llm")
+        given = {"model_dir": model_dir, "route": route, "base_url": base_url, "model": model}
+        stray = sorted(k for k, v in given.items() if v is not None and k not in _BACKEND_OPTIONS[backend])
+        if stray:
+            raise ValueError(f"option(s) {stray} do not apply to backend {backend!r}")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.backend, self.threshold = backend, threshold
+        self.options: dict[str, Any] = {}
+        if backend == "nli":
+            if not model_dir:
+                raise ValueError("backend 'nli' needs option 'model_dir' (a local model directory)")
+            if not Path(model_dir).is_dir():
+                raise ValueError(f"backend 'nli': model_dir {model_dir!r} is not a directory")
+            self.options = {"model_dir": model_dir, "batch_size": batch_size, "max_length": max_length}
+        elif backend == "llm":
+            from evaluators.judge_client import resolve_judge_route
+
+            resolve_judge_route(route, routes, base_url, model)  # fail now on a bad route
+            self.options = {"route": route, "routes": routes, "base_url": base_url, "model": model}
+
+    def verdicts(self, records: list[EvalRecord]) -> list[list[ClaimVerdict] | str]:
+        return analyse(records, self.backend, self.threshold, **self.options)
+
+
 @evaluator("groundedness", version="1")
-def groundedness(records: list[EvalRecord], backend: str = "lexical", threshold: float | None = None, **backend_options: Any) -> list[EvalResult]:
+class Groundedness(_ClaimEvaluator):
     """Mean support of the answer's claims by the context; unsupported claims listed."""
-    results = []
-    # llm verdicts are 0/1, so its default asks for every claim to be supported.
-    default_thr = {"lexical": lexical.CLAIM_THRESHOLD, "llm": 1.0}.get(backend, 0.5)
-    thr = default_thr if threshold is None else threshold
-    for verdicts in analyse(records, backend, threshold, **backend_options):
-        if isinstance(verdicts, str):
-            results.append(EvalResult.not_applicable(verdicts))
-            continue
-        score = float(np.mean([v.support for v in verdicts]))
-        unsupported = [v.claim for v in verdicts if not v.supported]
-        reason = "all claims supported" if not unsupported else f"{len(unsupported)}/{len(verdicts)} claims unsupported: {unsupported[0][:80]!r}"
-        results.append(EvalResult(score=score, passed=score >= thr, reason=reason, details={"backend": backend, "threshold": thr, "claims": [v.as_dict() for v in verdicts], "unsupported": unsupported}))
-    return results
+
+    def evaluate(self, records: list[EvalRecord]) -> list[EvalResult]:
+        # llm verdicts are 0/1, so its default asks for every claim to be supported.
+        default_thr = {"lexical": lexical.CLAIM_THRESHOLD, "llm": 1.0}.get(self.backend, 0.5)
+        thr = default_thr if self.threshold is None else self.threshold
+        results = []
+        for verdicts in self.verdicts(records):
+            if isinstance(verdicts, str):
+                results.append(EvalResult.not_applicable(verdicts))
+                continue
+            score = float(np.mean([v.support for v in verdicts]))
+            unsupported = [v.claim for v in verdicts if not v.supported]
+            reason = "all claims supported" if not unsupported else f"{len(unsupported)}/{len(verdicts)} claims unsupported: {unsupported[0][:80]!r}"
+            details = {"backend": self.backend, "threshold": thr, "claims": [v.as_dict() for v in verdicts], "unsupported": unsupported}
+            results.append(EvalResult(score=score, passed=score >= thr, reason=reason, details=details))
+        return results
 
 
 @evaluator("hallucination", version="1")
-def hallucination(records: list[EvalRecord], backend: str = "lexical", threshold: float | None = None, **backend_options: Any) -> list[EvalResult]:
+class Hallucination(_ClaimEvaluator):
     """1 - share of claims unsupported or contradicted by the context; passed when none is."""
-    results = []
-    for verdicts in analyse(records, backend, threshold, **backend_options):
-        if isinstance(verdicts, str):
-            results.append(EvalResult.not_applicable(verdicts))
-            continue
-        bad = [v for v in verdicts if not v.supported or v.contradicted]
-        share = len(bad) / len(verdicts)
-        reason = "no hallucinated claim" if not bad else f"{len(bad)}/{len(verdicts)} claims hallucinated: {bad[0].claim[:80]!r}"
-        results.append(
-            EvalResult(
-                score=1.0 - share,
-                passed=not bad,
-                reason=reason,
-                details={
-                    "backend": backend,
-                    "hallucinated_share": share,
-                    "hallucinated_claims": [v.as_dict() for v in bad],
-                    "contradicted": [v.claim for v in bad if v.contradicted],
-                    "n_claims": len(verdicts),
-                },
-            )
-        )
-    return results
+
+    def evaluate(self, records: list[EvalRecord]) -> list[EvalResult]:
+        results = []
+        for verdicts in self.verdicts(records):
+            if isinstance(verdicts, str):
+                results.append(EvalResult.not_applicable(verdicts))
+                continue
+            bad = [v for v in verdicts if not v.supported or v.contradicted]
+            share = len(bad) / len(verdicts)
+            reason = "no hallucinated claim" if not bad else f"{len(bad)}/{len(verdicts)} claims hallucinated: {bad[0].claim[:80]!r}"
+            details = {
+                "backend": self.backend,
+                "hallucinated_share": share,
+                "hallucinated_claims": [v.as_dict() for v in bad],
+                "contradicted": [v.claim for v in bad if v.contradicted],
+                "n_claims": len(verdicts),
+            }
+            results.append(EvalResult(score=1.0 - share, passed=not bad, reason=reason, details=details))
+        return results

@@ -39,34 +39,41 @@ def build_prompt(rec: EvalRecord, rubric: str, lo: float, hi: float) -> list[dic
 
 
 @evaluator("llm_judge", version="1")
-def llm_judge(
-    records: list[EvalRecord],
-    route: str | None = None,
-    routes: str = "routes.yaml",
-    base_url: str | None = None,
-    model: str | None = None,
-    rubric: str = DEFAULT_RUBRIC,
-    scale_min: float = 1,
-    scale_max: float = 5,
-    pass_threshold: float = 0.7,
-) -> list[EvalResult]:
+class LlmJudge:
     """Rubric score from a judge route, normalised to [0, 1]; the judge's reasoning in details."""
-    judge = resolve_judge_route(route, routes, base_url, model)
-    results: list[EvalResult | None] = [None] * len(records)
-    todo = []
-    for i, rec in enumerate(records):
-        if not (rec.text or "").strip() and not rec.tool_calls:
-            results[i] = EvalResult.not_applicable("no response to judge")
-        else:
-            todo.append(i)
-    client = JudgeClient(judge)
-    try:
-        replies = client.complete_many([build_prompt(records[i], rubric, scale_min, scale_max) for i in todo])
-    finally:
-        client.close()
-    for i, reply in zip(todo, replies):
-        results[i] = _result(reply, judge.name, scale_min, scale_max, pass_threshold)
-    return [r for r in results if r is not None]
+
+    def __init__(
+        self,
+        route: str | None = None,
+        routes: str = "routes.yaml",
+        base_url: str | None = None,
+        model: str | None = None,
+        rubric: str = DEFAULT_RUBRIC,
+        scale_min: float = 1,
+        scale_max: float = 5,
+        pass_threshold: float = 0.7,
+    ):
+        if scale_max <= scale_min:
+            raise ValueError(f"scale_max ({scale_max}) must exceed scale_min ({scale_min})")
+        self.judge = resolve_judge_route(route, routes, base_url, model)  # a bad route fails before scoring
+        self.rubric, self.lo, self.hi, self.pass_threshold = rubric, scale_min, scale_max, pass_threshold
+
+    def evaluate(self, records: list[EvalRecord]) -> list[EvalResult]:
+        results: list[EvalResult | None] = [None] * len(records)
+        todo = []
+        for i, rec in enumerate(records):
+            if not (rec.text or "").strip() and not rec.tool_calls:
+                results[i] = EvalResult.not_applicable("no response to judge")
+            else:
+                todo.append(i)
+        client = JudgeClient(self.judge)
+        try:
+            replies = client.complete_many([build_prompt(records[i], self.rubric, self.lo, self.hi) for i in todo])
+        finally:
+            client.close()
+        for i, reply in zip(todo, replies):
+            results[i] = _result(reply, self.judge.name, self.lo, self.hi, self.pass_threshold)
+        return [r for r in results if r is not None]
 
 
 def _result(reply: str | Exception, judge: str, lo: float, hi: float, pass_threshold: float) -> EvalResult:

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from evaluators.base import BoundEvaluator, EvalRecord, EvalResult, EvaluatorError, parse_json_field
-from evaluators.config import EvaluatorSpec, resolve_specs
+from evaluators.config import EvaluatorSpec, parse_cli_spec, resolve_specs
 from harness import store
 
 _QUERY = """
@@ -105,7 +105,7 @@ def score_run(
     batch_size: int = 256,
 ) -> ScoreSummary:
     """Score every response of `run_id` (or `latest`) with each evaluator; returns counts per evaluator."""
-    specs = [s if isinstance(s, EvaluatorSpec) else EvaluatorSpec(name=s) for s in (evaluator_specs or resolve_specs(None, None))]
+    specs = [s if isinstance(s, EvaluatorSpec) else parse_cli_spec(s) for s in (evaluator_specs or resolve_specs(None, None))]
     bound = [s.bind() for s in specs]  # fail on unknown names/options before reading anything
     con = store.connect(db_path)
     try:

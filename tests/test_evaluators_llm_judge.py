@@ -72,3 +72,19 @@ def test_groundedness_llm_backend_on_stub(stub_server):
     assert g.score == 0.5 and g.passed is False
     h = get_evaluator("hallucination", {"backend": "llm", "base_url": stub.base_url, "model": "stub"}).evaluate([rec])[0]
     assert h.details["contradicted"] == ["It is in Rome."]
+
+
+def test_bad_options_fail_before_scoring(tmp_path):
+    from evaluators import EvaluatorError
+
+    routes = write_routes(tmp_path / "routes.yaml", [{"name": "judge", "role": "baseline", "model": "m", "base_url": "http://127.0.0.1:9/v1"}])
+    with pytest.raises(EvaluatorError, match="no route named 'nope'"):
+        get_evaluator("llm_judge", {"route": "nope", "routes": str(routes)})
+    with pytest.raises(EvaluatorError, match="give 'route'"):
+        get_evaluator("llm_judge")
+    with pytest.raises(EvaluatorError, match="do not apply to backend 'lexical'"):
+        get_evaluator("groundedness", {"model_dir": "x"})
+    with pytest.raises(EvaluatorError, match="is not a directory"):
+        get_evaluator("hallucination", {"backend": "nli", "model_dir": str(tmp_path / "missing")})
+    with pytest.raises(EvaluatorError, match="bad options"):
+        get_evaluator("groundedness", {"treshold": 0.5})
