@@ -55,3 +55,22 @@ def test_sigkill_then_resume(tmp_path, stub_server):
     assert con.execute("SELECT status FROM runs").fetchone()[0] == "completed"
     # Only the calls without a stored row were sent again.
     assert _requests_seen(stub) - seen_before == 240 - done_before
+
+
+def test_sigint_marks_run_interrupted_and_prints_resume(tmp_path, stub_server):
+    stub = stub_server(answer="a b c d e f g h", tokens_per_s=20)
+    routes = write_routes(tmp_path / "routes.yaml", [{"name": "base", "role": "baseline", "model": "a", "base_url": stub.base_url}])
+    corpus = write_corpus(tmp_path / "c.jsonl", [{"id": f"p{i}", "prompt": "q"} for i in range(100)])
+    db = tmp_path / "s.duckdb"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "mirror", "--corpus", str(corpus), "--routes", str(routes),
+                             "--db", str(db), "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while _requests_seen(stub) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    con = duckdb.connect(str(db), read_only=True)
+    run_id, status = con.execute("SELECT run_id, status FROM runs").fetchone()
+    assert status == "interrupted"
+    assert f"--resume {run_id}" in out
