@@ -114,6 +114,10 @@ def build_command(route: RouteConfig, port: int, otlp_traces_endpoint: str | Non
         head = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model]
     cmd = head + ["--served-model-name", route.model, "--host", "127.0.0.1", "--port", str(port)]
     if otlp_traces_endpoint:
+        if "--disable-log-stats" in spec.args:
+            # vLLM 0.32 builds the llm_request span from per-request stats (output_processor.do_tracing
+            # asserts they exist), so tracing needs stats logging on.
+            raise ConfigError(f"route {route.name!r}: serve.args has --disable-log-stats, which breaks vLLM's request spans")
         cmd += ["--otlp-traces-endpoint", otlp_traces_endpoint]
     return cmd + list(spec.args)
 

@@ -112,6 +112,13 @@ def test_reserved_flags_are_rejected(model_dir):
         serve.build_command(_route("d", model_dir, args=["--port=9000"]), 8233)
 
 
+def test_tracing_needs_stats_logging(model_dir):
+    route = _route("d", model_dir, args=["--disable-log-stats"])
+    assert "--disable-log-stats" in serve.build_command(route, 8234)  # fine without tracing
+    with pytest.raises(ConfigError, match="--disable-log-stats"):
+        serve.build_command(route, 8234, "http://127.0.0.1:9/v1/traces")
+
+
 def test_environment_precedence(model_dir):
     route = _route("d", model_dir, env={"VLLM_CPU_KVCACHE_SPACE": "3"})
     env = serve.build_env(route, "http://x/v1/traces", tag="t1", base={"HF_HUB_OFFLINE": "0", "traceparent": "00-x", "PATH": "/bin"})
