@@ -79,9 +79,9 @@ def compare_frame(rows: list[tuple[str, MetricSpec, str, str, stats.PairedResult
         verdict = decide(r.diff, r.diff_low, r.diff_high, p_adj[i], alpha, margin, spec.higher_is_better)
         if spec.stat == "mean":
             sd = stats.planning_sd(r.sd_diff, spec.column in BINARY_COLUMNS)
-            mde = stats.minimal_detectable_effect(r.n, sd, a_fam)
-            needed = stats.prompts_needed(margin, sd, a_fam) if margin and not math.isnan(margin) else None
-            power = stats.power_at(margin, r.n, sd, a_fam)
+            mde = stats.minimal_detectable_effect(r.n, sd, a_fam, test=r.test)
+            needed = stats.prompts_needed(margin, sd, a_fam, test=r.test) if margin and not math.isnan(margin) else None
+            power = stats.power_at(margin, r.n, sd, a_fam, two_sided=True, test=r.test, diff=r.diff)
         else:
             se = r.se
             ok = not math.isnan(se) and se > 0
@@ -268,3 +268,23 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
         server_phases=_records(phases), server_metrics=_records(metrics), latency_cdf=cdf,
         worst_examples=examples, discovery=discovery, warnings=warnings, timings_s=timings,
     )
+
+
+def quality_only_report(quality: pd.DataFrame, baseline: str, policy: Policy | None = None, alpha: float = 0.05,
+                        rng: np.random.Generator | None = None, run_id: str = "in-memory") -> Report:
+    """A Report from an in-memory quality frame (load.QUALITY_SQL's shape), same statistics as build_report.
+
+    Used by the simulation test, which runs the gate on thousands of synthetic data sets.
+    """
+    rng = rng or np.random.default_rng(0)
+    if policy is not None:
+        alpha = policy.alpha
+    candidates = sorted(quality["candidate"].unique())
+    rows = []
+    for cand in candidates:
+        rows += quality_results(quality, cand, rng)
+    comparisons = compare_frame(rows, policy, alpha, lambda cand, spec, scope: f"{cand}:{spec.kind}")
+    return Report(run_id=run_id, generated_at="", tool_version=__version__, baseline=baseline, candidates=candidates,
+                  routes=[], settings={"alpha": alpha}, cohorts=sorted(map(str, quality["cohort"].unique())),
+                  comparisons=comparisons, serving=[], server_phases=[], server_metrics=[], latency_cdf={},
+                  worst_examples=[], discovery=None)

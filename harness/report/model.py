@@ -45,7 +45,7 @@ class Comparison:
     verdict: str
     mde: float                  # minimal detectable |difference| at 80% power, family-corrected alpha
     prompts_needed: int | None  # prompts to detect `margin` with 80% power
-    power_at_margin: float      # one-sided power to catch a drop of `margin` (Bonferroni bound for Holm)
+    power_at_margin: float      # power of this test to detect a difference of `margin` (two-sided, alpha / family size)
     note: str = ""
 
 

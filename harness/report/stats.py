@@ -7,6 +7,8 @@ Tests and intervals come from scipy/statsmodels; this module only chooses betwee
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import warnings
 from dataclasses import dataclass
@@ -207,13 +209,26 @@ def _quantile_rows(a: np.ndarray, q: float, has_nan: bool) -> np.ndarray:
     return np.quantile(a, q, axis=1)
 
 
+@contextlib.contextmanager
+def _no_gc_collect():
+    """statsmodels' Holm branch calls gc.collect(), which costs ~0.15 s per call in a process
+    holding large frames (the scale benchmark, the simulation); skip that call only."""
+    saved = gc.collect
+    gc.collect = lambda *a, **k: 0
+    try:
+        yield
+    finally:
+        gc.collect = saved
+
+
 def holm(pvalues: list[float], alpha: float) -> list[float]:
     """Holm-adjusted p-values (statsmodels); NaN p-values stay NaN and do not count."""
     p = np.asarray(pvalues, dtype=float)
     out = np.full(len(p), np.nan)
     ok = ~np.isnan(p)
     if ok.any():
-        out[ok] = multipletests(p[ok], alpha=alpha, method="holm")[1]
+        with _no_gc_collect():
+            out[ok] = multipletests(p[ok], alpha=alpha, method="holm")[1]
     return out.tolist()
 
 
@@ -224,34 +239,53 @@ def planning_sd(sd: float, binary: bool) -> float:
     return sd
 
 
-def minimal_detectable_effect(n: int, sd: float, alpha: float, two_sided: bool = True, power: float = POWER) -> float:
-    """Smallest true mean difference detected with `power` at this n (one-sample t power, statsmodels)."""
+# Asymptotic relative efficiency of the Wilcoxon signed-rank test to the t-test (normal data).
+WILCOXON_ARE = 3 / math.pi
+
+
+def _efficiency(test: str) -> float:
+    return WILCOXON_ARE if test.startswith("Wilcoxon") else 1.0
+
+
+def minimal_detectable_effect(n: int, sd: float, alpha: float, two_sided: bool = True, power: float = POWER,
+                              test: str = "") -> float:
+    """Smallest true mean difference detected with `power` at this n (t quantiles, df = n - 1)."""
     if n < 2 or math.isnan(sd):
         return float("nan")
-    alt = "two-sided" if two_sided else "larger"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        es = _power.solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative=alt)
-    return float(es) * sd
+    n_eff = n * _efficiency(test)
+    a = alpha / 2 if two_sided else alpha
+    return float((stats.t.isf(a, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n_eff))
 
 
-def prompts_needed(effect: float, sd: float, alpha: float, two_sided: bool = True, power: float = POWER) -> int | None:
-    """Prompts needed to detect `effect` with `power` (paired, one-sample t approximation)."""
-    if not effect or math.isnan(sd) or sd <= 0:
+def prompts_needed(effect: float, sd: float, alpha: float, two_sided: bool = True, power: float = POWER,
+                   test: str = "") -> int | None:
+    """Prompts needed to detect `effect` with `power` (normal approximation, one t refinement)."""
+    if not effect or math.isnan(effect) or math.isnan(sd) or sd <= 0:
         return None
-    alt = "two-sided" if two_sided else "larger"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            n = _power.solve_power(effect_size=abs(effect) / sd, nobs=None, alpha=alpha, power=power, alternative=alt)
-        except Exception:
-            return None
-    return int(math.ceil(float(n))) if n and not math.isnan(float(n)) else None
+    a = alpha / 2 if two_sided else alpha
+    n = ((stats.norm.isf(a) + stats.norm.ppf(power)) * sd / abs(effect)) ** 2
+    df = max(n - 1, 1)
+    n = ((stats.t.isf(a, df) + stats.t.ppf(power, df)) * sd / abs(effect)) ** 2
+    return int(math.ceil(n / _efficiency(test)))
 
 
-def power_at(effect: float, n: int, sd: float, alpha: float, two_sided: bool = False) -> float:
-    """Power to detect a true difference of `effect` with n prompts."""
-    if n < 2 or math.isnan(sd) or sd <= 0 or not effect:
+def power_at(effect: float, n: int, sd: float, alpha: float, two_sided: bool = False, test: str = "",
+             diff: float = 0.0) -> float:
+    """Power to detect a true difference of `effect` with n prompts (one-sided by default).
+
+    McNemar exact: the exact conditional power of the binomial test on discordant pairs,
+    with the discordant share taken from the data (E[d^2] for d in {-1, 0, 1}).
+    Wilcoxon: t-test power at n x 3/pi (its efficiency on normal data). Else: t-test power.
+    """
+    if n < 2 or math.isnan(sd) or sd <= 0 or not effect or math.isnan(effect):
         return float("nan")
+    a = alpha / 2 if two_sided else alpha
+    if test.startswith("McNemar"):
+        p_disc = max(sd * sd * (n - 1) / n + diff * diff, abs(effect))
+        q = min(1.0, (p_disc + abs(effect)) / (2 * p_disc))
+        if n <= 20000:
+            k = np.arange(1, n + 1)
+            crit = stats.binom.isf(a, k, 0.5)                 # reject when worse-count > crit
+            return float(np.sum(stats.binom.pmf(k, n, p_disc) * stats.binom.sf(crit, k, q)))
     alt = "two-sided" if two_sided else "larger"
-    return float(_power.power(effect_size=abs(effect) / sd, nobs=n, alpha=alpha, alternative=alt))
+    return float(_power.power(effect_size=abs(effect) / sd, nobs=n * _efficiency(test), alpha=alpha, alternative=alt))

@@ -95,3 +95,95 @@ def build_store(path: Path, spec: SyntheticSpec) -> Path:
 
 def routes_json(baseline: str = "dense", candidate: str = "moe") -> str:
     return json.dumps([{"name": baseline, "role": "baseline"}, {"name": candidate, "role": "candidate"}])
+
+
+def paired_quality_frame(rng: np.random.Generator, cohorts: dict[str, int], drop: dict[str, float] | None = None,
+                         binary: bool = True, evaluator: str = "task_completion", candidate: str = "moe",
+                         pass_prob: float = 0.8, rho: float = 0.5, score_sd: float = 0.12) -> "pd.DataFrame":
+    """In-memory frame shaped like load.QUALITY_SQL's result, with a known true effect per cohort.
+
+    Binary: baseline passes with pass_prob; the candidate reuses the baseline's latent draw with
+    probability rho (paired correlation) and passes with exactly pass_prob - drop. Scores:
+    candidate = baseline + N(-drop, score_sd), so the true mean difference is exactly -drop.
+    """
+    import pandas as pd
+
+    drop = drop or {}
+    parts = []
+    for cohort, n in cohorts.items():
+        d = drop.get(cohort, 0.0)
+        if binary:
+            u = rng.random(n)
+            u2 = np.where(rng.random(n) < rho, u, rng.random(n))
+            base = (u < pass_prob).astype(float)
+            cand = (u2 < pass_prob - d).astype(float)
+            cols = {"base_pass_rate": base, "cand_pass_rate": cand, "base_score": base, "cand_score": cand}
+        else:
+            base = rng.normal(0.7, 0.15, n)
+            cand = base + rng.normal(-d, score_sd, n)
+            cols = {"base_pass_rate": np.nan, "cand_pass_rate": np.nan, "base_score": base, "cand_score": cand}
+        parts.append(pd.DataFrame({"candidate": candidate, "evaluator": evaluator,
+                                   "prompt_id": [f"{cohort}-{i}" for i in range(n)], "cohort": cohort, **cols,
+                                   "base_samples": 1, "cand_samples": 1}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def deterministic_store(path: Path, cohorts: dict[str, int] | None = None, failing: dict[str, int] | None = None,
+                        samples: int = 1, slow_cohort: str | None = None, failing_text: str | None = None,
+                        run_id: str = "run-hand", with_server_data: bool = False) -> Path:
+    """A hand-checkable store: the baseline passes every prompt; the candidate fails the first
+    `failing[c]` prompts of cohort c (all samples), and nothing else differs unless asked.
+
+    Latency of prompt i is 0.5 + 0.001 i s on both routes (x3 on the candidate in slow_cohort);
+    every call uses 100 input and 50 output tokens; prices are 1 and 2 USD per Mtok (baseline)
+    and 0.5 and 1 (candidate), so cost per trace is exactly 2e-4 and 1e-4 USD.
+    """
+    cohorts = cohorts or {"legal": 40, "sql": 40, "chat": 40}
+    failing = failing or {}
+    con = connect(path)
+    routes = [{"name": "dense", "role": "baseline", "architecture": "dense", "prices": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}},
+              {"name": "moe", "role": "candidate", "architecture": "moe", "prices": {"input_per_mtok": 0.5, "output_per_mtok": 1.0}}]
+    now = datetime.now(timezone.utc)
+    upsert(con, "runs", [{"run_id": run_id, "started_at": now, "finished_at": now, "status": "completed", "routes": routes}])
+    prompts, responses, scores, spans = [], [], [], []
+    for cohort, count in cohorts.items():
+        for i in range(count):
+            pid = f"{cohort}-{i:03d}"
+            prompts.append({"run_id": run_id, "prompt_id": pid, "cohort": cohort,
+                            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"{cohort} question {i}"}]})
+            fails = i < failing.get(cohort, 0)
+            for route in ("dense", "moe"):
+                cand = route == "moe"
+                for s in range(samples):
+                    lat = (0.5 + 0.001 * i) * (3.0 if cand and cohort == slow_cohort else 1.0)
+                    span_id = f"{len(responses) + 1:016x}"
+                    text = failing_text if (cand and fails and failing_text is not None) else f"{route} answer to {pid}"
+                    responses.append({"run_id": run_id, "prompt_id": pid, "route": route, "sample": s,
+                                      "role": "candidate" if cand else "baseline", "cohort": cohort, "text": text,
+                                      "input_tokens": 100, "output_tokens": 50, "total_tokens": 150, "latency_s": lat,
+                                      "ttft_s": lat / 5, "timed_out": False, "trace_id": f"{len(responses) + 1:032x}",
+                                      "span_id": span_id})
+                    passed = not (cand and fails)
+                    scores.append({"run_id": run_id, "prompt_id": pid, "route": route, "sample": s, "evaluator": "task_completion",
+                                   "score": float(passed), "passed": passed, "applicable": True})
+                    scores.append({"run_id": run_id, "prompt_id": pid, "route": route, "sample": s, "evaluator": "groundedness",
+                                   "score": 0.8, "passed": True, "applicable": True})
+                    if with_server_data:
+                        spans.append({"trace_id": f"{len(responses):032x}", "span_id": f"{len(responses):08x}aaaaaaaa",
+                                      "parent_span_id": span_id, "name": "llm_request", "service_name": "vllm",
+                                      "attributes": {"gen_ai.latency.time_in_queue": 0.01 if not cand else 0.03,
+                                                     "gen_ai.latency.time_in_model_prefill": 0.1,
+                                                     "gen_ai.latency.time_in_model_decode": 0.3}})
+    upsert(con, "prompts", prompts)
+    upsert(con, "responses", responses)
+    upsert(con, "scores", scores)
+    if with_server_data:
+        upsert(con, "spans", spans)
+        metrics = []
+        for route in ("dense", "moe"):
+            for phase, v in (("before", 10.0), ("during", 12.0), ("after", 15.0 if route == "moe" else 10.0)):
+                metrics.append({"run_id": run_id, "route": route, "scraped_at": now, "phase": phase,
+                                "metric": "vllm:num_preemptions_total", "labels": {}, "value": v})
+        upsert(con, "server_metrics", metrics)
+    con.close()
+    return path

@@ -1,0 +1,68 @@
+"""Simulation: the gate's false-alarm rate and power, measured on synthetic paired data with known effects.
+
+Each seed is one gate run over 4 cohorts (+ overall) through the same code the CLI uses
+(quality_results -> compare_frame -> evaluate_gate). The measured rates are printed and
+recorded in docs/benchmarks.md ("Report and gate").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from harness.gate import evaluate_gate
+from harness.report.build import quality_only_report
+from harness.report.policy import Policy
+from harness.report.synthetic import paired_quality_frame
+
+SEEDS = 400
+ALPHA = 0.05
+COHORTS = {"a": 300, "b": 300, "c": 300, "d": 300}
+
+
+def _policy(metric: str, margin: float) -> Policy:
+    return Policy.model_validate({"alpha": ALPHA, "min_samples": 30, "metrics": {metric: {"margin": margin}}})
+
+
+def _simulate(binary: bool, margin: float, drop: float, seeds: int = SEEDS):
+    metric = "task_completion.pass_rate" if binary else "task_completion.score"
+    policy = _policy(metric, margin)
+    any_alarm = hit = other_alarms = 0
+    claimed = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        q = paired_quality_frame(rng, COHORTS, {"a": drop} if drop else None, binary=binary)
+        report = quality_only_report(q, "dense", policy, rng=rng)
+        result = evaluate_gate(report, policy)
+        checks = {c.cohort: c for c in result.checks}
+        any_alarm += result.exit_code == 1
+        hit += checks["a"].status == "regression"
+        other_alarms += any(checks[c].status == "regression" for c in ("b", "c", "d"))
+        claimed.append(checks["a"].power_at_margin)
+    return any_alarm / seeds, hit / seeds, other_alarms / seeds, float(np.mean(claimed))
+
+
+def _not_above(rate: float, target: float, n: int) -> bool:
+    """The measured rate is not significantly above target (one-sided exact binomial test, 5%)."""
+    return sps.binomtest(round(rate * n), n, target, alternative="greater").pvalue > 0.05
+
+
+pytestmark = pytest.mark.slow  # ~3 minutes on the 2-core machine
+
+
+@pytest.mark.parametrize("binary,margin", [(True, 0.10), (False, 0.03)], ids=["pass_fail_mcnemar", "scores_wilcoxon"])
+def test_false_alarm_rate_at_most_alpha(binary, margin):
+    fa, _, _, _ = _simulate(binary, margin, drop=0.0)
+    print(f"\n{'pass/fail' if binary else 'scores'}: false-alarm rate per gate run (no effect, {SEEDS} seeds) = {fa:.3f} (alpha {ALPHA})")
+    assert _not_above(fa, ALPHA, SEEDS), f"false-alarm rate {fa:.3f} is significantly above alpha {ALPHA}"
+
+
+@pytest.mark.parametrize("binary,margin", [(True, 0.10), (False, 0.03)], ids=["pass_fail_mcnemar", "scores_wilcoxon"])
+def test_drop_of_margin_caught_with_claimed_power(binary, margin):
+    _, power, others, claimed = _simulate(binary, margin, drop=margin)
+    print(f"\n{'pass/fail' if binary else 'scores'}: drop of margin {margin} in one cohort caught in {power:.3f} of "
+          f"{SEEDS} runs; claimed power {claimed:.3f}; false alarms in the other cohorts {others:.3f}")
+    se = np.sqrt(claimed * (1 - claimed) / SEEDS)
+    assert power >= claimed - 3 * se, f"measured power {power:.3f} below claimed {claimed:.3f}"
+    assert _not_above(others, ALPHA, SEEDS)
