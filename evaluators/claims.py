@@ -109,13 +109,39 @@ def is_bare_phrase(answer: str) -> bool:
     return not any(t in verbs or (t.endswith("ed") and len(t) > 4) for t in toks)
 
 
+_PERSONAL = re.compile(
+    r"^(?:i|i'm|i’m|im|i've|i'd|i'll|we|we're|you|you're|do you|did you|have you|are you|would you|"
+    r"can you|let's|me too|thanks|thank you|sounds|that's (?:great|cool|nice|interesting|awesome)|oh|wow|haha)\b",
+    re.I,
+)
+
+
+def has_key_term(text: str) -> bool:
+    """A name or a number: something a source can confirm or contradict."""
+    for pos, w in enumerate(words(text)):
+        if w[:1].isdigit() or (w[:1].isupper() and (pos > 0 or w.lower() not in STOPWORDS) and w.lower() != "i"):
+            return True
+    return False
+
+
+def is_checkable(piece: str) -> bool:
+    """Questions and first-person remarks ("I love that film!") assert nothing a source could
+    support, unless they name something (a name or a number), which is then checked."""
+    if not content_words(piece):
+        return False
+    if has_key_term(piece):
+        return True
+    return not (piece.rstrip().endswith("?") or _PERSONAL.match(piece.strip(" \"'")))
+
+
 def build_claims(answer: str, question: str | None = None) -> list[Claim]:
-    """Claims of an answer. Fillers without content words ("Sure!") are not claims."""
+    """Claims of an answer. Fillers ("Sure!"), questions and personal remarks without names or
+    numbers are not claims."""
     question = (question or "").strip()
     sentences = [_SPEAKER.sub("", s) for s in split_sentences(answer)]
     pieces = [c for s in sentences for c in split_clauses(s)]
-    kept = [p for p in pieces if content_words(p)]
-    if not kept and question and words(answer):
+    kept = [p for p in pieces if is_checkable(p)]
+    if not kept and question and words(answer) and not any(content_words(p) for p in pieces):
         # "yes", "no", "F.E.A.R.": no content word of its own, but an answer to the question.
         kept = [answer.strip()]
     pieces = kept

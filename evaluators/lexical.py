@@ -35,8 +35,8 @@ FEATURES = [
 # Logistic weights over FEATURES, fitted on the 2,000 HaluEval QA dev rows with each weight's
 # sign fixed by the feature's meaning (bench/groundedness_quality.py --refit prints them; its
 # 5-fold grouped cross-validation gives the out-of-sample AUROC quoted in docs/benchmarks.md).
-WEIGHTS = np.array([5.252, 5.587, 2.222, -1.258, 0.319, -0.043, -2.050, 0.544, 0.000])
-BIAS = -12.204
+WEIGHTS = np.array([5.042, 5.771, 2.184, -1.352, 0.340, -0.105, -1.739, 0.535, 0.000])
+BIAS = -12.147
 assert len(WEIGHTS) == len(FEATURES)
 # Claim supported when its support probability reaches this: the mean of the F1-best thresholds
 # of the five cross-validation folds.
@@ -50,10 +50,13 @@ class ClaimEvidence:
     missing: list[list[str]]  # new content words / entities of the claim not found in the context
 
 
-def _is_key_term(token: str, position: int) -> bool:
-    """Names and numbers: what a claim must not get wrong. A capitalised first word counts
-    unless it is a function word ("The", "It")."""
-    return token[:1].isdigit() or (token[:1].isupper() and (position > 0 or token.lower() not in STOPWORDS))
+def _is_key_term(token: str, position: int, context_names: set[str]) -> bool:
+    """Names and numbers: what a claim must not get wrong. A capitalised first word is only a
+    capital letter, so it counts as a name only when the context writes it capitalised
+    mid-sentence too ("Delhi" yes, "Singing" no)."""
+    if token[:1].isdigit():
+        return True
+    return token[:1].isupper() and (position > 0 or token.lower() in context_names)
 
 
 def _number_forms(token: str) -> set[str]:
@@ -77,8 +80,13 @@ def claim_evidence(claims: list[Claim], contexts: list[str], claim_doc: list[int
     ctx_tokens: list[set[str]] = []
     ctx_stems: list[set[str]] = []
     ctx_numbers: list[set[str]] = []
+    ctx_names: list[set[str]] = []
     for d, ctx in enumerate(contexts):
         sents = split_sentences(ctx) or [ctx]
+        names: set[str] = set()
+        for sent in sents:
+            names.update(w.lower() for w in words(sent)[1:] if w[:1].isupper())
+        ctx_names.append(names)
         for i, s in enumerate(sents):
             sent_texts.append(s)
             sent_doc.append(d)
@@ -115,6 +123,7 @@ def claim_evidence(claims: list[Claim], contexts: list[str], claim_doc: list[int
         best = sent_texts[best_idx[i]] if best_idx[i] >= 0 else ""
         local = {norm(w) for w in words(best)}
         local_stems = {_stem(t) for t in local}
+        local_numbers = {n for x in local if x[:1].isdigit() for n in _number_forms(x)}
         local_w = 0.0
         new_w = new_tot = key_w = key_tot = word_w = word_tot = 0.0
         normed = [norm(w) for w in raw]
@@ -135,8 +144,8 @@ def claim_evidence(claims: list[Claim], contexts: list[str], claim_doc: list[int
                 continue
             new_tot += weight
             new_w += weight * found
-            local_w += weight * (t in local or _stem(t) in local_stems or (w[:1].isdigit() and bool(_number_forms(w) & {n for x in local for n in _number_forms(x)})))
-            if _is_key_term(w, pos):
+            local_w += weight * (t in local or _stem(t) in local_stems or (w[:1].isdigit() and bool(_number_forms(w) & local_numbers)))
+            if _is_key_term(w, pos, ctx_names[d]):
                 key_tot += weight
                 key_w += weight * found
             else:
