@@ -222,14 +222,25 @@ def plan_start_batches(routes: Sequence[RouteConfig], available_bytes: int | Non
 # -- start, wait, stop -----------------------------------------------------------------------------
 
 
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
+def _load_prctl():
+    """Resolved once in the parent: the child may only call it (no imports between fork and exec,
+    where another thread could hold the import lock)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
+    _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def start_server(
@@ -254,7 +265,7 @@ def start_server(
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # own process group: one killpg stops EngineCore and workers too
-            preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None,
+            preexec_fn=_set_parent_death_signal if _PRCTL is not None else None,
         )
     handle = ServerHandle(route=route.name, model=_spec(route).model, port=port, log_path=log_path,
                           command=cmd, process=process, tag=tag)
@@ -448,8 +459,15 @@ class ServerPool:
         threads = [threading.Thread(target=stop_server, args=(h, self.grace_s)) for h in handles]
         for t in threads:
             t.start()
+        interrupted = False
         for t in threads:
-            t.join()
+            while t.is_alive():
+                try:
+                    t.join()
+                except KeyboardInterrupt:  # a second Ctrl-C must not abandon the stop half-way
+                    interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt("interrupted while stopping servers (they were stopped)")
 
 
 @contextlib.contextmanager

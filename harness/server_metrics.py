@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
 import duckdb
 import httpx
@@ -247,8 +246,3 @@ def server_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     Empty when the run has no before/after scrapes.
     """
     return con.execute(_SUMMARY_SQL, {"run_id": run_id}).df()
-
-
-def rows_for(samples: Iterable[dict[str, Any]], **common: Any) -> list[dict[str, Any]]:
-    """Helper for tests and tools: parsed samples -> table rows with shared columns."""
-    return [{**common, **s, "labels": json.dumps(s["labels"], sort_keys=True)} for s in samples]
