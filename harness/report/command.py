@@ -94,7 +94,7 @@ def report_command(
     """Compare each candidate route with the baseline, per cohort, with corrected statistics."""
     from harness.report.render_text import print_report
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         chosen = _parse_formats(formats)
         pol = load_policy(policy) if policy else None

@@ -1,0 +1,87 @@
+"""Report outputs: JSON against its schema, JUnit cases, Markdown, self-contained escaped HTML, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import jsonschema
+import typer
+from rich.console import Console
+from typer.testing import CliRunner
+
+from harness.report.command import print_terminal_report, report_command, write_report_files
+from harness.report.synthetic import deterministic_store
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "harness/report/report.schema.json").read_text())
+EVIL = '<script>document.title="PWNED"</script><img src=x onerror="document.title=1"> | pipe'
+
+
+def _files(tmp_path, **kw):
+    db = deterministic_store(tmp_path / "s.duckdb", failing={"sql": 20}, failing_text=EVIL, **kw)
+    return db, write_report_files(db, "run-hand", tmp_path / "out")
+
+
+def test_json_matches_documented_schema(tmp_path):
+    _, paths = _files(tmp_path, with_server_data=True)
+    data = json.loads(paths["json"].read_text())
+    jsonschema.validate(data, SCHEMA)
+    assert data["summary"]["regression"] == 2  # sql and the pooled (all) row
+    assert data["settings"]["correction"].startswith("Holm")
+    assert any(w["candidate_text"] == EVIL for w in data["worst_examples"])
+
+
+def test_junit_one_case_per_cohort_and_metric(tmp_path):
+    _, paths = _files(tmp_path)
+    data = json.loads(paths["json"].read_text())
+    suites = ET.parse(paths["junit"]).getroot().findall("testsuite")
+    cases = [c for s in suites for c in s.iter("testcase")]
+    assert len(cases) == len(data["comparisons"])
+    names = [c.get("name") for c in cases]
+    assert len(set(names)) == len(names)
+    failures = {c.get("name") for c in cases if c.find("failure") is not None}
+    assert failures == {"sql :: task_completion.pass_rate", "(all) :: task_completion.pass_rate"}
+
+
+def test_markdown_is_a_job_summary(tmp_path):
+    _, paths = _files(tmp_path)
+    md = paths["md"].read_text()
+    assert md.startswith("# routecheck report")
+    assert "**FAIL**" in md and "**REGRESSION**" in md and "Holm" in md
+    table_lines = [l for l in md.splitlines() if l.startswith("| ")]
+    widths = {l.count(" | ") for l in table_lines if "cohort" in l or "sql" in l}
+    assert widths  # rows render as table rows
+    assert "<script>" not in md
+
+
+def test_html_is_self_contained_and_escaped(tmp_path):
+    _, paths = _files(tmp_path)
+    page = paths["html"].read_text()
+    assert "<script" not in page.lower().replace("&lt;script", "")
+    assert "&lt;script&gt;document.title=&quot;PWNED&quot;&lt;/script&gt;" in page
+    assert "onerror=" not in page.replace("onerror=&quot;", "")
+    # No fetches: no src/href leaving the document, no stylesheet links, a CSP forbidding them.
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!#|data:)""", page)
+    assert "<link" not in page and "default-src 'none'" in page
+    assert 'id="forest-plot"' in page and "<svg" in page and 'id="latency-cdf"' in page
+    assert 'id="cost-quality"' in page and 'id="expert-telemetry"' in page and 'id="worst-examples"' in page
+
+
+def test_terminal_report_and_cli(tmp_path):
+    db, _ = _files(tmp_path)
+    buf = io.StringIO()
+    report = print_terminal_report(db, "run-hand", console=Console(file=buf, width=200))
+    text = buf.getvalue()
+    assert "REGRESSION" in text and "sql" in text and report.regressions()
+    app = typer.Typer()
+    app.command()(report_command)
+    res = CliRunner().invoke(app, ["run-hand", "--db", str(db), "--out-dir", str(tmp_path / "cli"), "--formats", "md,json"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["report.json", "report.md"]
+    res = CliRunner().invoke(app, ["run-hand", "--db", str(db), "--formats", "pdf"])
+    assert res.exit_code == 2 and "--formats" in res.output
+    res = CliRunner().invoke(app, ["latest", "--db", str(db), "--out-dir", str(tmp_path / "l"), "--quiet"])
+    assert res.exit_code == 0 and (tmp_path / "l" / "report.html").exists()
