@@ -30,7 +30,7 @@ WORST_EXAMPLES = 5
 
 def _scopes(df: pd.DataFrame) -> Iterator[tuple[str, str, pd.DataFrame]]:
     yield "overall", "(all)", df
-    groups = dict(tuple(df.groupby("cohort", sort=True)))
+    groups = {k: v for k, v in df.groupby("cohort", sort=True, observed=True) if len(v)}
     if len(groups) > 1:
         for cohort, part in groups.items():
             yield "cohort", str(cohort), part
@@ -129,10 +129,10 @@ def quality_results(quality: pd.DataFrame, candidate: str, rng: np.random.Genera
     return rows
 
 
-def serving_results(serving: pd.DataFrame, times: load.TimeMatrices, baseline: load.RouteInfo,
-                    cand: load.RouteInfo, rng: np.random.Generator, warnings: list[str]):
+def serving_results(pairs: load.ServingPairs, baseline: load.RouteInfo, cand: load.RouteInfo,
+                    rng: np.random.Generator, warnings: list[str]):
     rows = []
-    pf = load.paired_prompt_frame(serving, baseline.name, cand.name)
+    pf = pairs.frame
     priced = any(p > 0 for p in (baseline.input_per_mtok, baseline.output_per_mtok, cand.input_per_mtok, cand.output_per_mtok))
     for spec in SERVING_METRICS:
         if spec.column == "cost" and not priced:
@@ -144,20 +144,20 @@ def serving_results(serving: pd.DataFrame, times: load.TimeMatrices, baseline: l
                 res = stats.paired_mean(part[b].to_numpy(), part[c].to_numpy(), spec.higher_is_better, rng)
                 rows.append((cand.name, spec, scope, cohort, res))
         else:
-            B = times.values[(baseline.name, spec.column)]
-            C = times.values[(cand.name, spec.column)]
+            B, C = pairs.times[(spec.column, "base")], pairs.times[(spec.column, "cand")]
             both = ~np.isnan(B).all(axis=1) & ~np.isnan(C).all(axis=1)
-            frame = pd.DataFrame({"i": np.nonzero(both)[0], "cohort": times.cohorts[both]})
+            frame = pd.DataFrame({"i": np.nonzero(both)[0], "cohort": pf["cohort"].to_numpy()[both]})
             for scope, cohort, part in _scopes(frame):
                 idx = part["i"].to_numpy()
                 res = stats.paired_quantile(B[idx], C[idx], spec.q, spec.higher_is_better, rng)
                 rows.append((cand.name, spec, scope, cohort, res))
-    if not priced:
-        warnings.append("no route has prices in routes.yaml: cost per trace is not compared")
+    msg = "no route has prices in routes.yaml: cost per trace is not compared"
+    if not priced and msg not in warnings:
+        warnings.append(msg)
     return rows
 
 
-def worst_examples(con: duckdb.DuckDBPyConnection, run_id: str, quality: pd.DataFrame, baseline: str,
+def worst_examples(con: duckdb.DuckDBPyConnection, run_id: str, baseline: str,
                    regressions: list[Comparison], n: int = WORST_EXAMPLES) -> list[WorstExample]:
     out: list[WorstExample] = []
     for comp in regressions:
@@ -166,9 +166,9 @@ def worst_examples(con: duckdb.DuckDBPyConnection, run_id: str, quality: pd.Data
         if comp.scope == "overall" and any(r.scope == "cohort" for r in regressions):
             continue  # the cohort rows already show where the overall drop comes from
         ev, col = comp.metric.rsplit(".", 1)
-        sel = quality[(quality["candidate"] == comp.candidate) & (quality["evaluator"] == ev)]
-        if comp.scope == "cohort":
-            sel = sel[sel["cohort"] == comp.cohort]
+        sel = load.load_quality(con, run_id, baseline, [comp.candidate], with_ids=True,
+                                cohort=comp.cohort if comp.scope == "cohort" else None)
+        sel = sel[sel["evaluator"] == ev]
         drop = (sel["base_" + col] - sel["cand_" + col]).dropna()
         top = sel.loc[drop.sort_values(ascending=False).index[:n]]
         top = top[(top["base_" + col] - top["cand_" + col]) > 0]
@@ -203,20 +203,23 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
         alpha = policy.alpha
     routes = load.load_routes(con, run_id)
     baseline, candidates = load.split_roles(routes)
-    quality = load.load_quality(con, run_id, baseline.name)
-    serving = load.load_serving_prompts(con, run_id, routes)
-    times = load.load_time_matrices(con, run_id, [r.name for r in routes])
+    cohorts = load.distinct_cohorts(con, run_id)
+    quality, missing = load.split_unpaired(load.load_quality(con, run_id, baseline.name, [c.name for c in candidates]))
+    k = load.samples_per_prompt(con, run_id)
+    pairs = {c.name: load.load_serving_pairs(con, run_id, baseline, c, cohorts, k) for c in candidates}
     timings["load"] = time.perf_counter() - t
     if quality.empty:
         warnings.append("no scores for this run (run `routecheck score` first): quality is not compared")
-    for r in load.load_unpaired(con, run_id).itertuples():
-        warnings.append(f"{r.n} prompts scored by {r.evaluator} on route {r.route} only; left out of paired comparisons")
+    for r in missing.itertuples():
+        other = baseline.name if r.side == "candidate" else r.candidate
+        warnings.append(f"{r.n} prompts scored by {r.evaluator} on route {other} only (not on "
+                        f"{r.candidate if r.side == 'candidate' else baseline.name}); left out of paired comparisons")
 
     t = time.perf_counter()
     rows = []
     for cand in candidates:
         rows += quality_results(quality, cand.name, rng)
-        rows += serving_results(serving, times, baseline, cand, rng, warnings)
+        rows += serving_results(pairs[cand.name], baseline, cand, rng, warnings)
     comparisons = compare_frame(rows, policy, alpha, lambda cand, spec, scope: f"{cand}:{spec.kind}")
     timings["statistics"] = time.perf_counter() - t
 
@@ -224,25 +227,18 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
     summary = load.load_serving_summary(con, run_id, routes)
     phases = load.load_server_spans(con, run_id)
     metrics = load.load_server_metrics(con, run_id)
-    cdf = {}
-    qs = np.linspace(0, 1, 201)
-    for r in routes:
-        lat = times.values[(r.name, "latency_s")]
-        lat = lat[~np.isnan(lat)]
-        if len(lat):
-            cdf[r.name] = {"p": qs.tolist(), "latency_s": np.quantile(lat, qs).tolist()}
-    cohorts = sorted(map(str, serving["cohort"].unique()))
+    cdf = load.load_latency_cdf(con, run_id)
     timings["serving_tables"] = time.perf_counter() - t
 
     t = time.perf_counter()
     regressions = [c for c in comparisons if c.verdict == "regression"]
-    examples = worst_examples(con, run_id, quality, baseline.name, regressions)
+    examples = worst_examples(con, run_id, baseline.name, regressions)
     discovery = None
     unlabelled = len(cohorts) <= 1
     if (discover or unlabelled) and not quality.empty:
         from harness.report.discover import discover_cohorts
         reason = "requested (--discover-cohorts)" if discover else "prompts carry no cohort labels"
-        discovery = discover_cohorts(con, run_id, quality, [c.name for c in candidates], alpha, rng, reason, warnings)
+        discovery = discover_cohorts(con, run_id, baseline.name, [c.name for c in candidates], alpha, rng, reason, warnings)
     timings["examples_and_discovery"] = time.perf_counter() - t
 
     settings = {

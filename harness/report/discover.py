@@ -26,10 +26,11 @@ MIN_SLICE = 10
 SHOWN_SLICES = 5
 
 
-def discover_cohorts(con: duckdb.DuckDBPyConnection, run_id: str, quality: pd.DataFrame, candidates: list[str],
+def discover_cohorts(con: duckdb.DuckDBPyConnection, run_id: str, baseline: str, candidates: list[str],
                      alpha: float, rng: np.random.Generator, reason: str, warnings: list[str]) -> Discovery | None:
     from harness.report.build import compare_frame, quality_results
 
+    quality, _ = load.split_unpaired(load.load_quality(con, run_id, baseline, candidates, with_ids=True))
     texts = load.prompt_texts(con, run_id)
     texts = texts[texts["prompt_id"].isin(quality["prompt_id"].unique())]
     n = len(texts)

@@ -62,44 +62,83 @@ def split_roles(routes: list[RouteInfo]) -> tuple[RouteInfo, list[RouteInfo]]:
     return baselines[0], candidates
 
 
-# One row per (candidate, evaluator, prompt) with both routes' per-prompt means.
+def distinct_cohorts(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
+    rows = con.execute("SELECT DISTINCT coalesce(cohort, 'default') FROM responses WHERE run_id = ? ORDER BY 1", [run_id]).fetchall()
+    return [r[0] for r in rows]
+
+
+def _cohort_source(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
+    """The prompts table names each prompt's cohort; stores without it fall back to responses."""
+    has_prompts = con.execute("SELECT count(*) > 0 FROM prompts WHERE run_id = ?", [run_id]).fetchone()[0]
+    if has_prompts:
+        return "(SELECT prompt_id, cohort FROM prompts WHERE run_id = $run)"
+    return "(SELECT prompt_id, any_value(cohort) AS cohort FROM responses WHERE run_id = $run GROUP BY prompt_id)"
+
+
+# One row per (evaluator, prompt) with both routes' per-prompt means; strings come back as codes
+# (evaluator, cohort) because turning a million strings into Python objects costs more than the SQL.
 QUALITY_SQL = """
-WITH cohorts AS (
-    SELECT prompt_id, any_value(cohort) AS cohort FROM responses WHERE run_id = $run GROUP BY prompt_id
-), q AS (
-    SELECT route, evaluator, prompt_id,
-           avg(score)                  AS score,
-           avg(CAST(passed AS DOUBLE)) AS pass_rate,
-           count(*)                    AS n_samples
+WITH q AS (
+    SELECT evaluator, prompt_id,
+           avg(score) FILTER (WHERE route = $baseline)                  AS base_score,
+           avg(score) FILTER (WHERE route = $candidate)                 AS cand_score,
+           avg(CAST(passed AS DOUBLE)) FILTER (WHERE route = $baseline)  AS base_pass_rate,
+           avg(CAST(passed AS DOUBLE)) FILTER (WHERE route = $candidate) AS cand_pass_rate,
+           count(*) FILTER (WHERE route = $baseline)                     AS base_samples,
+           count(*) FILTER (WHERE route = $candidate)                    AS cand_samples
     FROM scores
-    WHERE run_id = $run AND coalesce(applicable, score IS NOT NULL OR passed IS NOT NULL)
-    GROUP BY ALL
+    WHERE run_id = $run AND route IN ($baseline, $candidate)
+      AND coalesce(applicable, score IS NOT NULL OR passed IS NOT NULL)
+    GROUP BY evaluator, prompt_id
 )
-SELECT c.route AS candidate, c.evaluator, c.prompt_id, coalesce(h.cohort, 'default') AS cohort,
-       b.score AS base_score, c.score AS cand_score, b.pass_rate AS base_pass_rate, c.pass_rate AS cand_pass_rate,
-       b.n_samples AS base_samples, c.n_samples AS cand_samples
-FROM q c
-JOIN q b ON b.prompt_id = c.prompt_id AND b.evaluator = c.evaluator AND b.route = $baseline
-LEFT JOIN cohorts h ON h.prompt_id = c.prompt_id
-WHERE c.route <> $baseline
-"""
-
-# Scored prompts present for one route only: reported, never silently dropped.
-UNPAIRED_SQL = """
-WITH q AS (SELECT DISTINCT route, evaluator, prompt_id FROM scores
-           WHERE run_id = $run AND coalesce(applicable, score IS NOT NULL OR passed IS NOT NULL))
-SELECT route, evaluator, count(*) AS n FROM q
-WHERE NOT EXISTS (SELECT 1 FROM q o WHERE o.prompt_id = q.prompt_id AND o.evaluator = q.evaluator AND o.route <> q.route)
-GROUP BY ALL
+SELECT list_position($evaluators, q.evaluator) - 1 AS evaluator_code,
+       list_position($cohorts, coalesce(h.cohort, 'default')) - 1 AS cohort_code,
+       base_score, cand_score, base_pass_rate, cand_pass_rate, base_samples, cand_samples {ids}
+FROM q LEFT JOIN {cohorts} h ON h.prompt_id = q.prompt_id
+{where}
 """
 
 
-def load_quality(con: duckdb.DuckDBPyConnection, run_id: str, baseline: str) -> pd.DataFrame:
-    return con.execute(QUALITY_SQL, {"run": run_id, "baseline": baseline}).df()
+def load_quality(con: duckdb.DuckDBPyConnection, run_id: str, baseline: str, candidates: list[str] | None = None,
+                 with_ids: bool = False, cohort: str | None = None) -> pd.DataFrame:
+    """Per (candidate, evaluator, prompt): baseline and candidate means over samples.
+
+    Rows scored on one route only are kept (NaN on the other side) so callers can count them.
+    """
+    evaluators = [r[0] for r in con.execute("SELECT DISTINCT evaluator FROM scores WHERE run_id = ? ORDER BY 1", [run_id]).fetchall()]
+    cohorts = distinct_cohorts(con, run_id)
+    if candidates is None:
+        candidates = [r[0] for r in con.execute("SELECT DISTINCT route FROM scores WHERE run_id = ? AND route <> ? ORDER BY 1",
+                                               [run_id, baseline]).fetchall()]
+    cols = ["candidate", "evaluator", "cohort", "base_score", "cand_score", "base_pass_rate", "cand_pass_rate",
+            "base_samples", "cand_samples"] + (["prompt_id"] if with_ids else [])
+    if not evaluators or not candidates:
+        return pd.DataFrame(columns=cols)
+    where = "WHERE coalesce(h.cohort, 'default') = $cohort" if cohort is not None else ""
+    sql = QUALITY_SQL.format(ids=", q.prompt_id" if with_ids else "", cohorts=_cohort_source(con, run_id), where=where)
+    frames = []
+    for cand in candidates:
+        params = {"run": run_id, "baseline": baseline, "candidate": cand, "evaluators": evaluators, "cohorts": cohorts}
+        if cohort is not None:
+            params["cohort"] = cohort
+        df = con.execute(sql, params).df()
+        df.insert(0, "candidate", cand)
+        df.insert(1, "evaluator", pd.Categorical.from_codes(df.pop("evaluator_code").astype(int), categories=evaluators))
+        codes = df.pop("cohort_code").fillna(-1).astype(int)
+        df.insert(2, "cohort", pd.Categorical.from_codes(codes, categories=cohorts))
+        frames.append(df[[c for c in cols]])
+    out = pd.concat(frames, ignore_index=True)
+    out["cohort"] = out["cohort"].astype(pd.CategoricalDtype(cohorts))
+    out["evaluator"] = out["evaluator"].astype(pd.CategoricalDtype(evaluators))
+    return out
 
 
-def load_unpaired(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
-    return con.execute(UNPAIRED_SQL, {"run": run_id}).df()
+def split_unpaired(quality: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(paired rows, counts of prompts scored on one route only per candidate and evaluator)."""
+    one_sided = (quality["base_samples"] == 0) | (quality["cand_samples"] == 0)
+    missing = (quality[one_sided].assign(side=np.where(quality.loc[one_sided, "base_samples"] == 0, "candidate", "baseline"))
+               .groupby(["candidate", "evaluator", "side"], observed=True).size().reset_index(name="n"))
+    return quality[~one_sided].reset_index(drop=True), missing
 
 
 def evaluator_kinds(quality: pd.DataFrame) -> dict[str, tuple[bool, bool]]:
@@ -115,69 +154,70 @@ def evaluator_kinds(quality: pd.DataFrame) -> dict[str, tuple[bool, bool]]:
     return {ev: (bool(has_pass[ev]), bool(has_score[ev]) and not (has_pass[ev] and redundant[ev])) for ev in sorted(g.groups)}
 
 
-# Per (route, prompt) means of the serving figures; cost is priced in pandas.
-SERVING_PROMPT_SQL = """
-SELECT route, prompt_id, coalesce(any_value(cohort), 'default') AS cohort,
-       avg(CAST(error_type IS NOT NULL AS DOUBLE))                                  AS error,
-       avg(CAST(coalesce(timed_out, false) AS DOUBLE))                              AS timeout,
-       avg(coalesce(input_tokens, 0))                                               AS input_tokens,
-       avg(coalesce(output_tokens, 0))                                              AS output_tokens,
-       avg(coalesce(total_tokens, coalesce(input_tokens, 0) + coalesce(output_tokens, 0))) AS tokens,
-       avg(output_tokens / latency_s) FILTER (WHERE error_type IS NULL AND latency_s > 0) AS out_tps
-FROM responses WHERE run_id = $run
-GROUP BY route, prompt_id
-"""
+def samples_per_prompt(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
+    return int(con.execute("SELECT coalesce(max(sample), 0) + 1 FROM responses WHERE run_id = ?", [run_id]).fetchone()[0])
 
 
-def load_serving_prompts(con: duckdb.DuckDBPyConnection, run_id: str, routes: list[RouteInfo]) -> pd.DataFrame:
-    df = con.execute(SERVING_PROMPT_SQL, {"run": run_id}).df()
-    price_in = df["route"].map({r.name: r.input_per_mtok for r in routes}).fillna(0.0)
-    price_out = df["route"].map({r.name: r.output_per_mtok for r in routes}).fillna(0.0)
-    df["cost"] = (df["input_tokens"] * price_in + df["output_tokens"] * price_out) / 1e6
-    return df
-
-
-def paired_prompt_frame(serving: pd.DataFrame, baseline: str, candidate: str) -> pd.DataFrame:
-    """Baseline and candidate per-prompt rows side by side (inner join: both answered)."""
-    b = serving[serving["route"] == baseline].drop(columns="route")
-    c = serving[serving["route"] == candidate].drop(columns=["route", "cohort"])
-    return b.merge(c, on="prompt_id", suffixes=("_base", "_cand"))
-
-
-RESPONSE_TIMES_SQL = """
-SELECT prompt_id, route, sample, coalesce(cohort, 'default') AS cohort,
-       CASE WHEN error_type IS NULL THEN latency_s END AS latency_s,
-       CASE WHEN error_type IS NULL THEN ttft_s END    AS ttft_s
-FROM responses WHERE run_id = $run
-"""
+def _serving_pairs_sql(k: int) -> str:
+    per_sample = []
+    for j in range(k):
+        for col, name in (("latency_s", "latency_s"), ("ttft_s", "ttft_s")):
+            for side, route in (("base", "$baseline"), ("cand", "$candidate")):
+                per_sample.append(f"max(CASE WHEN error_type IS NULL THEN {col} END) FILTER (WHERE route = {route} AND sample = {j}) "
+                                  f"AS {name}_{side}_{j}")
+    means = []
+    for side, route in (("base", "$baseline"), ("cand", "$candidate")):
+        means += [
+            f"avg(CAST(error_type IS NOT NULL AS DOUBLE)) FILTER (WHERE route = {route}) AS error_{side}",
+            f"avg(CAST(coalesce(timed_out, false) AS DOUBLE)) FILTER (WHERE route = {route}) AS timeout_{side}",
+            f"avg(coalesce(input_tokens, 0)) FILTER (WHERE route = {route}) AS input_tokens_{side}",
+            f"avg(coalesce(output_tokens, 0)) FILTER (WHERE route = {route}) AS output_tokens_{side}",
+            f"avg(output_tokens / latency_s) FILTER (WHERE route = {route} AND error_type IS NULL AND latency_s > 0) AS out_tps_{side}",
+        ]
+    return f"""
+        SELECT list_position($cohorts, coalesce(any_value(cohort), 'default')) - 1 AS cohort_code,
+               {', '.join(means + per_sample)}
+        FROM responses WHERE run_id = $run AND route IN ($baseline, $candidate)
+        GROUP BY prompt_id
+        HAVING count(*) FILTER (WHERE route = $baseline) > 0 AND count(*) FILTER (WHERE route = $candidate) > 0
+    """
 
 
 @dataclass
-class TimeMatrices:
-    """Per-response times as (prompts x samples) arrays, NaN where a call failed or is missing."""
+class ServingPairs:
+    """Per prompt answered by both routes: per-prompt means (columns <name>_base/_cand) and
+    per-sample times as (prompts x samples) arrays, NaN where a call failed or is missing."""
 
-    prompt_ids: np.ndarray
-    cohorts: np.ndarray
-    values: dict[tuple[str, str], np.ndarray]   # (route, column) -> matrix
+    frame: pd.DataFrame
+    times: dict[tuple[str, str], np.ndarray]    # (column, "base"|"cand") -> matrix
 
 
-def load_time_matrices(con: duckdb.DuckDBPyConnection, run_id: str, routes: list[str]) -> TimeMatrices:
-    df = con.execute(RESPONSE_TIMES_SQL, {"run": run_id}).df()
-    codes, prompt_ids = pd.factorize(df["prompt_id"], sort=True)
-    n = len(prompt_ids)
-    k = int(df["sample"].max()) + 1 if len(df) else 1
-    sample = df["sample"].to_numpy().clip(0, k - 1)
-    cohorts = np.empty(n, dtype=object)
-    cohorts[codes] = df["cohort"].to_numpy()
-    values = {}
-    route_col = df["route"].to_numpy()
-    for route in routes:
-        mask = route_col == route
-        for col in ("latency_s", "ttft_s"):
-            m = np.full((n, k), np.nan)
-            m[codes[mask], sample[mask]] = df[col].to_numpy(dtype=float, na_value=np.nan)[mask]
-            values[(route, col)] = m
-    return TimeMatrices(np.asarray(prompt_ids), cohorts, values)
+def load_serving_pairs(con: duckdb.DuckDBPyConnection, run_id: str, baseline: RouteInfo, candidate: RouteInfo,
+                       cohorts: list[str], k: int) -> ServingPairs:
+    df = con.execute(_serving_pairs_sql(k), {"run": run_id, "baseline": baseline.name, "candidate": candidate.name,
+                                             "cohorts": cohorts}).df()
+    df["cohort"] = pd.Categorical.from_codes(df.pop("cohort_code").fillna(-1).astype(int), categories=cohorts)
+    for side, route in (("base", baseline), ("cand", candidate)):
+        df[f"cost_{side}"] = (df[f"input_tokens_{side}"] * route.input_per_mtok + df[f"output_tokens_{side}"] * route.output_per_mtok) / 1e6
+    times = {}
+    for col in ("latency_s", "ttft_s"):
+        for side in ("base", "cand"):
+            names = [f"{col}_{side}_{j}" for j in range(k)]
+            times[(col, side)] = df[names].to_numpy(dtype=float, na_value=np.nan)
+            df = df.drop(columns=names)
+    return ServingPairs(df, times)
+
+
+LATENCY_CDF_SQL = """
+SELECT route, quantile_cont(latency_s, $probs) AS q
+FROM responses WHERE run_id = $run AND error_type IS NULL AND latency_s IS NOT NULL GROUP BY route
+"""
+
+
+def load_latency_cdf(con: duckdb.DuckDBPyConnection, run_id: str, points: int = 201) -> dict[str, dict[str, list[float]]]:
+    probs = np.linspace(0, 1, points).round(6).tolist()
+    rows = con.execute(LATENCY_CDF_SQL, {"run": run_id, "probs": probs}).fetchall()
+    return {route: {"p": probs, "latency_s": list(q)} for route, q in rows}
 
 
 SERVING_SUMMARY_SQL = """
