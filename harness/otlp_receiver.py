@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import zlib
+from collections import Counter
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,7 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from harness.store import BatchWriter
+from harness.store import RESPONSE_TIMINGS_SQL, BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ class OTLPReceiver:
         self._thread: threading.Thread | None = None
         self.spans_received = 0
         self.requests_received = 0
+        self.spans_by_name: Counter[str] = Counter()  # vLLM also exports start-up spans: count per name
         self.errors: list[str] = []
-        self._count_lock = threading.Lock()
+        self._count_lock = threading.Condition()
 
     @property
     def port(self) -> int:
@@ -112,7 +114,15 @@ class OTLPReceiver:
         with self._count_lock:
             self.spans_received += len(rows)
             self.requests_received += 1
+            self.spans_by_name.update(r["name"] for r in rows)
+            self._count_lock.notify_all()
         return len(rows)
+
+    def wait_for_spans(self, name: str, count: int, timeout_s: float) -> bool:
+        """Block until `count` spans called `name` (e.g. 'llm_request') have been stored, or the
+        timeout passes; returns whether they all arrived. vLLM exports in batches every ~5 s."""
+        with self._count_lock:
+            return self._count_lock.wait_for(lambda: self.spans_by_name[name] >= count, timeout=timeout_s)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -275,26 +285,12 @@ def attach_server_spans(con: duckdb.DuckDBPyConnection, run_id: str | None = Non
     return after - before
 
 
-_SERVER_TIMINGS_SQL = """
-SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort,
-       r.latency_s, r.ttft_s,
-       CAST(s.attributes->>'$."gen_ai.latency.time_in_queue"' AS DOUBLE)          AS server_queue_s,
-       CAST(s.attributes->>'$."gen_ai.latency.time_in_model_prefill"' AS DOUBLE)  AS server_prefill_s,
-       CAST(s.attributes->>'$."gen_ai.latency.time_in_model_decode"' AS DOUBLE)   AS server_decode_s,
-       CAST(s.attributes->>'$."gen_ai.latency.time_to_first_token"' AS DOUBLE)    AS server_ttft_s,
-       CAST(s.attributes->>'$."gen_ai.latency.e2e"' AS DOUBLE)                    AS server_e2e_s,
-       r.latency_s - CAST(s.attributes->>'$."gen_ai.latency.e2e"' AS DOUBLE)      AS outside_server_s,
-       s.span_id AS server_span_id
-FROM responses r
-LEFT JOIN spans s
-  ON s.trace_id = r.trace_id AND s.parent_span_id = r.span_id AND s.name = 'llm_request'
-WHERE r.run_id = $run_id
-ORDER BY r.route, r.prompt_id, r.sample
-"""
-
-
 def server_timings(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     """Each response with the server's own queue / prefill / decode / TTFT / e2e seconds from its
     `llm_request` span (NULL where no span arrived), and the time spent outside the server
-    (client latency minus server e2e: network, HTTP, detokenising the stream)."""
-    return con.execute(_SERVER_TIMINGS_SQL, {"run_id": run_id}).df()
+    (client latency minus server e2e: network, HTTP, streaming)."""
+    return con.execute(
+        f"SELECT *, latency_s - server_e2e_s AS outside_server_s FROM ({RESPONSE_TIMINGS_SQL}) "
+        "WHERE run_id = $run_id ORDER BY route, prompt_id, sample",
+        {"run_id": run_id},
+    ).df()

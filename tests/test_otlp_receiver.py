@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -172,4 +173,29 @@ def test_server_timings_join_responses_to_their_server_span(store):
     df = server_timings(store, "r1").set_index("prompt_id")
     assert df.loc["p1", "server_queue_s"] == 0.1 and df.loc["p1", "server_decode_s"] == 0.6
     assert df.loc["p1", "outside_server_s"] == pytest.approx(0.1)
-    assert df.loc["p2", "server_span_id"] is None or df["server_queue_s"].isna()["p2"]
+    assert df["server_queue_s"].isna()["p2"] and df["outside_server_s"].isna()["p2"]
+
+
+def test_wait_for_spans_counts_by_name(store):
+    import threading
+
+    receiver = OTLPReceiver(BatchWriter(store)).start()
+    provider = _provider(receiver.endpoint)
+    tracer = provider.get_tracer("t")
+    try:
+        with tracer.start_as_current_span("Overall Loading"):  # like vLLM's start-up spans
+            pass
+        assert receiver.wait_for_spans("llm_request", 1, timeout_s=0.3) is False
+
+        def later():
+            time.sleep(0.3)
+            for _ in range(2):
+                with tracer.start_as_current_span("llm_request"):
+                    pass
+
+        threading.Thread(target=later).start()
+        assert receiver.wait_for_spans("llm_request", 2, timeout_s=10) is True
+        assert receiver.spans_by_name == {"Overall Loading": 1, "llm_request": 2}
+    finally:
+        provider.shutdown()
+        receiver.stop()
