@@ -185,13 +185,13 @@ def print_summary(summary: ScoreSummary, console: Console | None = None) -> None
 
 
 def score_command(
-    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix), or `latest`.")],
-    db: Annotated[Path, typer.Option("--db", help="DuckDB store.")] = Path("traces/routecheck.duckdb"),
+    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix), or `latest`.", metavar="RUN_ID")],
+    db: Annotated[Path, typer.Option("--db", help="DuckDB store.", metavar="PATH")] = Path("traces/routecheck.duckdb"),
     evaluators: Annotated[
         Optional[list[str]],
-        typer.Option("--evaluator", "-e", help="Evaluator name, optionally name:key=value,... (repeatable); default: groundedness, hallucination, tool_selection, task_completion."),
+        typer.Option("--evaluator", "-e", metavar="NAME[:KEY=VALUE,...]", help="Evaluator name, optionally name:key=value,... (repeatable); default: groundedness, hallucination, tool_selection, task_completion."),
     ] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="evaluators.yaml with evaluators and their options.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="evaluators.yaml with evaluators and their options.", metavar="PATH")] = None,
 ) -> None:
     """Score a run's responses (RUN_ID or `latest`) with the configured evaluators; writes `scores`."""
     err = Console(stderr=True, soft_wrap=True)
