@@ -114,3 +114,39 @@ def test_score_command_cli(tmp_path):
     assert "unknown evaluator 'no_such_evaluator'" in bad.output
     missing = runner.invoke(app, ["score", "latest", "--db", str(tmp_path / "none.duckdb")])
     assert missing.exit_code == 2 and "no routecheck store" in missing.output
+
+
+def test_mirror_then_score_every_response(tmp_path, stub_server):
+    """The whole path: the runner mirrors a corpus to two stub routes, then scoring fills `scores`."""
+    from conftest import write_corpus, write_routes
+    from harness.config import load_routes
+    from harness.runner import MirrorOptions, run_mirror
+
+    good = stub_server(answers={"Eiffel": "Paris"}, tool_arguments={"city": "Paris"})
+    bad = stub_server(answers={"Eiffel": "Lyon"}, fail_on={"broken": 400})
+    routes = write_routes(tmp_path / "routes.yaml", [
+        {"name": "dense", "role": "baseline", "model": "d", "base_url": good.base_url, "max_retries": 0},
+        {"name": "moe", "role": "candidate", "model": "m", "base_url": bad.base_url, "max_retries": 0,
+         "architecture": "moe", "num_experts": 8, "active_experts": 2},
+    ])
+    corpus = write_corpus(tmp_path / "corpus.jsonl", [
+        {"id": "rag", "cohort": "rag", "prompt": "Where is the Eiffel Tower?", "context": CTX, "expected": {"answer": "Paris"}},
+        {"id": "tool", "cohort": "tools", "prompt": "Weather in Paris?", "tools": [WEATHER],
+         "expected": {"tool": "get_weather", "arguments": {"city": "Paris"}}},
+        {"id": "err", "cohort": "rag", "prompt": "This one is broken: where is the Eiffel Tower?", "context": CTX},
+    ])
+    db = tmp_path / "store.duckdb"
+    run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db, progress=False))
+    summary = score_run(db, "latest", None, progress=False)
+    assert summary.n_responses == 6 and summary.rows_written == 24
+
+    df = scores(db, summary.run_id).set_index(["prompt_id", "route", "evaluator"])
+    assert df.loc[("rag", "dense", "groundedness")].passed == True  # noqa: E712
+    assert df.loc[("rag", "moe", "groundedness")].passed == False  # noqa: E712
+    assert df.loc[("rag", "dense", "task_completion")].score == 1.0
+    assert df.loc[("rag", "moe", "task_completion")].score == 0.0
+    assert df.loc[("tool", "dense", "tool_selection")].passed == True  # noqa: E712
+    moe_tool = df.loc[("tool", "moe", "tool_selection")]
+    assert (moe_tool.score, moe_tool.passed) == (0.0, False) and "no tool call made" in moe_tool.reason
+    assert df.loc[("err", "moe", "hallucination")].reason == "call failed"
+    assert df.loc[("err", "dense", "hallucination")].applicable == True  # noqa: E712
