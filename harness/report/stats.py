@@ -29,7 +29,7 @@ BOOTSTRAP_MAX_N = 5000
 BOOTSTRAP_RESAMPLES = 2000
 # Quantile differences are always bootstrapped; above this many prompts an m-out-of-n
 # bootstrap (m = this) with sqrt(m/n) rescaling keeps the cost bounded.
-QUANTILE_BOOT_M = 4000
+QUANTILE_BOOT_M = 2000
 QUANTILE_RESAMPLES = 1000
 
 _power = TTestPower()
@@ -146,8 +146,16 @@ def paired_mean(base: np.ndarray, cand: np.ndarray, higher_is_better: bool, rng:
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                p2 = float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
-                pw = float(stats.wilcoxon(d, zero_method="wilcox", alternative=worse_alt).pvalue)
+                if np.count_nonzero(d) > 50:
+                    # scipy uses the normal approximation here anyway; it is symmetric, so the
+                    # one-sided p-value follows from the same z (one ranking instead of two).
+                    res = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided", method="asymptotic")
+                    p2 = float(res.pvalue)
+                    z = float(res.zstatistic)
+                    pw = float(stats.norm.sf(z) if worse_alt == "greater" else stats.norm.cdf(z))
+                else:
+                    p2 = float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+                    pw = float(stats.wilcoxon(d, zero_method="wilcox", alternative=worse_alt).pvalue)
     return PairedResult(n, bi, ci, diff, lo, hi, se, sd, ci_method, test, p2, pw)
 
 
@@ -172,10 +180,10 @@ def paired_quantile(base: np.ndarray, cand: np.ndarray, q: float, higher_is_bett
     if n < 5 or math.isnan(diff):
         return PairedResult(n, bi, ci, diff, nan, nan, nan, nan, "none (fewer than 5 prompts)", "bootstrap", nan, nan)
     m = min(n, QUANTILE_BOOT_M)
-    idx = rng.integers(0, n, size=(QUANTILE_RESAMPLES, m))
-    has_nan = bool(np.isnan(base).any() or np.isnan(cand).any())
-    qb = _quantile_rows(base[idx].reshape(QUANTILE_RESAMPLES, -1), q, has_nan)
-    qc = _quantile_rows(cand[idx].reshape(QUANTILE_RESAMPLES, -1), q, has_nan)
+    if np.isnan(base).any() or np.isnan(cand).any() or m * base.shape[1] < 1000:
+        qb, qc = _boot_quantiles_gather(base, cand, q, m, rng)
+    else:
+        qb, qc = _boot_quantiles_tail(base, cand, q, m, rng)
     scale = math.sqrt(m / n)
     diffs = diff + scale * ((qc - qb) - np.nanmean(qc - qb))
     bstar_b = b_est + scale * (qb - np.nanmean(qb))
@@ -194,6 +202,64 @@ def paired_quantile(base: np.ndarray, cand: np.ndarray, q: float, higher_is_bett
     method = (f"paired bootstrap over prompts ({QUANTILE_RESAMPLES} resamples)" if m == n else
               f"paired m-out-of-n bootstrap over prompts (m={m}, {QUANTILE_RESAMPLES} resamples, sqrt(m/n) rescaled)")
     return PairedResult(n, bi, ci, diff, float(lo), float(hi), se, nan, method, "bootstrap (normal approx.)", p2, pw)
+
+
+def _boot_quantiles_gather(base: np.ndarray, cand: np.ndarray, q: float, m: int, rng: np.random.Generator):
+    """Quantile of each resample (m prompts with replacement, whole prompts), by brute force."""
+    idx = rng.integers(0, base.shape[0], size=(QUANTILE_RESAMPLES, m))
+    has_nan = bool(np.isnan(base).any() or np.isnan(cand).any())
+    # float32 halves the memory traffic of the gather and the partition; quantiles of times need no more.
+    b32, c32 = base.astype(np.float32), cand.astype(np.float32)
+    qb = _quantile_rows(b32[idx].reshape(QUANTILE_RESAMPLES, -1), q, has_nan).astype(float)
+    qc = _quantile_rows(c32[idx].reshape(QUANTILE_RESAMPLES, -1), q, has_nan).astype(float)
+    return qb, qc
+
+
+def _boot_quantiles_tail(base: np.ndarray, cand: np.ndarray, q: float, m: int, rng: np.random.Generator):
+    """Same distribution as _boot_quantiles_gather for a high quantile, touching only the tail.
+
+    A resample's q-quantile depends only on its largest values. Let S be the prompts with a value
+    in the top tail (below the q-quantile by a wide margin) on either route. The number of draws
+    that land in S is Binomial(m, |S|/n) and, given that number, they are uniform over S; draws
+    outside S are below both tails and only count towards the total. Rows where the tail turns
+    out too thin (not enough draws above the threshold) are redone by brute force.
+    """
+    n, k = base.shape
+    total = m * k
+    h = q * (total - 1)
+    lo_pos = int(math.floor(h))
+    frac = h - lo_pos
+    need = total - lo_pos                       # values >= x_(lo_pos) counted from the top
+    if q < 0.5 or need > total // 4:
+        return _boot_quantiles_gather(base, cand, q, m, rng)
+    tail_share = min(1.0, 4 * need / total + 8 * math.sqrt(need) / total)
+    tb = np.quantile(base, 1 - tail_share)
+    tc = np.quantile(cand, 1 - tail_share)
+    in_s = (base >= tb).any(axis=1) | (cand >= tc).any(axis=1)
+    S = np.nonzero(in_s)[0]
+    B = QUANTILE_RESAMPLES
+    hits = rng.binomial(m, len(S) / n, size=B)
+    K = int(hits.max()) if len(hits) else 0
+    if K == 0:
+        return _boot_quantiles_gather(base, cand, q, m, rng)
+    draws = S[rng.integers(0, len(S), size=(B, K))]
+    valid = np.arange(K)[None, :] < hits[:, None]
+    out = []
+    for vals, thr in ((base, tb), (cand, tc)):
+        v = vals[draws]                                        # (B, K, k)
+        v = np.where(valid[:, :, None], v, -np.inf).reshape(B, -1)
+        enough = (v >= thr).sum(axis=1) >= need + 1
+        top = -np.sort(-v, axis=1)[:, : need + 1]              # descending, the part that matters
+        x_lo = top[:, need - 1]                                # ascending index lo_pos
+        x_hi = top[:, need - 2] if need >= 2 else top[:, 0]    # ascending index lo_pos + 1
+        res = x_lo + frac * (x_hi - x_lo)
+        out.append((res, enough))
+    (qb, ok_b), (qc, ok_c) = out
+    bad = ~(ok_b & ok_c)
+    if bad.any():
+        gb, gc = _boot_quantiles_gather(base, cand, q, m, rng)
+        qb[bad], qc[bad] = gb[: bad.sum()], gc[: bad.sum()]
+    return qb, qc
 
 
 def _quantile(x: np.ndarray, q: float) -> float:
