@@ -1,7 +1,7 @@
 """Time `routecheck report` and `routecheck gate` on a synthetic store of 1,000,000 responses.
 
 2 routes x 500,000 prompts (10 cohorts, 1 sample) = 1M responses; 2 evaluators => 2M score rows.
-A planted regression: the candidate's task_completion pass probability is 3 points lower in
+A planted regression: the candidate's task_completion pass probability is 6 points lower in
 cohort_3, and its latency 30% higher in cohort_7. The store is built with DuckDB SQL into the
 schema of harness.store (building is not part of the timed figures).
 
@@ -59,7 +59,7 @@ def build(path: Path, prompts: int) -> None:
             SELECT 'bench', prompt_id, '{route}', 0, 'task_completion', CAST(p AS DOUBLE), p, true
             FROM (SELECT prompt_id,
                          (CASE WHEN random() < 0.5 THEN u ELSE random() END)
-                           < 0.8 - CASE WHEN {is_cand} = 1 AND cohort = 'cohort_3' THEN 0.03 ELSE 0 END AS p
+                           < 0.8 - CASE WHEN {is_cand} = 1 AND cohort = 'cohort_3' THEN 0.06 ELSE 0 END AS p
                   FROM base)""")
         con.execute(f"""
             INSERT INTO scores (run_id, prompt_id, route, sample, evaluator, score, passed, applicable)
