@@ -35,7 +35,7 @@ from evaluators.claims import build_claims, norm  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "groundedness_dev.jsonl"
 # Features where a larger value means less support (aggregated by max over claims, others by min).
-NEGATIVE = {"missing_number", "negation_mismatch", "contrast_cue", "nothing_new"}
+NEGATIVE = {"missing_number", "missing_name", "negation_mismatch", "contrast_cue", "nothing_new"}
 
 
 def load(path: Path) -> list[dict]:
@@ -50,7 +50,7 @@ def answer_features(rows: list[dict]) -> np.ndarray:
     """Per answer, its weakest claim's features (the unit the labels are given for)."""
     claims, doc = [], []
     for i, r in enumerate(rows):
-        cs = build_claims(r["answer"], r["question"])
+        cs = build_claims(r["answer"], r["question"], r["question"])
         claims += cs
         doc += [i] * len(cs)
     ev = lexical.claim_evidence(claims, [r["context"] for r in rows], doc)
@@ -161,10 +161,10 @@ def halueval_other_shapes(directory: Path, n_items: int, offset: int = 0) -> dic
         rows = []
         for i, line in enumerate(dialogue.read_text().splitlines()[offset : offset + n_items], start=offset):
             item = json.loads(line)
-            turns = re.split(r"\[(?:Human|Assistant)\]:", item["dialogue_history"])
-            last_human = item["dialogue_history"].rsplit("[Human]:", 1)[-1].strip() if "[Human]:" in item["dialogue_history"] else turns[-1].strip()
+            parts = re.split(r"\[(Human|Assistant)\]:", item["dialogue_history"])[1:]
+            messages = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()} for who, text in zip(parts[::2], parts[1::2])]
             for kind, label in (("right_response", 1), ("hallucinated_response", 0)):
-                rows.append({"id": f"dialogue-{i}-{label}", "context": item["knowledge"], "question": last_human, "answer": item[kind], "label": label})
+                rows.append({"id": f"dialogue-{i}-{label}", "context": item["knowledge"], "messages": messages, "answer": item[kind], "label": label})
         shapes["HaluEval dialogue"] = rows
     summ = directory / "dataset_halueval_summarization.jsonl"
     if summ.exists():
@@ -177,7 +177,7 @@ def halueval_other_shapes(directory: Path, n_items: int, offset: int = 0) -> dic
                     break
                 item = json.loads(line)
                 for kind, label in (("right_summary", 1), ("hallucinated_summary", 0)):
-                    rows.append({"id": f"summ-{i}-{label}", "context": item["document"], "question": "", "answer": item[kind], "label": label})
+                    rows.append({"id": f"summ-{i}-{label}", "context": item["document"], "answer": item[kind], "label": label})
         shapes["HaluEval summarization"] = rows
     return shapes
 
@@ -192,7 +192,7 @@ def held_out_table(directory: Path, n_items: int, peer_python: str, offset: int 
     print("|---|---|---:|---:|---:|")
     for shape, rows in shapes.items():
         y = np.array([r["label"] for r in rows])
-        recs = [EvalRecord(prompt_id=r["id"], messages=[{"role": "user", "content": r["question"]}] if r["question"] else [], context=r["context"], text=r["answer"]) for r in rows]
+        recs = [EvalRecord(prompt_id=r["id"], messages=r.get("messages", []), context=r["context"], text=r["answer"]) for r in rows]
         for name in ("groundedness", "hallucination"):
             res, wall = timed_scores(recs, name, repeats=1)
             # No checkable claim (e.g. "I love that film!") = nothing unsupported: scored 1 and passed.

@@ -34,15 +34,23 @@ class EvalRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def conversation(self) -> str:
+        """Every message's text: what the user (and earlier turns) already said."""
+        return "\n".join(_text(m.get("content")) for m in self.messages or [] if m.get("content"))
+
+    @property
     def question(self) -> str | None:
         """The last user message: the request the response answers."""
         for msg in reversed(self.messages or []):
             if msg.get("role") == "user":
-                content = msg.get("content")
-                if isinstance(content, list):  # OpenAI content parts
-                    content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-                return content or None
+                return _text(msg.get("content")) or None
         return None
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
 
 
 @dataclass

@@ -134,10 +134,12 @@ def is_checkable(piece: str) -> bool:
     return not (piece.rstrip().endswith("?") or _PERSONAL.match(piece.strip(" \"'")))
 
 
-def build_claims(answer: str, question: str | None = None) -> list[Claim]:
+def build_claims(answer: str, question: str | None = None, conversation: str | None = None) -> list[Claim]:
     """Claims of an answer. Fillers ("Sure!"), questions and personal remarks without names or
-    numbers are not claims."""
+    numbers are not claims. Words of the conversation so far (`conversation`, all turns) count as
+    given: repeating what the user said is not a hallucination."""
     question = (question or "").strip()
+    conversation = (conversation or "").strip()
     sentences = [_SPEAKER.sub("", s) for s in split_sentences(answer)]
     pieces = [c for s in sentences for c in split_clauses(s)]
     kept = [p for p in pieces if is_checkable(p)]
@@ -152,5 +154,5 @@ def build_claims(answer: str, question: str | None = None) -> list[Claim]:
     for p in pieces:
         use_q = bool(question) and (single or is_bare_phrase(p))
         check = f"{question} {p}" if use_q else p
-        claims.append(Claim(text=p, check_text=check, given_text=question if use_q else ""))
+        claims.append(Claim(text=p, check_text=check, given_text=conversation or (question if use_q else "")))
     return claims

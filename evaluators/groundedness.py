@@ -66,7 +66,7 @@ def analyse(records: list[EvalRecord], backend: str = "lexical", threshold: floa
         if why:
             out[i] = why
             continue
-        cs = build_claims(answer or "", rec.question)
+        cs = build_claims(answer or "", rec.question, rec.conversation)
         if not cs:
             out[i] = "answer has no checkable claim"
             continue

@@ -93,3 +93,16 @@ def test_unknown_backend_and_nli_without_model_dir():
         get_evaluator("groundedness", {"backend": "magic"}).evaluate([rec("Paris")])
     with pytest.raises(ValueError, match="model_dir"):
         get_evaluator("groundedness", {"backend": "nli"}).evaluate([rec("Paris")])
+
+
+def test_words_from_the_conversation_are_given():
+    msgs = [
+        {"role": "user", "content": "My friend Gustavo says the tower is in Paris."},
+        {"role": "assistant", "content": "Let me check."},
+        {"role": "user", "content": "So is it?"},
+    ]
+    r = EvalRecord(messages=msgs, context=CTX, text="Yes Gustavo, the Eiffel Tower is in Paris.")
+    (h,) = get_evaluator("hallucination").evaluate([r])
+    assert (h.score, h.passed) == (1.0, True)
+    (h2,) = get_evaluator("hallucination").evaluate([EvalRecord(context=CTX, text="Yes Gustavo, the Eiffel Tower is in Paris.")])
+    assert [c["claim"] for c in h2.details["hallucinated_claims"]] == ["Yes Gustavo, the Eiffel Tower is in Paris."]
