@@ -87,11 +87,13 @@ def main() -> None:
 
     from harness.report.build import build_report
 
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     report = build_report(con, "bench")
-    numbers_s = time.perf_counter() - t
+    numbers_s, numbers_cpu = time.perf_counter() - t, time.process_time() - cpu
     con.close()
-    print(f"report numbers (load + statistics + serving tables + examples): {numbers_s:.2f} s")
+    load1 = os.getloadavg()[0]
+    print(f"report numbers (load + statistics + serving tables + examples): {numbers_s:.2f} s wall, "
+          f"{numbers_cpu:.2f} s CPU (all threads); load average {load1:.1f}")
     for k, v in report.timings_s.items():
         print(f"  {k}: {v:.2f} s")
 
