@@ -29,6 +29,7 @@ from typing import Iterator, Literal, Optional, Sequence
 
 import httpx
 import psutil
+import typer
 
 from harness.config import ConfigError, RouteConfig
 
@@ -493,15 +494,10 @@ def serving(
 
 # -- `routecheck serve` ----------------------------------------------------------------------------
 
-try:
-    import typer as _typer
-
-    _ROUTES_OPT = _typer.Option(Path("routes.yaml"), "--routes", "-r", help="routes.yaml with serve: routes.")
-    _ONLY_OPT = _typer.Option(None, "--route", help="Start only these routes (repeatable).")
-    _LOG_OPT = _typer.Option(Path("traces/logs/serve"), "--log-dir", help="Where server logs go.")
-    _OTLP_OPT = _typer.Option(None, "--otlp-traces-endpoint", help="Send vLLM's request spans here (OTLP/HTTP).")
-except ImportError:  # pragma: no cover - typer is a dependency
-    _ROUTES_OPT, _ONLY_OPT, _LOG_OPT, _OTLP_OPT = Path("routes.yaml"), None, Path("traces/logs/serve"), None
+_ROUTES_OPT = typer.Option(Path("routes.yaml"), "--routes", "-r", help="routes.yaml with serve: routes.")
+_ONLY_OPT = typer.Option(None, "--route", help="Start only these routes (repeatable).")
+_LOG_OPT = typer.Option(Path("traces/logs/serve"), "--log-dir", help="Where server logs go.")
+_OTLP_OPT = typer.Option(None, "--otlp-traces-endpoint", help="Send vLLM's request spans here (OTLP/HTTP).")
 
 
 def serve_command(
@@ -512,18 +508,27 @@ def serve_command(
 ) -> None:
     """Start the vLLM servers of the serve: routes, print their URLs and wait until Ctrl-C."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from harness.config import load_routes
 
-    console = Console(stderr=True)
-    routes_file = load_routes(routes)
-    chosen = [r for r in routes_file.routes if r.serve is not None and (not route or r.name in route)]
+    console = Console(stderr=True, soft_wrap=True)
+
+    def fail(message: str, code: int) -> None:
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # log lines hold [brackets]
+        raise typer.Exit(code)
+
+    try:
+        routes_file = load_routes(routes)
+    except ConfigError as e:
+        fail(str(e), 2)
     unknown = sorted(set(route or []) - {r.name for r in routes_file.routes})
     if unknown:
-        raise ConfigError(f"{routes}: no route named {', '.join(unknown)}")
+        fail(f"{routes}: no route named {', '.join(unknown)}", 2)
+    chosen = [r for r in routes_file.routes if r.serve is not None and (not route or r.name in route)]
     if not chosen:
-        raise ConfigError(f"{routes}: no serve: routes to start")
+        fail(f"{routes}: no serve: routes to start", 2)
     console.print(f"starting {len(chosen)} vLLM server(s); logs in {log_dir}/ ...")
     pool = ServerPool(chosen, log_dir, otlp_traces_endpoint)
     with _signals_raise():
@@ -540,5 +545,8 @@ def serve_command(
                 pool.check_alive()
         except KeyboardInterrupt:
             console.print("stopping servers ...")
+        except (ServeError, ConfigError) as e:
+            pool.stop()
+            fail(str(e), 1)
         finally:
             pool.stop()

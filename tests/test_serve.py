@@ -31,7 +31,7 @@ port = int(sys.argv[sys.argv.index("--port") + 1])
 for i in range(50):
     print(f"fake log line {i}", flush=True)
 if mode == "exit":
-    print("RuntimeError: the fake engine failed", flush=True)
+    print("(EngineCore pid=1) ERROR [core.py:1512] RuntimeError: the fake engine failed [/bold]", flush=True)
     sys.exit(3)
 ignore = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); " if mode == "stubborn" else ""
 if mode == "stubborn":
@@ -390,3 +390,28 @@ def test_real_vllm_signal_to_parent_leaves_no_process(tmp_path, tiny_model, sig)
         for p in _leftovers(f"p-{parent.pid}-", tiny_model):
             with contextlib.suppress(psutil.Error):
                 p.kill()
+
+
+def test_serve_command_errors_are_short(tmp_path, model_dir, fake_vllm):
+    import yaml
+    from typer.testing import CliRunner
+    import typer
+
+    app = typer.Typer()
+    app.command("serve")(serve.serve_command)
+    app.command("other")(lambda: None)
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(yaml.safe_dump({"routes": [
+        {"name": "dense", "role": "baseline", "model": "d", "serve": {"model": str(model_dir), "env": {"FAKE_MODE": "exit"}}},
+        {"name": "far", "role": "candidate", "model": "f", "base_url": "http://h/v1"},
+    ]}))
+    runner = CliRunner()
+    res = runner.invoke(app, ["serve", "--routes", str(routes), "--route", "nope", "--log-dir", str(tmp_path / "logs")])
+    assert res.exit_code == 2 and "no route named nope" in res.output
+    res = runner.invoke(app, ["serve", "--routes", str(routes), "--route", "far"])
+    assert res.exit_code == 2 and "no serve: routes to start" in res.output
+    res = runner.invoke(app, ["serve", "--routes", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "cannot read routes file" in res.output
+    res = runner.invoke(app, ["serve", "--routes", str(routes), "--log-dir", str(tmp_path / "logs")])
+    assert res.exit_code == 1 and "exited with code 3 during start-up" in res.output and "fake log line 49" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
