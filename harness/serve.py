@@ -140,11 +140,20 @@ def build_env(
     return env
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free now (bind to 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port the OS says is free now (bind to 0), never one already given to another server of
+    this process (servers bind theirs seconds later, so the OS could hand it out twice)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
+    raise ServeError("could not find a free port on 127.0.0.1")
 
 
 def _port_for(route: RouteConfig) -> int:
