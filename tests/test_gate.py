@@ -99,3 +99,11 @@ def test_example_policy_in_repo_is_valid():
     assert (margin, relative, alpha, enabled) == (0.03, False, 0.02, True)
     with pytest.raises(ConfigError):
         load_policy(Path("/nonexistent/gate.yaml"))
+
+
+def test_policy_may_gate_a_score_that_repeats_pass_fail(tmp_path):
+    """task_completion.score equals its pass/fail bit here; the report hides it, but a policy may still name it."""
+    db = deterministic_store(tmp_path / "s.duckdb", failing={"sql": 20})
+    res, out = _gate(tmp_path, db, "metrics:\n  task_completion.score: {margin: 0.1}\n")
+    assert res.exit_code == 1, res.output
+    assert "sql :: task_completion.score" in (out / "gate.junit.xml").read_text()

@@ -110,13 +110,14 @@ def compare_frame(rows: list[tuple[str, MetricSpec, str, str, stats.PairedResult
 
 
 def quality_results(quality: pd.DataFrame, candidate: str, rng: np.random.Generator,
-                    cohort_of: pd.Series | None = None) -> list[tuple[str, MetricSpec, str, str, stats.PairedResult]]:
+                    cohort_of: pd.Series | None = None, keep: frozenset[str] = frozenset()
+                    ) -> list[tuple[str, MetricSpec, str, str, stats.PairedResult]]:
     """Paired quality results for one candidate; `cohort_of` (prompt_id -> label) replaces cohorts."""
     rows = []
     qc = quality[quality["candidate"] == candidate]
     if cohort_of is not None:
         qc = qc.assign(cohort=qc["prompt_id"].map(cohort_of)).dropna(subset=["cohort"])
-    for ev, (has_pass, has_score) in load.evaluator_kinds(quality).items():
+    for ev, (has_pass, has_score) in load.evaluator_kinds(quality, keep).items():
         qe = qc[qc["evaluator"] == ev]
         for spec in quality_metrics(ev, has_pass, has_score):
             b, c = "base_" + spec.column, "cand_" + spec.column
@@ -218,7 +219,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
     t = time.perf_counter()
     rows = []
     for cand in candidates:
-        rows += quality_results(quality, cand.name, rng)
+        rows += quality_results(quality, cand.name, rng, keep=frozenset(policy.metrics) if policy else frozenset())
         rows += serving_results(pairs[cand.name], baseline, cand, rng, warnings)
     comparisons = compare_frame(rows, policy, alpha, lambda cand, spec, scope: f"{cand}:{spec.kind}")
     timings["statistics"] = time.perf_counter() - t
@@ -277,8 +278,9 @@ def quality_only_report(quality: pd.DataFrame, baseline: str, policy: Policy | N
         alpha = policy.alpha
     candidates = sorted(quality["candidate"].unique())
     rows = []
+    keep = frozenset(policy.metrics) if policy else frozenset()
     for cand in candidates:
-        rows += quality_results(quality, cand, rng)
+        rows += quality_results(quality, cand, rng, keep=keep)
     comparisons = compare_frame(rows, policy, alpha, lambda cand, spec, scope: f"{cand}:{spec.kind}")
     return Report(run_id=run_id, generated_at="", tool_version=__version__, baseline=baseline, candidates=candidates,
                   routes=[], settings={"alpha": alpha}, cohorts=sorted(map(str, quality["cohort"].unique())),

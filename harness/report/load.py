@@ -141,17 +141,18 @@ def split_unpaired(quality: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return quality[~one_sided].reset_index(drop=True), missing
 
 
-def evaluator_kinds(quality: pd.DataFrame) -> dict[str, tuple[bool, bool]]:
-    """evaluator -> (has pass/fail, has scores)."""
+def evaluator_kinds(quality: pd.DataFrame, keep: frozenset[str] = frozenset()) -> dict[str, tuple[bool, bool]]:
+    """evaluator -> (has pass/fail, has scores). `keep`: metric names to keep even if redundant (a policy names them)."""
     if quality.empty:
         return {}
-    g = quality.groupby("evaluator")
+    g = quality.groupby("evaluator", observed=True)
     has_pass = g["cand_pass_rate"].count() > 0
     has_score = g["cand_score"].count() > 0
     # A score that is just the pass/fail bit again would double-count one test.
     same = (quality["cand_score"] == quality["cand_pass_rate"]) & (quality["base_score"] == quality["base_pass_rate"])
-    redundant = same.groupby(quality["evaluator"]).all()
-    return {ev: (bool(has_pass[ev]), bool(has_score[ev]) and not (has_pass[ev] and redundant[ev])) for ev in sorted(g.groups)}
+    redundant = same.groupby(quality["evaluator"], observed=True).all()
+    return {ev: (bool(has_pass[ev]), bool(has_score[ev]) and (f"{ev}.score" in keep or not (has_pass[ev] and redundant[ev])))
+            for ev in sorted(g.groups)}
 
 
 def samples_per_prompt(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
