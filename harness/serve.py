@@ -14,6 +14,7 @@ import contextlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -283,12 +284,32 @@ def start_server(
     return handle
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+# Lines a dying vLLM prints after the real error (nanobind leak reports, semaphore warnings):
+# left out of quoted tails so the error itself stays in view.
+_NOISE = re.compile(r"^(nanobind: |\s+- leaked |See https://nanobind|.*resource_tracker|\s+warnings\.warn\()")
+_ERROR_LINE = re.compile(r"\b[A-Z]\w*(Error|Exception|Exit)\b")
+
+
+def _current_start_lines(path: Path) -> list[str]:
+    """The log lines since routecheck's last `=== routecheck` header (logs are appended)."""
     try:
         with open(path, errors="replace") as f:
-            return "".join(deque(f, maxlen=lines)).rstrip()
+            lines = f.read().splitlines()
     except OSError as e:
-        return f"(cannot read {path}: {e.strerror})"
+        return [f"(cannot read {path}: {e.strerror})"]
+    starts = [i for i, line in enumerate(lines) if line.startswith("=== routecheck ")]
+    return lines[starts[-1] + 1 :] if starts else lines
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` meaningful lines of the server's current start, preceded by the last line
+    naming an error when that one is further up."""
+    current = [line for line in _current_start_lines(path) if not _NOISE.match(line)]
+    tail = current[-lines:]
+    errors = [line for line in current if _ERROR_LINE.search(line)]
+    if errors and errors[-1] not in tail:
+        tail = [f"(last error line further up: {errors[-1].strip()})", "..."] + tail
+    return "\n".join(tail)
 
 
 def _failure(handle: ServerHandle, what: str) -> ServeError:

@@ -152,6 +152,25 @@ def test_missing_model_and_busy_port(tmp_path, model_dir):
             serve.start_server(_route("d", model_dir, port=busy), tmp_path / "logs")
 
 
+def test_log_tail_keeps_the_error_in_view(tmp_path):
+    log = tmp_path / "r.log"
+    lines = ["=== routecheck 2026-01-01T00:00:00+00:00: starting route r: old", "OldError: from an earlier start",
+             "=== routecheck 2026-01-02T00:00:00+00:00: starting route r: new"]
+    lines += [f"(Worker pid=7) INFO line {i}" for i in range(10)]
+    lines += ["(Worker pid=7) ERROR [multiproc_executor.py:1063] RuntimeError: Unsupported CPU attention configuration: head_dim=16"]
+    lines += [f"(APIServer pid=6) INFO shutdown {i}" for i in range(40)]
+    lines += ["nanobind: leaked 4 instances!"] + [f' - leaked type "triton.{i}"' for i in range(20)]
+    lines += ["See https://nanobind.readthedocs.io/en/latest/refleaks.html/root/x/resource_tracker.py:254: UserWarning: leaked"]
+    log.write_text("\n".join(lines) + "\n")
+    tail = serve.log_tail(log)
+    assert "OldError" not in tail and "nanobind" not in tail and "leaked type" not in tail
+    assert tail.splitlines()[0] == ("(last error line further up: (Worker pid=7) ERROR [multiproc_executor.py:1063] "
+                                    "RuntimeError: Unsupported CPU attention configuration: head_dim=16)")
+    assert tail.splitlines()[-1] == "(APIServer pid=6) INFO shutdown 39"
+    assert len(tail.splitlines()) == serve.LOG_TAIL_LINES + 2
+    assert serve.log_tail(tmp_path / "none.log").startswith("(cannot read")
+
+
 # -- lifecycle with the stand-in server ------------------------------------------------------------
 
 
