@@ -434,3 +434,19 @@ def test_serve_command_errors_are_short(tmp_path, model_dir, fake_vllm):
     res = runner.invoke(app, ["serve", "--routes", str(routes), "--log-dir", str(tmp_path / "logs")])
     assert res.exit_code == 1 and "exited with code 3 during start-up" in res.output and "fake log line 49" in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_real_vllm_broken_model_fails_fast_with_the_error_quoted(tmp_path):
+    bad = tmp_path / "bad-model"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "mixtral", "architectures": ["MixtralForCausalLM"]}))
+    route = RouteConfig(name="bad", role="baseline", model="bad", serve={"model": str(bad), "args": ["--dtype", "float32"]})
+    with pytest.raises(serve.ServeError) as err:
+        with serve.serving([route], tmp_path / "logs"):
+            pass
+    msg = str(err.value)
+    assert "route bad: vLLM server exited with code 1 during start-up" in msg
+    assert "ValueError: Couldn't instantiate the backend tokenizer" in msg  # vLLM's own error, from the log
+    assert _leftovers(f"bad-{os.getpid()}-", bad) == []
