@@ -85,3 +85,20 @@ def test_terminal_report_and_cli(tmp_path):
     assert res.exit_code == 2 and "--formats" in res.output
     res = CliRunner().invoke(app, ["latest", "--db", str(db), "--out-dir", str(tmp_path / "l"), "--quiet"])
     assert res.exit_code == 0 and (tmp_path / "l" / "report.html").exists()
+
+
+def test_report_with_policy_uses_its_margins_and_checks_its_names(tmp_path):
+    db, _ = _files(tmp_path)
+    pol = tmp_path / "gate.yaml"
+    pol.write_text("metrics:\n  task_completion.pass_rate: {margin: 0.7}\n")
+    app = typer.Typer()
+    app.command()(report_command)
+    res = CliRunner().invoke(app, ["run-hand", "--db", str(db), "--policy", str(pol), "--out-dir", str(tmp_path / "p"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "p" / "report.json").read_text())
+    sql = next(c for c in data["comparisons"] if c["cohort"] == "sql" and c["metric"] == "task_completion.pass_rate")
+    # -0.5 [-0.65, -0.35] is significant, but the whole CI is inside a margin of 0.7: "no change".
+    assert sql["margin"] == 0.7 and sql["verdict"] == "no change"
+    pol.write_text("metrics:\n  nope.score: {margin: 0.1}\n")
+    res = CliRunner().invoke(app, ["run-hand", "--db", str(db), "--policy", str(pol), "--quiet"])
+    assert res.exit_code == 2 and "metrics.nope.score" in res.output

@@ -14,7 +14,7 @@ from harness.config import ConfigError
 from harness.report.build import build_report
 from harness.report.load import ReportError
 from harness.report.model import Report
-from harness.report.policy import Policy, load_policy
+from harness.report.policy import Policy, check_policy_metrics, load_policy
 from harness.store import DEFAULT_DB, connect
 from harness.summary import resolve_run_id
 
@@ -99,6 +99,8 @@ def report_command(
         chosen = _parse_formats(formats)
         pol = load_policy(policy) if policy else None
         report = make_report(db, run_id, policy=pol, discover=discover_cohorts, seed=seed)
+        if pol is not None:
+            check_policy_metrics(pol, policy, sorted({c.metric for c in report.comparisons}), report.cohorts)
     except (ConfigError, ReportError, LookupError, FileNotFoundError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
         raise typer.Exit(2)
