@@ -222,7 +222,7 @@ def gate_command(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
 ) -> None:
     """Exit 0 if every gated cohort x metric passes the policy, 1 on a regression, 2 on bad input."""
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         result, report = run_gate(db, run_id, policy, seed)
     except (ConfigError, ReportError, LookupError, FileNotFoundError) as e:
