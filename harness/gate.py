@@ -215,11 +215,11 @@ def run_gate(db: Path | str, run_id: str, policy_path: Path | str, seed: int = 0
 
 
 def gate_command(
-    run_id: str = typer.Argument(..., help="Run id, a unique prefix, or 'latest'."),
-    policy: Path = typer.Option(Path("gate.yaml"), "--policy", help="Gate policy (see docs/report.md)."),
-    db: Path = typer.Option(DEFAULT_DB, "--db", help="DuckDB store."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where gate.md and gate.junit.xml go (default reports/RUN/)."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    run_id: str = typer.Argument(..., help="Run id, a unique prefix, or 'latest'.", metavar="RUN_ID"),
+    policy: Path = typer.Option(Path("gate.yaml"), "--policy", help="Gate policy (see docs/report.md).", metavar="PATH"),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.", metavar="PATH"),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where gate.md and gate.junit.xml go (default reports/RUN/).", metavar="DIR"),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed.", metavar="INT"),
 ) -> None:
     """Exit 0 if every gated cohort x metric passes the policy, 1 on a regression, 2 on bad input."""
     err = Console(stderr=True, soft_wrap=True)

@@ -82,13 +82,13 @@ def _parse_formats(formats: str) -> tuple[str, ...]:
 
 
 def report_command(
-    run_id: str = typer.Argument(..., help="Run id, a unique prefix, or 'latest'."),
-    db: Path = typer.Option(DEFAULT_DB, "--db", help="DuckDB store."),
-    formats: str = typer.Option("md,json,junit,html", "--formats", help="Files to write: any of md,json,junit,html."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where to write the files (default reports/RUN/)."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="gate.yaml whose margins and alpha the verdicts use."),
+    run_id: str = typer.Argument(..., help="Run id, a unique prefix, or 'latest'.", metavar="RUN_ID"),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.", metavar="PATH"),
+    formats: str = typer.Option("md,json,junit,html", "--formats", help="Files to write: any of md,json,junit,html.", metavar="LIST"),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where to write the files (default reports/RUN/).", metavar="DIR"),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="gate.yaml whose margins and alpha the verdicts use.", metavar="PATH"),
     discover_cohorts: bool = typer.Option(False, "--discover-cohorts", help="Also cluster prompts (TF-IDF + KMeans) and search worst slices (automatic when prompts have no cohort labels)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and clustering (results are reproducible)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and clustering (results are reproducible).", metavar="INT"),
     quiet: bool = typer.Option(False, "--quiet", help="No terminal table; only write the files."),
 ) -> None:
     """Compare each candidate route with the baseline, per cohort, with corrected statistics."""
