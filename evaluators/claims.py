@@ -22,7 +22,9 @@ _CLAUSE_SPLIT = re.compile(
     re.I,
 )
 _LEADING_CONJ = re.compile(r"^(?:and|but)\s+", re.I)
-_WORD = re.compile(r"[A-Za-z\u00C0-\u024F]+(?:['’][A-Za-z]+)?|\d+(?:[.,:]\d+)*(?:st|nd|rd|th|s)?\b")
+# Letters of any script (a CJK run without spaces stays one token); numbers keep their inner
+# separators ("1,000", "3.5", "10:30") and ordinal suffixes.
+_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?|\d+(?:[.,:]\d+)*(?:st|nd|rd|th|s)?\b")
 _SPEAKER = re.compile(r"^\s*[A-Z][\w ]{0,20}:\s+")  # "User: ..." dialogue turn prefixes
 
 STOPWORDS = frozenset(
@@ -43,7 +45,7 @@ CONTRAST_CUES = frozenset("actually instead rather contrary although though howe
 class Claim:
     text: str  # the claim as written in the answer
     check_text: str  # what is compared to the context (may include the question)
-    given_text: str  # text whose words count as given (the question), not as claims
+    given_text: str  # text whose words count as given (the conversation or question), not as claims
 
 
 def split_sentences(text: str) -> list[str]:

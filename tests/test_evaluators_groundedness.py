@@ -106,3 +106,11 @@ def test_words_from_the_conversation_are_given():
     assert (h.score, h.passed) == (1.0, True)
     (h2,) = get_evaluator("hallucination").evaluate([EvalRecord(context=CTX, text="Yes Gustavo, the Eiffel Tower is in Paris.")])
     assert [c["claim"] for c in h2.details["hallucinated_claims"]] == ["Yes Gustavo, the Eiffel Tower is in Paris."]
+
+
+def test_non_latin_scripts_are_checked():
+    ctx = "Столица России — Москва. Население города превышает 13 миллионов."
+    ok, bad = (rec(a, question="Какая столица России?", context=ctx) for a in ("Москва", "Париж"))
+    (g_ok, g_bad), _ = both(ok, bad)
+    assert (g_ok.passed, g_bad.passed) == (True, False)
+    assert g_bad.details["unsupported"] == ["Париж"]
