@@ -102,3 +102,15 @@ def test_report_with_policy_uses_its_margins_and_checks_its_names(tmp_path):
     pol.write_text("metrics:\n  nope.score: {margin: 0.1}\n")
     res = CliRunner().invoke(app, ["run-hand", "--db", str(db), "--policy", str(pol), "--quiet"])
     assert res.exit_code == 2 and "metrics.nope.score" in res.output
+
+
+def test_hostile_cohort_names_are_escaped_everywhere(tmp_path):
+    cohorts = {"<script>alert(1)</script>": 30, "price $5 or $6 | tier": 30, "plain": 30}
+    db = deterministic_store(tmp_path / "s.duckdb", cohorts=cohorts, failing={"<script>alert(1)</script>": 20})
+    paths = write_report_files(db, "run-hand", tmp_path / "out")
+    page = paths["html"].read_text()
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "price $5 or $6 | tier" in page            # literal in the SVG text, not mathtext
+    md = paths["md"].read_text()
+    assert "&lt;script&gt;" in md and "price $5 or $6 \\| tier" in md
+    ET.parse(paths["junit"])                          # still well-formed XML

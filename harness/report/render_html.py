@@ -29,6 +29,11 @@ def esc(x: object) -> str:
     return html.escape("" if x is None else str(x), quote=True)
 
 
+def _mpl(s: object) -> str:
+    """Literal text for matplotlib: a `$` would otherwise start mathtext."""
+    return str(s).replace("$", r"\$")
+
+
 def _svg(fig, salt: str) -> str:
     plt.rcParams["svg.hashsalt"] = salt  # distinct ids per figure: several SVGs share one document
     buf = io.StringIO()
@@ -56,13 +61,13 @@ def forest_plot(rows: list[Comparison], title: str, relative: bool = False) -> s
         if not math.isnan(c.margin):
             m = c.margin / scale
             ax.plot([-m, m], [i, i], "|", color="#90a4ae", ms=8)
-        labels.append(f"{c.cohort} · {c.metric}")
+        labels.append(_mpl(f"{c.cohort} · {c.metric}"))
     ax.set_yticks(range(len(labels)))
     ax.set_yticklabels(labels)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("candidate − baseline" + (" (share of baseline)" if relative else "") +
                   "; bars: 95% CI; ticks: ±margin; red = regression, green = improvement, amber = inconclusive")
-    ax.set_title(title)
+    ax.set_title(_mpl(title))
     return _svg(fig, title)
 
 
@@ -71,7 +76,7 @@ def cdf_plot(report: Report) -> str:
         return "<p>No latencies recorded.</p>"
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for route, d in report.latency_cdf.items():
-        ax.step(d["latency_s"], d["p"], where="post", label=route + (" (baseline)" if route == report.baseline else ""))
+        ax.step(d["latency_s"], d["p"], where="post", label=_mpl(route + (" (baseline)" if route == report.baseline else "")))
     ax.set_xlabel("end-to-end latency (s), successful calls")
     ax.set_ylabel("share of calls ≤ x")
     if all(min(d["latency_s"]) > 0 for d in report.latency_cdf.values()):
@@ -96,9 +101,9 @@ def cost_quality_plot(report: Report) -> str:
                 pts[report.baseline] = c.baseline
                 pts[c.candidate] = c.candidate_value
         xs = [cost.get(r) or 0.0 for r in pts]
-        ax.plot(xs, list(pts.values()), markers[j % len(markers)] + "-", label=metric, alpha=0.8)
+        ax.plot(xs, list(pts.values()), markers[j % len(markers)] + "-", label=_mpl(metric), alpha=0.8)
         for r, x, y in zip(pts, xs, pts.values()):
-            ax.annotate(r, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(_mpl(r), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("cost per trace (USD, route prices)")
     ax.set_ylabel("mean over prompts")
     ax.legend(fontsize=7)
