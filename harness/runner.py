@@ -328,9 +328,7 @@ def run_mirror(routes: RoutesFile, opts: MirrorOptions, on_progress: Callable[[s
             if served:
                 # vLLM exports its request spans in batches every few seconds: wait for them before stopping it.
                 expected = sum(summary.per_route[r.name].done for r in served)
-                deadline = time.monotonic() + SERVER_SPAN_WAIT_S
-                while receiver.spans_received < expected and time.monotonic() < deadline:
-                    time.sleep(0.2)
+                receiver.wait_for_spans("llm_request", expected, SERVER_SPAN_WAIT_S)
         if served:
             from harness.otlp_receiver import attach_server_spans
 
@@ -350,11 +348,17 @@ def _run_loop(mirror: Mirror) -> MirrorSummary:
             loop.add_signal_handler(signal.SIGTERM, task.cancel)
         return await mirror.run()
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        try:
+    # The loop resets SIGTERM to the default action when it closes: put back whoever handled it before
+    # (serving() turns it into an interrupt so the servers are stopped).
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(main())
-        except asyncio.CancelledError:
-            raise KeyboardInterrupt from None
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
