@@ -20,7 +20,7 @@ from typing import Any
 
 from jsonschema import validators
 
-from evaluators.base import EvalRecord, EvalResult, evaluator
+from evaluators.base import EvalRecord, EvalResult, evaluator, parse_json_field
 
 
 def _expected_calls(expected: dict[str, Any] | None) -> list[dict[str, Any]] | None:
@@ -29,7 +29,7 @@ def _expected_calls(expected: dict[str, Any] | None) -> list[dict[str, Any]] | N
         return None
     if "tool_calls" in expected:
         calls = expected["tool_calls"] or []
-        return [{"name": c.get("name") or (c.get("function") or {}).get("name"), "arguments": _args(c.get("arguments", (c.get("function") or {}).get("arguments")))} for c in calls]
+        return [{"name": c.get("name") or (c.get("function") or {}).get("name"), "arguments": parse_json_field(c.get("arguments", (c.get("function") or {}).get("arguments")))} for c in calls]
     if "tool" not in expected:
         return None
     tool = expected["tool"]
@@ -38,16 +38,8 @@ def _expected_calls(expected: dict[str, Any] | None) -> list[dict[str, Any]] | N
     names = tool if isinstance(tool, list) else [tool]
     args = expected.get("arguments")
     arg_list = args if isinstance(args, list) else [args] * len(names) if len(names) == 1 else [None] * len(names)
-    return [{"name": n, "arguments": _args(a)} for n, a in zip(names, arg_list)]
+    return [{"name": n, "arguments": parse_json_field(a)} for n, a in zip(names, arg_list)]
 
-
-def _args(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
 
 
 def _actual_calls(tool_calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
