@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from evaluators.base import BoundEvaluator, EvaluatorError, get_evaluator
+from harness.config import ConfigError, read_yaml
 
 DEFAULT_EVALUATORS = ["groundedness", "hallucination", "tool_selection", "task_completion"]
 
@@ -54,13 +55,9 @@ def parse_cli_spec(text: str) -> EvaluatorSpec:
 def load_evaluator_config(path: str | Path) -> list[EvaluatorSpec]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise EvaluatorError(f"{path}: cannot read evaluator config: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise EvaluatorError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        data = read_yaml(path, "evaluator config")
+    except ConfigError as e:
+        raise EvaluatorError(str(e)) from None
     items = data.get("evaluators") if isinstance(data, dict) else data
     if not isinstance(items, list) or not items:
         raise EvaluatorError(f"{path}: expected a non-empty 'evaluators' list")

@@ -112,18 +112,23 @@ class RoutesFile(_Strict):
         return next(r for r in self.routes if r.role == "baseline")
 
 
-def load_routes(path: str | Path) -> RoutesFile:
-    path = Path(path)
+def read_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file; errors name the file, and the line where YAML itself is broken."""
     try:
         text = path.read_text()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read routes file: {e.strerror}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+
+
+def load_routes(path: str | Path) -> RoutesFile:
+    path = Path(path)
+    data = read_yaml(path, "routes file")
     if isinstance(data, list):  # a bare list of routes is accepted too
         data = {"routes": data}
     if not isinstance(data, dict):
