@@ -97,7 +97,8 @@ def discover_cohorts(con: duckdb.DuckDBPyConnection, run_id: str, baseline: str,
     worst = sorted(slice_comps, key=lambda c: (c.p_adjusted if not math.isnan(c.p_adjusted) else 2, -badness(c)))
     worst = [c for c in worst if badness(c) > 0][:SHOWN_SLICES]
     return Discovery(
-        reason=reason, method="TF-IDF (sublinear tf, English stop words) + KMeans; k by silhouette",
+        reason=reason, method="TF-IDF (sublinear tf, English stop words) + KMeans; k by silhouette"
+        + (" (k is the largest tried: finer clusters may exist)" if str(k) == max(sil, key=int) else ""),
         k=k, silhouette=sil, clusters=clusters, comparisons=comparisons, worst_slices=worst,
         slices_searched=len(slices), correction=f"Holm over {len(slices)} slices x metrics searched",
     )
