@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.config import ConfigError
+from harness.config import ConfigError, read_yaml
 
 
 @dataclass(frozen=True)
@@ -116,16 +115,7 @@ class Policy(_Strict):
 
 def load_policy(path: str | Path) -> Policy:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read policy file: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    data = read_yaml(path, "policy file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'metrics' section, got {type(data).__name__}")
     try:
