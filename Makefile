@@ -25,8 +25,11 @@ setup: $(STAMP)
 system-deps:
 	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
+# The main job: start both testbed routes, mirror the corpus, score every answer, report per cohort.
 demo: setup
 	$(RC) mirror --corpus examples/corpus.jsonl --routes routes.yaml
+	$(RC) score latest
+	$(RC) report latest
 
 test: setup system-deps
 	$(PY) -m pytest -m "not slow"
