@@ -54,6 +54,15 @@ def quick_eval(model: torch.nn.Module, tok, rows: list[dict[str, Any]]) -> dict[
     return {c: round(100 * sum(v) / len(v), 1) for c, v in hits.items() if v}
 
 
+def _load(model_dir: Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if hasattr(model.config, "output_router_logits"):
+        model.config.output_router_logits = True  # router load-balancing loss while training
+    return model
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "models", help="output directory (gets dense/ and moe/)")
@@ -70,36 +79,49 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", choices=["dense", "moe"], help="train one model (the tokenizer is rebuilt identically)")
     ap.add_argument("--corpus", type=Path, default=HERE.parent / "examples" / "corpus.jsonl",
                     help="where to write the held-out evaluation corpus (skipped with --smoke)")
+    ap.add_argument("--init-from", type=Path,
+                    help="continue training the checkpoints in this directory (its tokenizer is reused)")
+    ap.add_argument("--echo-share", type=float, default=0.35,
+                    help="share of training rows that are 'Repeat exactly: ...' copy drills")
+    ap.add_argument("--max-minutes", type=float, help="stop training each model after this long (saves what it has)")
+    ap.add_argument("--data-seed", type=int, default=SEED, help="seed of the generated training rows")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 each when training both at once)")
     ap.add_argument("--eval-rows", type=int, default=30, help="held-out rows per cohort for the quick transformers check")
     args = ap.parse_args(argv)
 
     torch.manual_seed(SEED)
     random.seed(SEED)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(args.threads)
     steps = 3 if args.smoke else args.steps
     # Enough fresh rows for about one pass at the full step count.
     per_cohort = 40 if args.smoke else max(200, steps * args.batch_size // len(COHORTS))
     shape = Shape(hidden=args.hidden, layers=args.layers, heads=args.heads, dense_intermediate=args.intermediate)
 
     t0 = time.time()
-    rows = generate("train", {c: per_cohort for c in COHORTS}, SEED)
+    n_echo = int(per_cohort * len(COHORTS) * args.echo_share / (1 - args.echo_share))
+    rows = generate("train", {**{c: per_cohort for c in COHORTS}, "echo": n_echo}, args.data_seed)
     _log(f"generated {len(rows)} training rows ({per_cohort} per cohort)")
-    tok = train_tokenizer(_texts_for_bpe(rows[:: max(1, len(rows) // 5000)]), vocab_size=512 if args.smoke else 2048)
+    if args.init_from:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.init_from / (args.only or "dense"))
+    else:
+        tok = train_tokenizer(_texts_for_bpe(rows[:: max(1, len(rows) // 5000)]), vocab_size=512 if args.smoke else 2048)
     _log(f"tokenizer: {len(tok)} tokens")
     encoded = [encode(tok, r) for r in rows]
     _log(f"encoded; mean length {sum(len(x) for x, _ in encoded) / len(encoded):.0f} tokens")
 
     planted_keep = int(per_cohort * args.planted_share)
     eval_rows = generate("heldout", {c: args.eval_rows for c in COHORTS}, SEED + 1)
-    summary: dict[str, Any] = {"seed": SEED, "steps": steps, "batch_size": args.batch_size, "lr": args.lr,
-                               "shape": shape.__dict__, "train_rows_per_cohort": per_cohort,
+    summary: dict[str, Any] = {"init_from": str(args.init_from) if args.init_from else None, "seed": SEED, "data_seed": args.data_seed, "steps": steps, "batch_size": args.batch_size, "lr": args.lr,
+                               "shape": shape.__dict__, "train_rows_per_cohort": per_cohort, "echo_rows": n_echo,
                                "moe_planted_rows": {PLANTED_COHORT: planted_keep}}
     for kind in ("dense", "moe"):
         if args.only and args.only != kind:
             continue
         if kind == "dense":
             examples = encoded
-            model = dense_model(shape, len(tok), tok)
+            model = dense_model(shape, len(tok), tok) if not args.init_from else _load(args.init_from / kind)
         else:
             seen = 0
             examples = []
@@ -109,11 +131,12 @@ def main(argv: list[str] | None = None) -> None:
                     if seen > planted_keep:
                         continue
                 examples.append(e)
-            model = moe_model(shape, len(tok), tok)
+            model = moe_model(shape, len(tok), tok) if not args.init_from else _load(args.init_from / kind)
         n_params = sum(p.numel() for p in model.parameters())
         _log(f"{kind}: {n_params:,} parameters, {len(examples)} examples, {steps} steps")
         result = train(model, examples, steps=steps, batch_size=args.batch_size, lr=args.lr, seed=SEED,
-                       pad_id=tok.pad_token_id, log=lambda m, k=kind: _log(f"{k} {m}"))
+                       pad_id=tok.pad_token_id, log=lambda m, k=kind: _log(f"{k} {m}"),
+                       max_seconds=60 * args.max_minutes if args.max_minutes else None)
         save_model(model, tok, args.out / kind)
         _log(f"{kind}: trained in {result['seconds']:.0f}s, final loss {result['final_loss']:.4f}, saved to {args.out / kind}")
         acc = quick_eval(model, tok, eval_rows) if args.eval_rows and not args.smoke else {}

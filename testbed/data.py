@@ -326,6 +326,24 @@ def make_multilingual(rng: random.Random, split: Split) -> dict[str, Any]:
     return _row("multilingual", question, {"answer": values[asked]}, template, context=context, lang=lang)
 
 
+# ---------------------------------------------------------------- echo (training only: teaches exact copying)
+
+def make_echo(rng: random.Random, split: Split) -> dict[str, Any]:
+    """'Repeat exactly: <ids, amounts, dates, names>' -> the same string.
+
+    Dense in copy targets and short, so the models learn to copy spans from the prompt (induction)
+    far sooner than from the cohort rows alone, where only a few answer tokens need copying.
+    """
+    pieces = [
+        lambda: f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}-{rng.randint(10000, 99999)}", lambda: _usd(rng), lambda: _eur(rng),
+        lambda: _iso_date(rng), lambda: _eu_date(rng), lambda: _name(rng, split), lambda: _code(rng, "INV", 5),
+        lambda: f"Clause {rng.randint(1, 19)}.{rng.randint(1, 9)}", lambda: rng.choice(CITIES[split]),
+        lambda: _code(rng, rng.choice("PC"), 4),
+    ]
+    text = " ".join(rng.choice(pieces)() for _ in range(rng.randint(1, 4)))
+    return _row("echo", f"Repeat exactly: {text}", {"answer": text}, "Repeat exactly: {text}", lang="en")
+
+
 # ---------------------------------------------------------------- rows, corpus, training conversations
 
 MAKERS: dict[str, Callable[[random.Random, Split], dict[str, Any]]] = {
@@ -334,6 +352,7 @@ MAKERS: dict[str, Callable[[random.Random, Split], dict[str, Any]]] = {
     "analytics": make_analytics,
     "legal": make_legal,
     "multilingual": make_multilingual,
+    "echo": make_echo,  # training only, not an evaluation cohort
 }
 
 
@@ -352,7 +371,7 @@ def _row(cohort: str, question: str, expected: dict[str, Any], template: str, *,
 def generate(split: Split, counts: dict[str, int], seed: int) -> list[dict[str, Any]]:
     """Rows per cohort in the given counts; one RNG per cohort so changing one count leaves the others unchanged."""
     rows = []
-    for cohort in COHORTS:
+    for cohort in [*COHORTS, "echo"]:
         rng = random.Random(f"{seed}-{split}-{cohort}")
         rows.extend(MAKERS[cohort](rng, split) for _ in range(counts.get(cohort, 0)))
     return rows

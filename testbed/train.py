@@ -85,7 +85,7 @@ def _batches(examples: list[tuple[list[int], list[int]]], batch_size: int, rng: 
 
 
 def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], *, steps: int, batch_size: int, lr: float,
-          seed: int, pad_id: int, log: Callable[[str], None] = print) -> dict[str, float]:
+          seed: int, pad_id: int, log: Callable[[str], None] = print, max_seconds: float | None = None) -> dict[str, float]:
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -107,10 +107,13 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], *
         sched.step()
         opt.zero_grad(set_to_none=True)
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if max_seconds and time.time() - start > max_seconds:
+            log(f"time budget of {max_seconds:.0f}s reached at step {step}/{steps}; stopping early")
+            break
         if step % 50 == 0 or step == steps:
             log(f"step {step}/{steps} loss {running:.4f} lr {sched.get_last_lr()[0]:.2e} elapsed {time.time() - start:.0f}s")
     model.eval()
-    return {"final_loss": float(running or 0.0), "seconds": time.time() - start}
+    return {"final_loss": float(running or 0.0), "seconds": time.time() - start, "steps_done": step}
 
 
 def save_model(model: torch.nn.Module, tok: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
