@@ -37,7 +37,7 @@ def test_5xx_exhausts_retry_budget_and_marks_span_error(tmp_path, stub_server):
     rows = dict(con.execute("SELECT prompt_id, (attempts, error_type, http_status) FROM responses").fetchall())
     assert rows["ok"] == (1, None, 200)
     assert rows["bad"] == (3, "http_503", 503)
-    span = con.execute("SELECT status_code, error_type, attributes FROM spans WHERE prompt_id = 'bad'").fetchone()
+    span = con.execute("SELECT status_code, error_type, attributes FROM spans WHERE prompt_id = 'bad' AND kind = 'CLIENT'").fetchone()
     assert span[:2] == ("ERROR", "http_503")
     assert json.loads(span[2])["routecheck.attempts"] == 3
 
