@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+import uvloop
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -143,7 +144,9 @@ def build_app(cfg: StubConfig) -> Starlette:
 
 
 def serve(cfg: StubConfig, host: str = "127.0.0.1", port: int = 0) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets whose listener says TCP;
+    # without it every kept-alive response stalls ~40 ms on Nagle + delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound = sock.getsockname()[1]
@@ -156,7 +159,7 @@ def serve(cfg: StubConfig, host: str = "127.0.0.1", port: int = 0) -> None:
         print(f"stub listening on http://{host}:{bound}", flush=True)
         await task
 
-    asyncio.run(main())
+    uvloop.run(main())
 
 
 def main(argv: list[str] | None = None) -> None:
