@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "models", help="output directory (gets dense/ and moe/)")
     ap.add_argument("--smoke", action="store_true", help="tiny data and a few steps: checks the pipeline, not quality")
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch-size", type=int, default=24)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     steps = 3 if args.smoke else args.steps
     # Enough fresh rows for about one pass at the full step count.
-    per_cohort = 40 if args.smoke else max(200, steps * args.batch_size // len(COHORTS))
+    per_cohort = 40 if args.smoke else min(6000, max(200, steps * args.batch_size // len(COHORTS)))
     shape = Shape(hidden=args.hidden, layers=args.layers, heads=args.heads, dense_intermediate=args.intermediate)
 
     t0 = time.time()
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
         tok = AutoTokenizer.from_pretrained(args.init_from / (args.only or "dense"))
     else:
-        tok = train_tokenizer(_texts_for_bpe(rows[:: max(1, len(rows) // 5000)]), vocab_size=512 if args.smoke else 2048)
+        tok = train_tokenizer(_texts_for_bpe(rows[:: max(1, len(rows) // 20000)]), vocab_size=512 if args.smoke else 4096)
     _log(f"tokenizer: {len(tok)} tokens")
     encoded = [encode(tok, r) for r in rows]
     _log(f"encoded; mean length {sum(len(x) for x, _ in encoded) / len(encoded):.0f} tokens")

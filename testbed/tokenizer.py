@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -67,9 +67,12 @@ To call a tool, reply with <tool_call>{"name": ..., "arguments": ...}</tool_call
 
 def _empty_bpe() -> Tokenizer:
     tok = Tokenizer(models.BPE())
-    # Digits one by one: a number copied from the context tokenizes the same wherever it appears.
+    # Numbers in chunks of up to 3 digits, split off from what precedes them: a number copied from the
+    # context tokenizes the same wherever it appears, and its pieces are distinctive enough for the
+    # model's copy (induction) heads; single digits repeat too often within a prompt to be copied reliably.
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        [pre_tokenizers.Split(Regex(r"\d{1,3}"), behavior="isolated"),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
     )
     tok.decoder = decoders.ByteLevel()
     return tok
@@ -95,7 +98,7 @@ def template_renderer() -> PreTrainedTokenizerFast:
     return _wrap(tok)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
     tok = _empty_bpe()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
