@@ -136,7 +136,7 @@ def load_routes(path: str | Path) -> RoutesFile:
     try:
         routes = RoutesFile.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(path, data, e)) from None
+        raise ConfigError(describe_validation_error(path, e, "README 'routes.yaml reference'", data)) from None
     _resolve_serve_paths(routes, path.parent)
     return routes
 
@@ -148,7 +148,8 @@ def _resolve_serve_paths(routes: RoutesFile, base: Path) -> None:
             r.serve.model = str((base / r.serve.model).resolve())
 
 
-def _describe(path: Path, data: Any, err: ValidationError) -> str:
+def describe_validation_error(path: Path, err: ValidationError, docs: str, data: Any = None) -> str:
+    """One line per problem: `file: key.path (route 'name'): what was wrong`; `docs` names where keys are documented."""
     lines = []
     for e in err.errors():
         loc = e["loc"]
@@ -164,7 +165,7 @@ def _describe(path: Path, data: Any, err: ValidationError) -> str:
                 pass
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check spelling; see README 'routes.yaml reference')"
+            msg = f"unknown key (check spelling; see {docs})"
         elif e["type"] == "missing":
             msg = "required key is missing"
         lines.append(f"{path}: {key or '(top level)'}: {msg}")

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.config import ConfigError, read_yaml
+from harness.config import ConfigError, describe_validation_error, read_yaml
 
 
 @dataclass(frozen=True)
@@ -121,20 +121,7 @@ def load_policy(path: str | Path) -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(path, e)) from None
-
-
-def _describe(path: Path, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (see docs/report.md 'Gate policy')"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        lines.append(f"{path}: {key}: {msg}")
-    return "\n".join(lines)
+        raise ConfigError(describe_validation_error(path, e, "docs/report.md 'Gate policy'")) from None
 
 
 def check_policy_metrics(policy: Policy, path: Path | str, available: list[str], cohorts: list[str]) -> None:
