@@ -45,7 +45,7 @@ def one(tmp: Path, base_url: str, concurrency: int, n: int) -> dict:
             f.write(json.dumps({"id": f"p{i}", "cohort": f"c{i % 5}", "prompt": f"question {i} about the order status"}) + "\n")
     db = tmp / f"bench-{concurrency}.duckdb"
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db, progress=False))
+    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     errors = summary.per_route["r"].errors
     return {"concurrency": concurrency, "requests": summary.calls, "errors": errors, "wall_s": wall,

@@ -70,8 +70,7 @@ def mirror(
     except (ConfigError, LookupError) as e:
         fail(str(e))
     opts = MirrorOptions(corpus=corpus, db=db, samples=samples, limit=limit, cohorts=cohort or None, skip_invalid=skip_invalid,
-                         rate=rate, otlp_endpoint=otlp_endpoint, run_id=resume or new_run_id(), resume=bool(resume),
-                         progress=progress)
+                         rate=rate, otlp_endpoint=otlp_endpoint, run_id=resume or new_run_id(), resume=bool(resume))
     total = _count_rows(corpus)
     if total is not None and not cohort:
         total = min(total, limit or total) * samples

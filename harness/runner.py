@@ -46,7 +46,6 @@ class MirrorOptions:
     otlp_endpoint: str | None = None
     run_id: str | None = None  # None: a new id is made
     resume: bool = False  # finish run `run_id` instead of starting it
-    progress: bool = True
 
     def stored(self) -> dict[str, Any]:
         """The options a resumed run must keep, so it finishes the same work."""

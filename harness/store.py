@@ -229,20 +229,17 @@ class BatchWriter:
     the file through one connection. Adding never waits for a write in progress.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, max_rows: int = 2000):
+    def __init__(self, con: duckdb.DuckDBPyConnection):
         self._con = con
         self._buf_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._buf: dict[str, list[dict[str, Any]]] = {}
-        self._max_rows = max_rows
         self.written: dict[str, int] = {}
 
-    def add(self, table: str, rows: Iterable[dict[str, Any]]) -> bool:
-        """Buffer rows; returns True when the buffer is full and the caller should flush."""
+    def add(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Buffer rows until the next flush (the runner flushes every second, exporters per batch)."""
         with self._buf_lock:
-            buf = self._buf.setdefault(table, [])
-            buf.extend(rows)
-            return len(buf) >= self._max_rows
+            self._buf.setdefault(table, []).extend(rows)
 
     def flush(self) -> None:
         with self._write_lock:

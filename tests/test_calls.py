@@ -17,7 +17,7 @@ def _run(tmp_path, base_url, rows, **route):
     routes = write_routes(tmp_path / "routes.yaml", [{"name": "only", "role": "baseline", "model": "m", "base_url": base_url, **route}])
     corpus = write_corpus(tmp_path / "c.jsonl", rows)
     db = tmp_path / "s.duckdb"
-    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db, progress=False))
+    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db))
     con = duckdb.connect(str(db), read_only=True)
     return summary, con
 
@@ -75,5 +75,5 @@ def test_global_rate_limit_spaces_requests(tmp_path, stub_server):
     routes = write_routes(tmp_path / "routes.yaml", [{"name": "only", "role": "baseline", "model": "m", "base_url": s.base_url}])
     corpus = write_corpus(tmp_path / "c.jsonl", [{"id": f"p{i}", "prompt": "x"} for i in range(6)])
     t0 = time.monotonic()
-    run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=tmp_path / "s.duckdb", rate=10, progress=False))
+    run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=tmp_path / "s.duckdb", rate=10))
     assert time.monotonic() - t0 >= 0.5  # 6 starts at 10/s span at least 0.5 s

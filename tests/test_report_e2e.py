@@ -35,9 +35,9 @@ def test_stub_run_flags_the_planted_cohort_only(tmp_path, stub_server):
         for i in range(120)
     ])
     db = tmp_path / "store.duckdb"
-    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db, progress=False))
+    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db))
     assert summary.status == "completed"
-    score_run(db, summary.run_id, ["task_completion:match=contains"], progress=False)
+    score_run(db, summary.run_id, ["task_completion:match=contains"])
 
     runner = CliRunner()
     out = tmp_path / "report"

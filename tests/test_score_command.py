@@ -50,7 +50,7 @@ def test_score_run_writes_every_response_and_is_idempotent(tmp_path):
     db = tmp_path / "rc.duckdb"
     fill(db)
     evs = ["groundedness", "tool_selection", "task_completion"]
-    summary = score_run(db, "run-a", evs, progress=False)
+    summary = score_run(db, "run-a", evs)
     assert summary.n_responses == 4 and summary.rows_written == 12
     df = scores(db)
     assert len(df) == 12
@@ -71,7 +71,7 @@ def test_score_run_writes_every_response_and_is_idempotent(tmp_path):
     assert summary.per_evaluator["tool_selection"]["dense"] == {"n": 2, "applicable": 1, "mean_score": 1.0, "pass_rate": 1.0}
 
     first_scored = df.scored_at.max()
-    score_run(db, "run-a", evs, progress=False)
+    score_run(db, "run-a", evs)
     again = scores(db)
     assert len(again) == 12
     assert again.scored_at.min() >= first_scored
@@ -88,11 +88,11 @@ def test_latest_and_unknown_run(tmp_path):
     db = tmp_path / "rc.duckdb"
     fill(db, "old-run", started=datetime.now(timezone.utc) - timedelta(hours=1))
     fill(db, "new-run")
-    summary = score_run(db, "latest", ["task_completion"], progress=False)
+    summary = score_run(db, "latest", ["task_completion"])
     assert summary.run_id == "new-run"
     assert len(scores(db, "new-run")) == 4 and len(scores(db, "old-run")) == 0
     with pytest.raises(LookupError, match="no run 'nope'"):
-        score_run(db, "nope", ["task_completion"], progress=False)
+        score_run(db, "nope", ["task_completion"])
 
 
 def test_score_command_cli(tmp_path):
@@ -136,8 +136,8 @@ def test_mirror_then_score_every_response(tmp_path, stub_server):
         {"id": "err", "cohort": "rag", "prompt": "This one is broken: where is the Eiffel Tower?", "context": CTX},
     ])
     db = tmp_path / "store.duckdb"
-    run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db, progress=False))
-    summary = score_run(db, "latest", None, progress=False)
+    run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db))
+    summary = score_run(db, "latest", None)
     assert summary.n_responses == 6 and summary.rows_written == 24
 
     df = scores(db, summary.run_id).set_index(["prompt_id", "route", "evaluator"])

@@ -75,7 +75,7 @@ def corpus_50(tmp_path_factory) -> Path:
 def test_mirror_50_prompts_on_real_vllm_routes(tmp_path, corpus_50):
     routes = load_routes(ROUTES)
     db = tmp_path / "store.duckdb"
-    summary = run_mirror(routes, MirrorOptions(corpus=corpus_50, db=db, progress=False), scrape_interval_s=5)
+    summary = run_mirror(routes, MirrorOptions(corpus=corpus_50, db=db), scrape_interval_s=5)
     assert summary.status == "completed" and summary.prompts == 50 and summary.calls == 100
     assert not _model_processes(), "vLLM processes left after the run"
 
