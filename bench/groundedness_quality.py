@@ -48,15 +48,17 @@ def records(rows: list[dict]) -> list[EvalRecord]:
 
 def answer_features(rows: list[dict]) -> np.ndarray:
     """Per answer, its weakest claim's features (the unit the labels are given for)."""
-    claims, doc = [], []
+    claims, doc, answer_of = [], [], []
+    context_index: dict[str, int] = {}  # shared contexts analysed once, as the evaluator does
     for i, r in enumerate(rows):
         cs = build_claims(r["answer"], r["question"], r["question"])
         claims += cs
-        doc += [i] * len(cs)
-    ev = lexical.claim_evidence(claims, [r["context"] for r in rows], doc)
+        doc += [context_index.setdefault(r["context"], len(context_index))] * len(cs)
+        answer_of += [i] * len(cs)
+    ev = lexical.claim_evidence(claims, list(context_index), doc)
     neg = np.array([f in NEGATIVE for f in lexical.FEATURES])
     out = np.where(neg, 0.0, 1.0) * np.ones((len(rows), len(lexical.FEATURES)))
-    for k, d in enumerate(doc):
+    for k, d in enumerate(answer_of):
         out[d] = np.where(neg, np.maximum(out[d], ev.features[k]), np.minimum(out[d], ev.features[k]))
     return out
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 # Sentence ends: punctuation followed by space+capital/digit/quote, or glued ("century.First").
 _SENT_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[]?[A-Z0-9])|(?<=[a-z0-9][.!?])(?=[A-Z][a-z])|\n+")
-_ABBREV = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|vs|etc|Inc|Ltd|Co|No|Gen|Col|Lt|Mt|Ft|U\.S|e\.g|i\.e|approx)\.$", re.I)
+_ABBREV = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|vs|etc|Inc|Ltd|Co|No|Gen|Col|Lt|Mt|Ft|Rev|Gov|Sen|Rep|Capt|Sgt|Maj|Adm|Hon|U\.S|e\.g|i\.e|approx)\.$", re.I)
 # Clause boundaries inside a sentence: semicolons and contrastive conjunctions after a comma.
 _CLAUSE_SPLIT = re.compile(
     r";\s+|,\s+(?=(?:and|but|while|whereas|although|though|however|yet)\b)"
@@ -36,6 +36,13 @@ STOPWORDS = frozenset(
     up down out off again further once because while during before after above below between through
     until against among per via yes ok okay sure well actually really""".split()
 )
+# Framing, not facts: reporting verbs ("..., officials said") and discourse adverbs. A summary or
+# an answer attributes and hedges in its own words; the source need not contain them.
+FRAMING = frozenset(
+    """say said saying tell told telling report reported reporting according reportedly allegedly
+    apparently perhaps now still even already recently currently""".split()
+)
+STOPWORDS = STOPWORDS | FRAMING
 NEGATIONS = frozenset("not no never none nobody nothing neither nor without cannot can't won't isn't aren't wasn't weren't doesn't don't didn't hasn't haven't hadn't n't".split())
 # Cues that an answer corrects or contrasts with the source rather than restating it.
 CONTRAST_CUES = frozenset("actually instead rather contrary although though however whereas but incorrect false wrong".split())

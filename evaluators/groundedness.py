@@ -60,7 +60,8 @@ def analyse(records: list[EvalRecord], backend: str = "lexical", threshold: floa
     claims: list[Claim] = []
     claim_doc: list[int] = []
     contexts: list[str] = []
-    doc_of: dict[int, int] = {}
+    context_index: dict[str, int] = {}  # routes answering one prompt share its context: analyse it once
+    claim_span: dict[int, tuple[int, int]] = {}
     for i, rec in enumerate(records):
         answer, why = _inputs(rec)
         if why:
@@ -70,10 +71,14 @@ def analyse(records: list[EvalRecord], backend: str = "lexical", threshold: floa
         if not cs:
             out[i] = "answer has no checkable claim"
             continue
-        doc_of[i] = len(contexts)
-        contexts.append(rec.context or "")
+        ctx = rec.context or ""
+        # The llm backend sends one request per answer, so its answers keep their own entry.
+        d = context_index.setdefault(ctx, len(contexts)) if backend != "llm" else len(contexts)
+        if d == len(contexts):
+            contexts.append(ctx)
+        claim_span[i] = (len(claims), len(claims) + len(cs))
         claims.extend(cs)
-        claim_doc.extend([doc_of[i]] * len(cs))
+        claim_doc.extend([d] * len(cs))
     if claims:
         if backend == "lexical":
             verdicts = _lexical(claims, contexts, claim_doc, threshold)
@@ -83,11 +88,8 @@ def analyse(records: list[EvalRecord], backend: str = "lexical", threshold: floa
             verdicts = _llm(claims, contexts, claim_doc, **backend_options)
         else:
             raise ValueError(f"groundedness: unknown backend {backend!r}; use lexical, nli or llm")
-        by_doc: dict[int, list[ClaimVerdict]] = {}
-        for v, d in zip(verdicts, claim_doc):
-            by_doc.setdefault(d, []).append(v)
-        for i, d in doc_of.items():
-            out[i] = by_doc[d]
+        for i, (a, b) in claim_span.items():
+            out[i] = verdicts[a:b]
     return out
 
 

@@ -114,3 +114,51 @@ def test_non_latin_scripts_are_checked():
     (g_ok, g_bad), _ = both(ok, bad)
     assert (g_ok.passed, g_bad.passed) == (True, False)
     assert g_bad.details["unsupported"] == ["Париж"]
+
+
+def test_glued_words_in_the_context_are_found():
+    # Knowledge-graph dumps and scraped tables lose spaces: "TurboTurbo", "DoggSnoop".
+    ctx = "Ryan Reynolds starred in TurboTurbo is starring Snoop DoggSnoop Dogg starred in Turbo"
+    (h,) = get_evaluator("hallucination").evaluate([rec("Snoop Dogg starred in Turbo.", context=ctx)])
+    assert (h.score, h.passed) == (1.0, True)
+    (g,) = get_evaluator("groundedness").evaluate([rec("Snoop Dogg starred in Turbo with Tom Hanks.", context=ctx)])
+    assert g.passed is False
+    assert g.details["claims"][0]["not_in_context"] == ["Tom", "Hanks"]
+
+
+def test_reporting_verbs_need_no_support():
+    (g,), (h,) = both(rec("The Eiffel Tower is 330 metres tall, officials said."))
+    assert g.details["claims"][0].get("not_in_context") == ["officials"]
+    (g2,), _ = both(rec("The tower was completed in 1889, according to reports."))
+    assert g2.details["claims"][0].get("not_in_context") is None
+    assert g2.passed is True
+
+
+def test_titles_do_not_end_sentences():
+    assert split_sentences("The Rev. Robert Schuller died. Gov. Asa Hutchinson spoke.") == ["The Rev. Robert Schuller died.", "Gov. Asa Hutchinson spoke."]
+
+
+def test_answers_sharing_a_context_keep_their_own_claims():
+    (g1, g2, g3), (h1, h2, h3) = both(
+        rec("The Eiffel Tower is in Paris."), rec("It was designed by Thomas Edison."), rec("Paris", context="Lyon is in France.", question="Where?")
+    )
+    assert (g1.passed, g2.passed, g3.passed) == (True, False, False)
+    assert [c["claim"] for c in g1.details["claims"]] == ["The Eiffel Tower is in Paris."]
+    assert g2.details["unsupported"] == ["It was designed by Thomas Edison."]
+    assert (h1.passed, h2.passed, h3.passed) == (True, False, False)
+
+
+def test_long_context_scored_in_chunks_same_as_at_once(monkeypatch):
+    from evaluators import lexical
+
+    filler = " ".join(f"Report number {i} covers the weather in district {i}." for i in range(3000))
+    ctx = filler + " The Eiffel Tower is in Paris. " + filler
+    recs = [rec("The Eiffel Tower is in Paris.", context=ctx), rec("The tower is in Lyon.", context=ctx), rec("Report 17 covers the weather in district 17.", context=ctx)]
+    at_once = get_evaluator("groundedness").evaluate(recs)
+    assert [r.passed for r in at_once] == [True, False, True]
+    assert at_once[0].details["claims"][0]["evidence"].startswith("The Eiffel Tower is in Paris.") or at_once[0].details["claims"][0]["evidence"].endswith("The Eiffel Tower is in Paris.")
+    assert at_once[1].details["claims"][0]["not_in_context"] == ["Lyon"]
+    monkeypatch.setattr(lexical, "_MAX_PAIRS", 1000)  # forces many chunks
+    chunked = get_evaluator("groundedness").evaluate(recs)
+    assert [r.score for r in chunked] == pytest.approx([r.score for r in at_once])
+    assert [r.details["claims"] for r in chunked] == [r.details["claims"] for r in at_once]
