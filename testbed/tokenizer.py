@@ -28,12 +28,11 @@ CHAT_TEMPLATE = """\
 {%- if tools -%}
 <|im_start|>system
 {% if sys %}{{ sys }}
-{% endif %}You may call one of these tools:
-<tools>
+{% endif %}Tools:
 {% for tool in tools %}{%- set fn = tool['function'] if tool['function'] is defined else tool -%}
-{"name": {{ fn['name'] | tojson }}, "description": {{ (fn['description'] or '') | tojson }}, "parameters": {{ (fn['parameters'] or {}) | tojson }}}
-{% endfor %}</tools>
-To call a tool, reply with <tool_call>{"name": ..., "arguments": ...}</tool_call><|im_end|>
+{%- set props = (fn['parameters'] or {})['properties'] or {} -%}
+- {{ fn['name'] }}({{ props | list | join(', ') }}): {{ fn['description'] or '' }}
+{% endfor %}Reply with <tool_call>{"name": ..., "arguments": {...}}</tool_call> to call one.<|im_end|>
 {% elif sys -%}
 <|im_start|>system
 {{ sys }}<|im_end|>

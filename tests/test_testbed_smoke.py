@@ -27,10 +27,9 @@ def test_tokenizer_renders_tools_like_hermes(built: Path) -> None:
     text = tok.apply_chat_template([{"role": "user", "content": "Where is my order A-48213?"}], tools=TOOLS,
                                    add_generation_prompt=True, tokenize=False)
     assert text.startswith("<|im_start|>system\n")
-    assert "<tools>\n" in text and "</tools>" in text
-    tools_block = text.split("<tools>\n", 1)[1].split("</tools>", 1)[0].strip().splitlines()
-    assert [json.loads(line)["name"] for line in tools_block] == ["track_order", "run_sql"]
-    assert json.loads(tools_block[0])["parameters"]["required"] == ["order_id"]
+    # Tools render one compact line each (name, parameter names, description): short prompts train faster.
+    assert ("Tools:\n- track_order(order_id): Look up where a customer's order is.\n"
+            "- run_sql(query): Run a read-only SQL query on the analytics database.\n") in text
     assert text.endswith("<|im_start|>user\nWhere is my order A-48213?<|im_end|>\n<|im_start|>assistant\n")
     # The hermes tags are single tokens that survive skip_special_tokens (vLLM's parser reads decoded text).
     ids = tok("<tool_call>\n{}\n</tool_call>", add_special_tokens=False).input_ids
@@ -51,7 +50,7 @@ def test_context_rows_render_as_the_runner_sends_them(built: Path) -> None:
     row = generate("heldout", {"billing": 1}, seed=7)[0]
     text = tok.apply_chat_template(request_messages(row), add_generation_prompt=True, tokenize=False)
     assert text.startswith("<|im_start|>system\nAnswer using only the context below.\n\nContext:\n" + row["context"])
-    assert "<tools>" not in text
+    assert "Tools:" not in text
 
 
 @pytest.mark.parametrize("kind", ["dense", "moe"])
@@ -63,6 +62,7 @@ def test_model_loads_and_generates(built: Path, kind: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(built / kind)
     cfg = model.config
     assert cfg.hidden_size % 32 == 0
+    assert cfg.tie_word_embeddings  # output layer = input embedding: what lets tiny models copy rare tokens
     if kind == "moe":
         assert (cfg.num_local_experts, cfg.num_experts_per_tok) == (8, 2)
     ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt",
