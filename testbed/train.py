@@ -28,13 +28,14 @@ class Shape:
     experts: int = 8
     top_k: int = 2
     max_positions: int = 1024
+    tie_embeddings: bool = True  # copying rare tokens (ids, amounts) is far easier when output = input embedding
 
 
 def dense_model(shape: Shape, vocab: int, tok: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     cfg = LlamaConfig(
         vocab_size=vocab, hidden_size=shape.hidden, intermediate_size=shape.dense_intermediate,
         num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.heads, head_dim=shape.hidden // shape.heads,
-        max_position_embeddings=shape.max_positions, tie_word_embeddings=False,
+        max_position_embeddings=shape.max_positions, tie_word_embeddings=shape.tie_embeddings,
         bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     return LlamaForCausalLM(cfg)
@@ -46,7 +47,7 @@ def moe_model(shape: Shape, vocab: int, tok: PreTrainedTokenizerFast) -> Mixtral
         vocab_size=vocab, hidden_size=shape.hidden, intermediate_size=shape.dense_intermediate // shape.top_k,
         num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.heads, head_dim=shape.hidden // shape.heads,
         num_local_experts=shape.experts, num_experts_per_tok=shape.top_k, router_aux_loss_coef=0.02,
-        output_router_logits=True, max_position_embeddings=shape.max_positions, tie_word_embeddings=False,
+        output_router_logits=True, max_position_embeddings=shape.max_positions, tie_word_embeddings=shape.tie_embeddings,
         sliding_window=None, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     return MixtralForCausalLM(cfg)
@@ -85,7 +86,9 @@ def _batches(examples: list[tuple[list[int], list[int]]], batch_size: int, rng: 
 
 
 def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], *, steps: int, batch_size: int, lr: float,
-          seed: int, pad_id: int, log: Callable[[str], None] = print, max_seconds: float | None = None) -> dict[str, float]:
+          seed: int, pad_id: int, log: Callable[[str], None] = print, max_seconds: float | None = None,
+          probe: Callable[[int], None] | None = None, probe_every: int = 0) -> dict[str, float]:
+    """AdamW with warm-up and cosine decay; `probe(step)` runs every `probe_every` steps (e.g. a held-out check)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -112,6 +115,10 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], *
             break
         if step % 50 == 0 or step == steps:
             log(f"step {step}/{steps} loss {running:.4f} lr {sched.get_last_lr()[0]:.2e} elapsed {time.time() - start:.0f}s")
+        if probe and probe_every and step % probe_every == 0 and step < steps:
+            model.eval()
+            probe(step)
+            model.train()
     model.eval()
     return {"final_loss": float(running or 0.0), "seconds": time.time() - start, "steps_done": step}
 
