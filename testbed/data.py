@@ -74,8 +74,69 @@ PLACES = {"train": ["England", "Ireland", "New York", "Ontario", "Delaware", "Sc
           "heldout": ["California", "Texas", "Quebec", "Victoria"]}
 
 
+# Invented words: half the training values are made of these, so the models learn to copy any
+# token sequence from the prompt rather than recall a closed list of names and cities.
+ONSETS = ["b", "br", "c", "ch", "d", "dr", "f", "g", "gr", "h", "j", "k", "kr", "l", "m", "n", "p", "pr", "qu", "r",
+          "s", "sh", "st", "t", "th", "tr", "v", "w", "z"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ie", "ou", "y"]
+CODAS = ["", "", "", "n", "r", "l", "s", "t", "m", "x", "nd", "rk", "st"]
+
+
+def _invented(rng: random.Random) -> str:
+    return "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(rng.randint(1, 3))).capitalize()
+
+
 def _name(rng: random.Random, split: Split) -> str:
+    if split == "train" and rng.random() < 0.5:
+        return f"{_invented(rng)} {_invented(rng)}"
     return f"{rng.choice(FIRST[split])} {rng.choice(LAST[split])}"
+
+
+def _city(rng: random.Random, split: Split) -> str:
+    if split == "train" and rng.random() < 0.5:
+        return _invented(rng)
+    return rng.choice(CITIES[split])
+
+
+def _plan(rng: random.Random, split: Split) -> str:
+    tier = _invented(rng) if split == "train" and rng.random() < 0.3 else rng.choice(PLAN_TIER[split])
+    return f"{tier} {rng.choice(PLAN_PERIOD[split])}"
+
+
+# Training questions get openers, closers and stray words around the template, so the models learn
+# to pick out the handle ("amount due", an order id) from phrasings they never saw.
+OPENERS = {
+    "en": ["Hi,", "Hello.", "Hey there!", "Good morning.", "Quick one:", "Sorry to bother you,", "One more thing:",
+           "I have a question.", "Urgent:", "Hi team,", "Thanks for the help so far.", "Hello again,"],
+    "es": ["Hola,", "Buenos días.", "Una pregunta:", "Perdone,", "Gracias de antemano.", "Oiga,"],
+    "fr": ["Bonjour,", "Salut.", "Une question :", "Excusez-moi,", "Merci d'avance.", "Rebonjour,"],
+}
+CLOSERS = {
+    "en": ["Thanks!", "Thank you.", "Cheers.", "Much appreciated.", "ASAP please.", "It is urgent.", "Thanks a lot."],
+    "es": ["Gracias.", "Muchas gracias.", "Es urgente.", "Un saludo."],
+    "fr": ["Merci.", "Merci beaucoup.", "C'est urgent.", "Cordialement."],
+}
+STRAY_WORDS = {
+    "en": ("about again also any anything asap before check could customer delivery did do does find for get give "
+           "help here how I if into is it just know last let like look me my need now number of on package please "
+           "quick really right see show status still tell thanks that the this today update want week what when "
+           "where which will with would yesterday you your").split(),
+    "es": "ahora ayuda cliente cuenta dato favor gracias hoy necesito por pregunta pronto rápido saber sobre urgente ya".split(),
+    "fr": "aide aujourd'hui besoin client compte donnée merci rapide savoir sur urgent vite vraiment votre".split(),
+}
+
+
+def _dress(rng: random.Random, question: str, split: Split, lang: str = "en") -> str:
+    if split != "train":
+        return question
+    if rng.random() < 0.4:
+        question = f"{rng.choice(OPENERS[lang])} {question}"
+    if rng.random() < 0.3:
+        question = f"{question} {rng.choice(CLOSERS[lang])}"
+    if rng.random() < 0.25:
+        stray = " ".join(rng.choice(STRAY_WORDS[lang]) for _ in range(rng.randint(1, 4)))
+        question = f"{stray.capitalize()}. {question}" if rng.random() < 0.5 else f"{question} {stray.capitalize()}."
+    return question
 
 
 def _usd(rng: random.Random) -> str:
@@ -110,11 +171,11 @@ class Fact:
 BILLING_FACTS = {
     "amount_due": Fact("Amount due", ("amount due", "balance due"), lambda r, s: _usd(r)),
     "last_payment": Fact("Last payment", ("last payment", "most recent payment"), lambda r, s: _usd(r)),
-    "plan": Fact("Plan", ("plan", "subscription plan"), lambda r, s: f"{r.choice(PLAN_TIER[s])} {r.choice(PLAN_PERIOD[s])}"),
+    "plan": Fact("Plan", ("plan", "subscription plan"), _plan),
     "invoice_date": Fact("Invoice date", ("invoice date", "date of the invoice"), lambda r, s: _iso_date(r)),
     "due_date": Fact("Due date", ("due date", "payment due date"), lambda r, s: _iso_date(r)),
     "invoice_number": Fact("Invoice number", ("invoice number",), lambda r, s: _code(r, "INV", 5)),
-    "account_holder": Fact("Account holder", ("account holder", "name on the account"), lambda r, s: _name(r, s)),
+    "account_holder": Fact("Account holder", ("account holder", "name on the account"), _name),
 }
 BILLING_Q = {
     "train": ["What is the {h}?", "Tell me the {h}.", "Can you find the {h}?", "I need the {h} for this account.",
@@ -139,8 +200,8 @@ def _fact_context(rng: random.Random, facts: dict[str, Fact], split: Split, k: i
 def make_billing(rng: random.Random, split: Split) -> dict[str, Any]:
     context, asked, value = _fact_context(rng, BILLING_FACTS, split, rng.randint(3, 5), "The {l} is {v}.")
     template = rng.choice(BILLING_Q[split])
-    question = template.format(h=rng.choice(BILLING_FACTS[asked].handles))
-    return _row("billing", question, {"answer": value}, template, context=context, lang="en")
+    question = _dress(rng, template.format(h=rng.choice(BILLING_FACTS[asked].handles)), split)
+    return _row("billing", question, _exact(value), template, context=context, lang="en")
 
 
 # ---------------------------------------------------------------- order tracking
@@ -158,7 +219,7 @@ ORDER_Q = {
 def make_order_tracking(rng: random.Random, split: Split) -> dict[str, Any]:
     order_id = f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}-{rng.randint(10000, 99999)}"
     template = rng.choice(ORDER_Q[split])
-    return _row("order_tracking", template.format(id=order_id), {"tool": "track_order", "arguments": {"order_id": order_id}},
+    return _row("order_tracking", _dress(rng, template.format(id=order_id), split), {"tool": "track_order", "arguments": {"order_id": order_id}},
                 template, tools=True, lang="en")
 
 
@@ -173,26 +234,30 @@ ANALYTICS = {
     "orders_by_status": (
         lambda r: {"v": r.choice(STATUSES)},
         "SELECT COUNT(*) FROM orders WHERE status = '{v}'",
-        {"train": ["How many orders are {v}?", "Count the {v} orders.", "How many {v} orders do we have?"],
+        {"train": ["How many orders are {v}?", "Count the {v} orders.", "How many {v} orders do we have?",
+                   "{v} orders: how many?", "How many orders have status {v}?", "Orders with status {v}, count them."],
          "heldout": ["What is the number of {v} orders?", "Give me a count of orders that are {v}."]},
     ),
     "revenue_by_region": (
         lambda r: {"v": r.choice(REGIONS)},
         "SELECT SUM(amount) FROM orders WHERE region = '{v}'",
         {"train": ["What is the total revenue in the {v} region?", "Sum the revenue for the {v} region.",
+                   "Revenue in the {v} region?", "Region {v}: total revenue?", "What did the {v} region earn?",
                    "How much revenue did the {v} region bring in?"],
          "heldout": ["Show total revenue for region {v}.", "I need the revenue total of the {v} region."]},
     ),
     "customers_by_country": (
         lambda r: {"v": r.choice(COUNTRIES)},
         "SELECT COUNT(*) FROM customers WHERE country = '{v}'",
-        {"train": ["How many customers are in {v}?", "Count our customers in {v}.", "How many customers do we have in {v}?"],
+        {"train": ["How many customers are in {v}?", "Count our customers in {v}.", "How many customers do we have in {v}?",
+                   "Customers in {v}: how many?", "How many customers live in {v}?", "{v}: customer total?"],
          "heldout": ["What is the customer count for {v}?", "Number of customers located in {v}?"]},
     ),
     "top_products": (
         lambda r: {"v": str(r.randint(3, 25))},
         "SELECT name FROM products ORDER BY revenue DESC LIMIT {v}",
         {"train": ["List the top {v} products by revenue.", "What are our top {v} products by revenue?",
+                   "Top {v} products by revenue?", "Rank products by revenue and show the top {v}.",
                    "Show the top {v} products by revenue."],
          "heldout": ["Which are the top {v} products by revenue?", "Give me the top {v} products ranked by revenue."]},
     ),
@@ -200,6 +265,7 @@ ANALYTICS = {
         lambda r: {"v": str(r.randint(2015, 2026))},
         "SELECT AVG(amount) FROM orders WHERE year = {v}",
         {"train": ["What was the average order value in {v}?", "Compute the average order value for {v}.",
+                   "Average order value for {v}?", "What is the mean order value in {v}?",
                    "What is the average order value for {v}?"],
          "heldout": ["Tell me the average order value during {v}.", "Average order value in {v}, please."]},
     ),
@@ -207,6 +273,7 @@ ANALYTICS = {
         lambda r: {"v": r.choice(MONTHS)},
         "SELECT COUNT(*) FROM users WHERE signup_month = '{v}'",
         {"train": ["How many users signed up in {v}?", "Count the users who signed up in {v}.",
+                   "Signups in {v}: how many users?", "How many users joined in {v}?", "User signups for {v}?",
                    "How many new users signed up in {v}?"],
          "heldout": ["Number of users that signed up in {v}?", "Tell me how many people signed up in {v}."]},
     ),
@@ -218,7 +285,7 @@ def make_analytics(rng: random.Random, split: Split) -> dict[str, Any]:
     slots, sql, frames = ANALYTICS[intent]
     values = slots(rng)
     template = rng.choice(frames[split])
-    return _row("analytics", template.format(**values), {"tool": "run_sql", "arguments": {"query": sql.format(**values)}},
+    return _row("analytics", _dress(rng, template.format(**values), split), {"tool": "run_sql", "arguments": {"query": sql.format(**values)}},
                 template, tools=True, lang="en", intent=intent)
 
 
@@ -278,11 +345,16 @@ def make_legal(rng: random.Random, split: Split) -> dict[str, Any]:
     lines = []
     for topic, num in zip(topics, numbers):
         body = LEGAL_TOPICS[topic][1][split].format(n=rng.randint(2, 90), place=rng.choice(PLACES[split]))
+        if split == "train" and rng.random() < 0.6:
+            # Another topic's wording, or stray words: the heading, not the body, must decide which clause it is.
+            other = LEGAL_TOPICS[rng.choice(sorted(LEGAL_TOPICS))][1]["train"].format(n=rng.randint(2, 90), place=rng.choice(PLACES[split]))
+            stray = " ".join(rng.choice(STRAY_WORDS["en"]) for _ in range(rng.randint(4, 12))).capitalize() + "."
+            body = other if rng.random() < 0.5 else stray
         lines.append(f"Clause {num} ({topic}): {body}")
     asked = rng.randrange(len(topics))
     template = rng.choice(LEGAL_Q[split])
-    question = template.format(h=rng.choice(LEGAL_TOPICS[topics[asked]][0]))
-    return _row("legal", question, {"answer": f"Clause {numbers[asked]}"}, template, context="\n".join(lines), lang="en")
+    question = _dress(rng, template.format(h=rng.choice(LEGAL_TOPICS[topics[asked]][0])), split)
+    return _row("legal", question, _exact(f"Clause {numbers[asked]}"), template, context="\n".join(lines), lang="en")
 
 
 # ---------------------------------------------------------------- multilingual (Spanish / French, answered from context)
@@ -292,15 +364,15 @@ ML_FACTS = {
         "importe": Fact("Importe pendiente", ("el importe pendiente", "el saldo", "cuánto debe el cliente"), lambda r, s: _eur(r)),
         "entrega": Fact("Fecha de entrega", ("la fecha de entrega", "cuándo llega el pedido"), lambda r, s: _eu_date(r)),
         "pedido": Fact("Número de pedido", ("el número de pedido", "el pedido"), lambda r, s: _code(r, "P", 4)),
-        "cliente": Fact("Cliente", ("el nombre del cliente", "quién es el cliente"), lambda r, s: _name(r, s)),
-        "ciudad": Fact("Ciudad de envío", ("la ciudad de envío", "a qué ciudad se envía"), lambda r, s: r.choice(CITIES[s])),
+        "cliente": Fact("Cliente", ("el nombre del cliente", "quién es el cliente"), _name),
+        "ciudad": Fact("Ciudad de envío", ("la ciudad de envío", "a qué ciudad se envía"), _city),
     },
     "fr": {
         "montant": Fact("Montant dû", ("le montant dû", "le solde", "combien doit le client"), lambda r, s: _eur(r)),
         "livraison": Fact("Date de livraison", ("la date de livraison", "quand arrive la commande"), lambda r, s: _eu_date(r)),
         "commande": Fact("Numéro de commande", ("le numéro de commande", "la commande"), lambda r, s: _code(r, "C", 4)),
-        "client": Fact("Client", ("le nom du client", "qui est le client"), lambda r, s: _name(r, s)),
-        "ville": Fact("Ville de livraison", ("la ville de livraison", "dans quelle ville on livre"), lambda r, s: r.choice(CITIES[s])),
+        "client": Fact("Client", ("le nom du client", "qui est le client"), _name),
+        "ville": Fact("Ville de livraison", ("la ville de livraison", "dans quelle ville on livre"), _city),
     },
 }
 ML_PROSE = {"es": "{l}: {v}.", "fr": "{l} : {v}."}
@@ -322,8 +394,8 @@ def make_multilingual(rng: random.Random, split: Split) -> dict[str, Any]:
     context = joiner.join(f"{facts[k].label}{sep}{values[k]}" + ("" if joiner == "\n" else ".") for k in keys)
     asked = rng.choice(keys)
     template = rng.choice(ML_Q[lang][split])
-    question = template.format(h=rng.choice(facts[asked].handles))
-    return _row("multilingual", question, {"answer": values[asked]}, template, context=context, lang=lang)
+    question = _dress(rng, template.format(h=rng.choice(facts[asked].handles)), split, lang)
+    return _row("multilingual", question, _exact(values[asked]), template, context=context, lang=lang)
 
 
 # ---------------------------------------------------------------- echo (training only: teaches exact copying)
@@ -338,7 +410,8 @@ def make_echo(rng: random.Random, split: Split) -> dict[str, Any]:
         lambda: f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}-{rng.randint(10000, 99999)}", lambda: _usd(rng), lambda: _eur(rng),
         lambda: _iso_date(rng), lambda: _eu_date(rng), lambda: _name(rng, split), lambda: _code(rng, "INV", 5),
         lambda: f"Clause {rng.randint(1, 19)}.{rng.randint(1, 9)}", lambda: rng.choice(CITIES[split]),
-        lambda: _code(rng, rng.choice("PC"), 4),
+        lambda: _code(rng, rng.choice("PC"), 4), lambda: _invented(rng), lambda: _invented(rng),
+        lambda: str(rng.randint(0, 10 ** rng.randint(1, 7))),
     ]
     text = " ".join(rng.choice(pieces)() for _ in range(rng.randint(1, 4)))
     return _row("echo", f"Repeat exactly: {text}", {"answer": text}, "Repeat exactly: {text}", lang="en")
@@ -354,6 +427,11 @@ MAKERS: dict[str, Callable[[random.Random, Split], dict[str, Any]]] = {
     "multilingual": make_multilingual,
     "echo": make_echo,  # training only, not an evaluation cohort
 }
+
+
+def _exact(answer: str) -> dict[str, str]:
+    """The answer is a value copied from the context: only the exact string counts (task_completion's `match`)."""
+    return {"answer": answer, "match": "exact"}
 
 
 def _row(cohort: str, question: str, expected: dict[str, Any], template: str, *, context: str | None = None,
