@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="where to write the held-out evaluation corpus (skipped with --smoke)")
     ap.add_argument("--init-from", type=Path,
                     help="continue training the checkpoints in this directory (its tokenizer is reused)")
-    ap.add_argument("--echo-share", type=float, default=0.35,
+    ap.add_argument("--echo-share", type=float, default=0.15,
                     help="share of training rows that are 'Repeat exactly: ...' copy drills")
     ap.add_argument("--max-minutes", type=float, help="stop training each model after this long (saves what it has)")
     ap.add_argument("--data-seed", type=int, default=SEED, help="seed of the generated training rows")

@@ -350,7 +350,7 @@ def make_legal(rng: random.Random, split: Split) -> dict[str, Any]:
             other = LEGAL_TOPICS[rng.choice(sorted(LEGAL_TOPICS))][1]["train"].format(n=rng.randint(2, 90), place=rng.choice(PLACES[split]))
             stray = " ".join(rng.choice(STRAY_WORDS["en"]) for _ in range(rng.randint(4, 12))).capitalize() + "."
             body = other if rng.random() < 0.5 else stray
-        lines.append(f"Clause {num} ({topic}): {body}")
+        lines.append(f"{topic} (Clause {num}): {body}")  # topic first: the cited number follows what the question names
     asked = rng.randrange(len(topics))
     template = rng.choice(LEGAL_Q[split])
     question = _dress(rng, template.format(h=rng.choice(LEGAL_TOPICS[topics[asked]][0])), split)
