@@ -70,6 +70,13 @@ def _load(model_dir: Path) -> torch.nn.Module:
     return model
 
 
+def _cohort_factor(text: str) -> tuple[str, float]:
+    cohort, _, factor = text.partition("=")
+    if cohort not in COHORTS or not factor:
+        raise argparse.ArgumentTypeError(f"expected COHORT=FACTOR with COHORT one of {', '.join(COHORTS)}, got {text!r}")
+    return cohort, float(factor)
+
+
 def _build_in_parallel(argv: list[str], corpus: Path) -> None:
     t0 = time.time()
     procs = [subprocess.Popen([sys.executable, "-m", "testbed.build", *argv, "--only", kind, "--threads", "1"])
@@ -105,8 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-seed", type=int, default=SEED, help="seed of the generated training rows")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 each when training both at once)")
     ap.add_argument("--eval-rows", type=int, default=30, help="held-out rows per cohort for the quick transformers check")
+    ap.add_argument("--oversample", type=_cohort_factor, action="append", default=[], metavar="COHORT=FACTOR",
+                    help="FACTOR times the rows of one cohort (repeatable), e.g. legal=3 for a second stage")
     ap.add_argument("--probe-every", type=int, default=0, help="run the quick check every N steps too (learning curve)")
     args = ap.parse_args(argv)
+    args.oversample = dict(args.oversample)
     if not args.only and not args.smoke:
         _build_in_parallel(list(sys.argv[1:] if argv is None else argv), args.corpus)
         return
@@ -121,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.time()
     n_echo = int(per_cohort * len(COHORTS) * args.echo_share / (1 - args.echo_share))
-    rows = generate("train", {**{c: per_cohort for c in COHORTS}, "echo": n_echo}, args.data_seed)
+    counts = {c: int(per_cohort * args.oversample.get(c, 1.0)) for c in COHORTS}
+    rows = generate("train", {**counts, "echo": n_echo}, args.data_seed)
     _log(f"generated {len(rows)} training rows ({per_cohort} per cohort)")
     if args.init_from:
         from transformers import AutoTokenizer
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     planted_keep = int(per_cohort * args.planted_share)
     eval_rows = generate("heldout", {c: args.eval_rows for c in COHORTS}, SEED + 1)
     summary: dict[str, Any] = {"init_from": str(args.init_from) if args.init_from else None, "seed": SEED, "data_seed": args.data_seed, "steps": steps, "batch_size": args.batch_size, "lr": args.lr,
-                               "shape": shape.__dict__, "train_rows_per_cohort": per_cohort, "echo_rows": n_echo,
+                               "shape": shape.__dict__, "train_rows_per_cohort": counts, "echo_rows": n_echo,
                                "moe_planted_rows": {PLANTED_COHORT: planted_keep}}
     for kind in ("dense", "moe"):
         if args.only and args.only != kind:
