@@ -1,6 +1,6 @@
 """Build the testbed: data, tokenizer, the dense and the MoE model, and the bundled corpus.
 
-    python -m testbed.build                      # full build into testbed/models/ (about 32 min on 2 cores)
+    python -m testbed.build                      # full build into testbed/models/ (37 min measured on 2 cores)
     python -m testbed.build --only dense         # one model (the tokenizer is rebuilt identically)
     python -m testbed.build --smoke --out DIR    # a few steps only (CI)
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="MoE's multilingual rows as a fraction of dense's (the planted regression)")
     ap.add_argument("--only", choices=["dense", "moe"], help="train one model (the tokenizer is rebuilt identically); a full build runs both at once")
     ap.add_argument("--corpus", type=Path, default=HERE.parent / "examples" / "corpus.jsonl",
-                    help="where to write the held-out evaluation corpus (skipped with --smoke)")
+                    help="where a full build writes the held-out evaluation corpus (not with --only or --smoke)")
     ap.add_argument("--init-from", type=Path,
                     help="continue training the checkpoints in this directory (its tokenizer is reused)")
     ap.add_argument("--echo-share", type=float, default=0.15,
