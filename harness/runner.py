@@ -339,25 +339,33 @@ def run_mirror(routes: RoutesFile, opts: MirrorOptions, on_progress: Callable[[s
         mirror.con.close()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _run_loop(mirror: Mirror) -> MirrorSummary:
     async def main() -> MirrorSummary:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        # SIGINT too: with uvloop, asyncio.Runner's own SIGINT handler can go unheard once the loop
+        # handles any signal itself, and Ctrl-C would let the run finish as "completed".
+        for sig in STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, task.cancel)
         return await mirror.run()
 
-    # The loop resets SIGTERM to the default action when it closes: put back whoever handled it before
-    # (serving() turns it into an interrupt so the servers are stopped).
-    previous = signal.getsignal(signal.SIGTERM)
+    # The loop resets the signals it handled to their defaults when it closes: put back whoever handled
+    # them before (serving() turns SIGTERM into an interrupt so the servers are stopped; Python's SIGINT
+    # handler raises KeyboardInterrupt).
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(main())
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     finally:
-        with contextlib.suppress(ValueError, TypeError):
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
