@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     n_echo = int(per_cohort * len(COHORTS) * args.echo_share / (1 - args.echo_share))
     counts = {c: int(per_cohort * args.oversample.get(c, 1.0)) for c in COHORTS}
     rows = generate("train", {**counts, "echo": n_echo}, args.data_seed)
-    _log(f"generated {len(rows)} training rows ({per_cohort} per cohort)")
+    _log(f"generated {len(rows)} training rows ({counts} per cohort, {n_echo} echo)")
     if args.init_from:
         from transformers import AutoTokenizer
 

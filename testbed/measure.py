@@ -55,7 +55,9 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     table = df.pivot_table(index="cohort", columns="route", values="correct", aggfunc="mean")
     table.loc["all"] = df.groupby("route")["correct"].mean()
     table = (100 * table).round(1)
-    table.insert(0, "n", df.groupby("cohort")["prompt_id"].nunique().reindex(table.index).fillna(df["prompt_id"].nunique()).astype(int))
+    prompts = df.groupby("cohort")["prompt_id"].nunique()
+    prompts.loc["all"] = df["prompt_id"].nunique()
+    table.insert(0, "n", prompts)
     return table
 
 
