@@ -105,6 +105,12 @@ def _strip_accents(t: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", t) if not unicodedata.combining(c))
 
 
+# Tokens are compared after norm(), which strips a final "s": "perhaps" -> "perhap", "this" ->
+# "thi", "does" -> "doe". The word lists hold both spellings so such words stay function words.
+FRAMING = FRAMING | frozenset(norm(w) for w in FRAMING)
+STOPWORDS = STOPWORDS | frozenset(norm(w) for w in STOPWORDS)
+
+
 def content_words(text: str) -> list[str]:
     return [n for n in (norm(w) for w in words(text)) if n not in STOPWORDS and len(n) > 1 or n.isdigit()]
 

@@ -162,3 +162,50 @@ def test_long_context_scored_in_chunks_same_as_at_once(monkeypatch):
     chunked = get_evaluator("groundedness").evaluate(recs)
     assert [r.score for r in chunked] == pytest.approx([r.score for r in at_once])
     assert [r.details["claims"] for r in chunked] == [r.details["claims"] for r in at_once]
+
+
+NEWS = "A bomb exploded near the central station on Monday, police said. Investigators from Robinson Forensics examined the site."
+
+
+def test_word_family_variants_are_found_but_names_match_exactly():
+    # "explosion" shares its first five letters with "exploded": a paraphrase, not a new fact.
+    (g,), _ = both(rec("A bomb explosion near the central station on Monday.", context=NEWS))
+    assert g.passed is True
+    assert g.details["claims"][0].get("not_in_context") is None
+    # A name never matches by prefix: "Robin" is not "Robinson".
+    (g2,), _ = both(rec("The site was examined by Robin Forensics.", context=NEWS))
+    assert g2.passed is False
+    assert g2.details["claims"][0]["not_in_context"] == ["Robin"]
+
+
+def test_few_missing_counts_the_new_words_not_in_the_context():
+    from evaluators import lexical
+
+    claims = build_claims("A bomb exploded near the central station, killing nine tourists.")
+    ev = lexical.claim_evidence(claims, [NEWS], [0] * len(claims))
+    assert ev.missing == [["killing", "nine", "tourists"]]
+    assert ev.features[0, lexical.FEATURES.index("few_missing")] == pytest.approx(1 / 4)
+    ev_ok = lexical.claim_evidence(build_claims("A bomb exploded near the central station."), [NEWS], [0])
+    assert ev_ok.features[0, lexical.FEATURES.index("few_missing")] == 1.0
+
+
+def test_function_words_ending_in_s_stay_function_words():
+    from evaluators.claims import content_words
+
+    # norm() strips a final "s" ("perhaps" -> "perhap"): the word lists hold that spelling too.
+    assert content_words("Perhaps this does help") == ["help"]
+    (g,), _ = both(rec("Perhaps a bomb exploded near the central station.", context=NEWS))
+    assert g.passed is True
+    assert g.details["claims"][0].get("not_in_context") is None
+
+
+def test_default_threshold_is_the_calibrated_decision_point():
+    from evaluators import lexical
+
+    assert lexical.CLAIM_THRESHOLD == 0.5
+    (g,), (h,) = both(rec("The site was examined by Robinson Forensics.", context=NEWS))
+    assert g.details["threshold"] == 0.5
+    # Support about 0.72: under the earlier QA F1-best threshold (0.723) this grounded
+    # rewording failed; at 0.5 it passes.
+    assert 0.5 < g.score < 0.723
+    assert (g.passed, h.passed) == (True, True)
