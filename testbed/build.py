@@ -1,6 +1,6 @@
 """Build the testbed: data, tokenizer, the dense and the MoE model, and the bundled corpus.
 
-    python -m testbed.build                      # full build into testbed/models/ (37 min measured on 2 cores)
+    python -m testbed.build                      # full build into testbed/models/ (27.5 min measured on 2 cores)
     python -m testbed.build --only dense         # one model (the tokenizer is rebuilt identically)
     python -m testbed.build --smoke --out DIR    # a few steps only (CI)
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "models", help="output directory (gets dense/ and moe/)")
     ap.add_argument("--smoke", action="store_true", help="tiny data and a few steps: checks the pipeline, not quality")
-    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--steps", type=int, default=3800)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--hidden", type=int, default=128)
@@ -106,8 +106,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="where a full build writes the held-out evaluation corpus (not with --only or --smoke)")
     ap.add_argument("--init-from", type=Path,
                     help="continue training the checkpoints in this directory (its tokenizer is reused)")
-    ap.add_argument("--echo-share", type=float, default=0.15,
+    ap.add_argument("--echo-share", type=float, default=0.25,
                     help="share of training rows that are 'Repeat exactly: ...' copy drills")
+    ap.add_argument("--recall-share", type=float, default=0.15,
+                    help="share of training rows that are label look-up drills ('Fee: M-74530 ... What is the fee?')")
+    ap.add_argument("--followups", type=int, default=2,
+                    help="later-turn questions on the same context per billing/legal/multilingual training row (0-2)")
     ap.add_argument("--max-minutes", type=float, help="stop training each model after this long (saves what it has)")
     ap.add_argument("--data-seed", type=int, default=SEED, help="seed of the generated training rows")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 each when training both at once)")
@@ -130,10 +134,13 @@ def main(argv: list[str] | None = None) -> None:
     shape = Shape(hidden=args.hidden, layers=args.layers, heads=args.heads, dense_intermediate=args.intermediate)
 
     t0 = time.time()
-    n_echo = int(per_cohort * len(COHORTS) * args.echo_share / (1 - args.echo_share))
+    drill_total = per_cohort * len(COHORTS) / (1 - args.echo_share - args.recall_share)  # rows, so the shares hold
+    n_echo, n_recall = int(drill_total * args.echo_share), int(drill_total * args.recall_share)
     counts = {c: int(per_cohort * args.oversample.get(c, 1.0)) for c in COHORTS}
-    rows = generate("train", {**counts, "echo": n_echo}, args.data_seed)
-    _log(f"generated {len(rows)} training rows ({counts} per cohort, {n_echo} echo)")
+    rows = generate("train", {**counts, "echo": n_echo, "recall": n_recall}, args.data_seed)
+    for row in rows:
+        row["followups"] = row.get("followups", [])[: args.followups]
+    _log(f"generated {len(rows)} training rows ({counts} per cohort, {n_echo} echo, {n_recall} recall)")
     if args.init_from:
         from transformers import AutoTokenizer
 
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     planted_keep = int(per_cohort * args.planted_share)
     eval_rows = generate("heldout", {c: args.eval_rows for c in COHORTS}, SEED + 1)
     summary: dict[str, Any] = {"init_from": str(args.init_from) if args.init_from else None, "seed": SEED, "data_seed": args.data_seed, "steps": steps, "batch_size": args.batch_size, "lr": args.lr,
-                               "shape": shape.__dict__, "train_rows_per_cohort": counts, "echo_rows": n_echo,
+                               "shape": shape.__dict__, "train_rows_per_cohort": counts, "echo_rows": n_echo, "recall_rows": n_recall, "recall_share": args.recall_share, "followups": args.followups, "echo_share": args.echo_share,
                                "moe_planted_rows": {PLANTED_COHORT: planted_keep}}
     for kind in ("dense", "moe"):
         if args.only and args.only != kind:

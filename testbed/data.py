@@ -53,29 +53,40 @@ FIRST = {
     "train": ["Alice", "Brian", "Carla", "Derek", "Elena", "Farid", "Grace", "Hector", "Irene", "Jamal", "Kira",
               "Liam", "Maya", "Nolan", "Olga", "Priya", "Quinn", "Rosa", "Samir", "Tara", "Umar", "Vera", "Wes",
               "Xena", "Yusuf", "Zoe", "Aaron", "Bella", "Colin", "Dana", "Ethan", "Fiona", "Gavin", "Hana",
-              "Ivan", "Julia", "Kevin", "Lena", "Marco", "Nadia"],
+              "Ivan", "Julia", "Kevin", "Lena", "Marco", "Nadia", "Adele", "Boris", "Chloe", "Diego", "Emil", "Freya",
+              "Goran", "Helga", "Isaac", "Jorge", "Karim", "Lucia", "Mateo", "Nina", "Omar", "Petra", "Ramon", "Selma",
+              "Teodor", "Valeria", "Wanda", "Yara", "Zoltan", "Agnes", "Bernard", "Camila", "Dario", "Edith", "Gustav",
+              "Helena", "Joaquin", "Klara", "Leonie", "Milan"],
     "heldout": ["Amara", "Bruno", "Celine", "Dmitri", "Esther", "Felix", "Gloria", "Hugo", "Ingrid", "Jonas",
                 "Keiko", "Lucas", "Mirela", "Nikolai", "Oscar", "Paloma", "Rafael", "Sofia", "Tomas", "Ursula"],
 }
 LAST = {
     "train": ["Moreno", "Chen", "Okafor", "Smith", "Novak", "Haddad", "Kim", "Larsen", "Patel", "Rossi", "Weber",
               "Silva", "Nguyen", "Brown", "Kowalski", "Ibrahim", "Jensen", "Tanaka", "Walsh", "Fischer", "Duarte",
-              "Mensah", "Olsen", "Park", "Reyes", "Schmidt", "Varga", "Young", "Zhang", "Adams"],
+              "Mensah", "Olsen", "Park", "Reyes", "Schmidt", "Varga", "Young", "Zhang", "Adams", "Alvarez", "Bauer",
+              "Costa", "Dimitrov", "Eklund", "Ferreira", "Garcia", "Hoffmann", "Iqbal", "Jimenez", "Keller", "Lopez",
+              "Muller", "Nowak", "Ortega", "Pereira", "Quint", "Richter", "Santos", "Toth", "Ueda", "Vogel", "Wagner",
+              "Yilmaz", "Zimmer", "Andersson", "Blanco", "Cruz", "Dahl", "Esposito"],
     "heldout": ["Abara", "Bianchi", "Castillo", "Dubois", "Eriksen", "Fontaine", "Gruber", "Horvat", "Ivanova",
                 "Jovanovic", "Kaplan", "Lindqvist", "Marsh", "Nakamura", "Oyelaran", "Petrov"],
 }
-PLAN_TIER = {"train": ["Basic", "Pro", "Team", "Starter", "Plus", "Standard"], "heldout": ["Growth", "Premium", "Business"]}
+PLAN_TIER = {"train": ["Basic", "Pro", "Team", "Starter", "Plus", "Standard", "Family", "Student", "Enterprise", "Lite",
+                       "Ultimate", "Classic", "Select", "Advanced", "Essential", "Core"],
+             "heldout": ["Growth", "Premium", "Business"]}
 PLAN_PERIOD = {"train": ["Monthly", "Annual", "Quarterly"], "heldout": ["Yearly", "Monthly", "Annual"]}
 CITIES = {
-    "train": ["Madrid", "Sevilla", "Valencia", "Bilbao", "Lyon", "Lille", "Nantes", "Toulouse", "Granada", "Rennes"],
+    "train": ["Madrid", "Sevilla", "Valencia", "Bilbao", "Lyon", "Lille", "Nantes", "Toulouse", "Granada", "Rennes",
+              "Cordoba", "Alicante", "Vigo", "Gijon", "Oviedo", "Cadiz", "Toledo", "Salamanca", "Burgos", "Leon",
+              "Paris", "Nice", "Brest", "Reims", "Amiens", "Nancy", "Metz", "Limoges", "Poitiers", "Tours", "Avignon"],
     "heldout": ["Zaragoza", "Murcia", "Burdeos", "Marsella", "Niza", "Malaga", "Dijon"],
 }
 PLACES = {"train": ["England", "Ireland", "New York", "Ontario", "Delaware", "Scotland"],
           "heldout": ["California", "Texas", "Quebec", "Victoria"]}
 
 
-# Invented words: half the training values are made of these, so the models learn to copy any
-# token sequence from the prompt rather than recall a closed list of names and cities.
+# Invented words appear only in the echo drills: they teach copying of any token sequence. In the
+# cohort rows they taught the models an invented-name *style* (`Zikizi` for `Zaragoza`), so those
+# rows use real-looking names from larger pools (held-out pools disjoint) instead.
 ONSETS = ["b", "br", "c", "ch", "d", "dr", "f", "g", "gr", "h", "j", "k", "kr", "l", "m", "n", "p", "pr", "qu", "r",
           "s", "sh", "st", "t", "th", "tr", "v", "w", "z"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ie", "ou", "y"]
@@ -87,20 +98,15 @@ def _invented(rng: random.Random) -> str:
 
 
 def _name(rng: random.Random, split: Split) -> str:
-    if split == "train" and rng.random() < 0.5:
-        return f"{_invented(rng)} {_invented(rng)}"
     return f"{rng.choice(FIRST[split])} {rng.choice(LAST[split])}"
 
 
 def _city(rng: random.Random, split: Split) -> str:
-    if split == "train" and rng.random() < 0.5:
-        return _invented(rng)
     return rng.choice(CITIES[split])
 
 
 def _plan(rng: random.Random, split: Split) -> str:
-    tier = _invented(rng) if split == "train" and rng.random() < 0.3 else rng.choice(PLAN_TIER[split])
-    return f"{tier} {rng.choice(PLAN_PERIOD[split])}"
+    return f"{rng.choice(PLAN_TIER[split])} {rng.choice(PLAN_PERIOD[split])}"
 
 
 # Training questions get openers, closers and stray words around the template, so the models learn
@@ -137,6 +143,23 @@ def _dress(rng: random.Random, question: str, split: Split, lang: str = "en") ->
         stray = " ".join(rng.choice(STRAY_WORDS[lang]) for _ in range(rng.randint(1, 4)))
         question = f"{stray.capitalize()}. {question}" if rng.random() < 0.5 else f"{question} {stray.capitalize()}."
     return question
+
+
+def _frames(cores: list[str], tails: list[str], heldout: list[str], question_starts: tuple[str, ...], space_before_mark: bool = False) -> list[str]:
+    """Training question templates: every core x tail, ended by '?' or '.', minus any held-out template.
+
+    Hundreds of frames put the asked handle at many positions among many words, so the models learn
+    to find the handle itself rather than a position in a few memorised templates (with six
+    templates, held-out phrasings picked the wrong fact half the time). Held-out templates keep
+    their own verbs and openers ("Could you", "governs", "Necesito"), which the cores avoid.
+    """
+    out = []
+    for core in cores:
+        for tail in tails:
+            mark = "?" if core.startswith(question_starts) else "."
+            out.append(f"{core}{tail}{' ' if space_before_mark and mark == '?' else ''}{mark}")
+    held = {h.lower() for h in heldout}
+    return [f for f in out if f.lower() not in held]
 
 
 def _usd(rng: random.Random) -> str:
@@ -178,15 +201,20 @@ BILLING_FACTS = {
     "account_holder": Fact("Account holder", ("account holder", "name on the account"), _name),
 }
 BILLING_Q = {
-    "train": ["What is the {h}?", "Tell me the {h}.", "Can you find the {h}?", "I need the {h} for this account.",
-              "What's the {h} on file?", "What is the {h} for this customer?"],
     "heldout": ["Could you look up the {h}, please?", "Please tell me the {h}.", "Quick question: what is the {h}?",
                 "Help me find the {h}.", "What does the account show as the {h}?"],
 }
+BILLING_Q["train"] = ["Which {h} does the account have?", "The {h}?", *_frames(
+    ["What is the {h}", "What's the {h}", "Tell me the {h}", "Can you find the {h}", "Can you check the {h}", "I need the {h}",
+     "Show me the {h}", "Give me the {h}", "Look up the {h}", "Find the {h}", "I want to know the {h}", "Do you have the {h}",
+     "Send me the {h}", "Check the {h}", "Read me the {h}", "What do we have as the {h}", "Can I get the {h}", "Which is the {h}"],
+    ["", " for this account", " on file", " for me", " please", ", please", " right now", " for this customer", " on this invoice",
+     " from the context", " of this customer", " listed here"],
+    BILLING_Q["heldout"], ("What", "Can", "Do", "Which"))]
 
 
-def _fact_context(rng: random.Random, facts: dict[str, Fact], split: Split, k: int, prose: str) -> tuple[str, str, str]:
-    """Pick k facts, render them as 'Label: value' lines or prose; return (context, asked fact key, value)."""
+def _fact_context(rng: random.Random, facts: dict[str, Fact], split: Split, k: int, prose: str) -> tuple[str, str, dict[str, str]]:
+    """Pick k facts, render them as 'Label: value' lines or prose; return (context, asked fact key, values)."""
     keys = rng.sample(sorted(facts), k)
     values = {key: facts[key].value(rng, split) for key in keys}
     asked = rng.choice(keys)
@@ -194,14 +222,29 @@ def _fact_context(rng: random.Random, facts: dict[str, Fact], split: Split, k: i
         lines = [f"{facts[key].label}: {values[key]}" for key in keys]
     else:
         lines = [prose.format(l=facts[key].label[0].lower() + facts[key].label[1:], v=values[key]) for key in keys]
-    return "\n".join(lines), asked, values[asked]
+    return "\n".join(lines), asked, values
+
+
+def _followups(rng: random.Random, split: Split, asked: Any, others: list[Any], ask: Callable[[Any], tuple[str, str]]) -> list[dict[str, Any]]:
+    """Training only: up to 2 more questions on the same context, asked as later turns.
+
+    Each context then teaches 2-3 look-ups instead of one, for little more sequence length. The
+    first turn is exactly what the runner sends; the later ones are extra training signal.
+    """
+    if split != "train":
+        return []
+    rest = [o for o in others if o != asked]
+    picked = rng.sample(rest, min(len(rest), 2))
+    return [dict(zip(("question", "answer"), ask(o))) for o in picked]
 
 
 def make_billing(rng: random.Random, split: Split) -> dict[str, Any]:
-    context, asked, value = _fact_context(rng, BILLING_FACTS, split, rng.randint(3, 5), "The {l} is {v}.")
+    context, asked, values = _fact_context(rng, BILLING_FACTS, split, rng.randint(3, 5), "The {l} is {v}.")
     template = rng.choice(BILLING_Q[split])
     question = _dress(rng, template.format(h=rng.choice(BILLING_FACTS[asked].handles)), split)
-    return _row("billing", question, _exact(value), template, context=context, lang="en")
+    more = _followups(rng, split, asked, list(values), lambda key: (
+        _dress(rng, rng.choice(BILLING_Q[split]).format(h=rng.choice(BILLING_FACTS[key].handles)), split), values[key]))
+    return _row("billing", question, _exact(values[asked]), template, context=context, lang="en", followups=more)
 
 
 # ---------------------------------------------------------------- order tracking
@@ -209,7 +252,10 @@ def make_billing(rng: random.Random, split: Split) -> dict[str, Any]:
 ORDER_Q = {
     "train": ["Where is my order {id}?", "Can you track order {id}?", "What's the status of order {id}?",
               "Has order {id} shipped yet?", "I ordered something last week, order number {id}. Where is it?",
-              "Track my order {id} please.", "When will order {id} arrive?"],
+              "Track my order {id} please.", "When will order {id} arrive?", "Where is parcel {id} now?",
+              "What is the delivery status of {id}?", "Is my shipment {id} on its way?", "Check order {id} for me.",
+              "Can you find my package {id}?", "{id}: where is it?", "My parcel {id} is late. Any news?",
+              "Look up order {id}, please."],
     "heldout": ["Any update on my package {id}?", "Please check the delivery status for {id}.",
                 "My order {id} hasn't arrived. Can you look into it?", "Track {id} for me please.",
                 "I'd like to know where order {id} is right now."],
@@ -328,20 +374,26 @@ LEGAL_TOPICS = {
                     "heldout": "Transfer of this agreement requires the other party's written consent."}),
 }
 LEGAL_Q = {
-    "train": ["Which clause covers {h}?", "Which clause deals with {h}?", "Where does the contract address {h}?",
-              "What clause is about {h}?", "Which clause should I read about {h}?"],
     "heldout": ["What clause governs {h}?", "Cite the clause about {h}.", "Which provision handles {h}?",
                 "Point me to the clause on {h}."],
 }
+LEGAL_Q["train"] = _frames(
+    ["Which clause covers {h}", "Which clause deals with {h}", "What clause is about {h}", "Which clause should I read about {h}",
+     "Where does the contract address {h}", "Which clause talks about {h}", "Which section covers {h}", "Which section is about {h}",
+     "What section deals with {h}", "Which clause mentions {h}", "Which clause explains {h}", "Which clause sets out {h}",
+     "Where does the agreement cover {h}", "Where is {h} covered", "Where can I read about {h}", "Which clause applies to {h}",
+     "Which clause concerns {h}", "Which part of the contract covers {h}", "Show me the clause about {h}", "Give me the clause on {h}",
+     "Find the clause for {h}", "I need the clause about {h}", "Tell me which clause covers {h}", "Name the clause about {h}",
+     "What is the clause number for {h}", "Clause for {h}", "{h}: which clause", "Which clause is relevant to {h}"],
+    ["", " in this contract", " in the agreement", " here", " please", ", please", " exactly"],
+    LEGAL_Q["heldout"], ("Which", "What", "Where", "Clause for", "{h}"))
 
 
 def make_legal(rng: random.Random, split: Split) -> dict[str, Any]:
     topics = rng.sample(sorted(LEGAL_TOPICS), rng.randint(3, 4))
-    numbers: list[str] = []
-    while len(numbers) < len(topics):
-        num = f"{rng.randint(1, 19)}.{rng.randint(1, 9)}"
-        if num not in numbers:
-            numbers.append(num)
+    # Distinct section numbers, as in a real contract (3.2, 7.1, 12.4): the part after the dot is then
+    # copied from one clause only.
+    numbers = [f"{major}.{rng.randint(1, 9)}" for major in rng.sample(range(1, 20), len(topics))]
     lines = []
     for topic, num in zip(topics, numbers):
         body = LEGAL_TOPICS[topic][1][split].format(n=rng.randint(2, 90), place=rng.choice(PLACES[split]))
@@ -354,7 +406,9 @@ def make_legal(rng: random.Random, split: Split) -> dict[str, Any]:
     asked = rng.randrange(len(topics))
     template = rng.choice(LEGAL_Q[split])
     question = _dress(rng, template.format(h=rng.choice(LEGAL_TOPICS[topics[asked]][0])), split)
-    return _row("legal", question, _exact(f"Clause {numbers[asked]}"), template, context="\n".join(lines), lang="en")
+    more = _followups(rng, split, asked, list(range(len(topics))), lambda i: (
+        _dress(rng, rng.choice(LEGAL_Q[split]).format(h=rng.choice(LEGAL_TOPICS[topics[i]][0])), split), f"Clause {numbers[i]}"))
+    return _row("legal", question, _exact(f"Clause {numbers[asked]}"), template, context="\n".join(lines), lang="en", followups=more)
 
 
 # ---------------------------------------------------------------- multilingual (Spanish / French, answered from context)
@@ -377,11 +431,20 @@ ML_FACTS = {
 }
 ML_PROSE = {"es": "{l}: {v}.", "fr": "{l} : {v}."}
 ML_Q = {
-    "es": {"train": ["Dime {h}, por favor.", "¿Me puedes decir {h}?", "Quiero saber {h}.", "Indica {h}."],
-           "heldout": ["Necesito saber {h}.", "¿Podrías indicarme {h}?", "Consulta {h}, por favor."]},
-    "fr": {"train": ["Dites-moi {h}, s'il vous plaît.", "Pouvez-vous me dire {h} ?", "Je veux savoir {h}.", "Indiquez {h}."],
-           "heldout": ["J'ai besoin de savoir {h}.", "Pourriez-vous m'indiquer {h} ?", "Merci de vérifier {h}."]},
+    "es": {"heldout": ["Necesito saber {h}.", "¿Podrías indicarme {h}?", "Consulta {h}, por favor."]},
+    "fr": {"heldout": ["J'ai besoin de savoir {h}.", "Pourriez-vous m'indiquer {h} ?", "Merci de vérifier {h}."]},
 }
+ML_Q["es"]["train"] = _frames(
+    ["Dime {h}", "¿Me puedes decir {h}", "Quiero saber {h}", "Indica {h}", "Me gustaría saber {h}", "¿Sabes {h}", "Dígame {h}",
+     "Mira {h}", "Busca {h}", "Revisa {h}", "¿Puedes ver {h}", "Explícame {h}", "Comprueba {h}", "¿Me dices {h}"],
+    ["", ", por favor", " ahora", " de este cliente", " según el contexto", " por favor", " rápido"],
+    ML_Q["es"]["heldout"], ("¿",))
+ML_Q["fr"]["train"] = _frames(
+    ["Dites-moi {h}", "Pouvez-vous me dire {h}", "Je veux savoir {h}", "Indiquez {h}", "Je voudrais savoir {h}", "Dis-moi {h}",
+     "Donnez-moi {h}", "Cherchez {h}", "Regardez {h}", "Montrez-moi {h}", "Trouvez {h}", "Pouvez-vous trouver {h}",
+     "Tu peux me dire {h}", "Rappelez-moi {h}"],
+    ["", ", s'il vous plaît", " maintenant", " pour ce client", " selon le contexte", " svp", " rapidement"],
+    ML_Q["fr"]["heldout"], ("Pouvez", "Tu peux"), space_before_mark=True)
 
 
 def make_multilingual(rng: random.Random, split: Split) -> dict[str, Any]:
@@ -395,7 +458,9 @@ def make_multilingual(rng: random.Random, split: Split) -> dict[str, Any]:
     asked = rng.choice(keys)
     template = rng.choice(ML_Q[lang][split])
     question = _dress(rng, template.format(h=rng.choice(facts[asked].handles)), split, lang)
-    return _row("multilingual", question, _exact(values[asked]), template, context=context, lang=lang)
+    more = _followups(rng, split, asked, keys, lambda key: (
+        _dress(rng, rng.choice(ML_Q[lang][split]).format(h=rng.choice(facts[key].handles)), split, lang), values[key]))
+    return _row("multilingual", question, _exact(values[asked]), template, context=context, lang=lang, followups=more)
 
 
 # ---------------------------------------------------------------- echo (training only: teaches exact copying)
@@ -410,11 +475,61 @@ def make_echo(rng: random.Random, split: Split) -> dict[str, Any]:
         lambda: f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}-{rng.randint(10000, 99999)}", lambda: _usd(rng), lambda: _eur(rng),
         lambda: _iso_date(rng), lambda: _eu_date(rng), lambda: _name(rng, split), lambda: _code(rng, "INV", 5),
         lambda: f"Clause {rng.randint(1, 19)}.{rng.randint(1, 9)}", lambda: rng.choice(CITIES[split]),
-        lambda: _code(rng, rng.choice("PC"), 4), lambda: _invented(rng), lambda: _invented(rng),
+        lambda: _code(rng, rng.choice("PC"), 4), lambda: _invented(rng), lambda: f"{_invented(rng)} {_invented(rng)}",
         lambda: str(rng.randint(0, 10 ** rng.randint(1, 7))),
     ]
     text = " ".join(rng.choice(pieces)() for _ in range(rng.randint(1, 4)))
     return _row("echo", f"Repeat exactly: {text}", {"answer": text}, "Repeat exactly: {text}", lang="en")
+
+
+# ---------------------------------------------------------------- recall (training only: teaches look-up by label)
+
+RECALL_LABELS = ("access code backup contact batch budget carrier channel credit deadline deposit discount district "
+                 "envelope estimate fee folder gateway grant insurance ledger license locker margin meter parcel "
+                 "password permit pickup pledge quota rebate reference region reserve route salary seal sector "
+                 "shelf signature stamp surcharge ticket token tracking transfer vault voucher warehouse zone").split()
+
+
+def make_recall(rng: random.Random, split: Split) -> dict[str, Any]:
+    """'Label: value' lines whose values all have the same shape; the question names one label.
+
+    The cohorts' look-ups (which clause covers termination, which amount is the amount due) need
+    the models to pick a line by its label and copy the value after it. In cohort rows the value's
+    type (an amount, a date, a name) often gives the answer away, so that skill forms late and
+    weakly; here only the label can decide. Labels are common nouns (asked in the context's case
+    or lower case) or invented words (asked as written).
+    """
+    k = rng.randint(3, 5)
+    invented = rng.random() < 0.4
+    labels: list[str] = []
+    while len(labels) < k:
+        label = _invented(rng) if invented else rng.choice(RECALL_LABELS).capitalize()
+        if label not in labels:
+            labels.append(label)
+    shape = rng.choice(["clause", "code", "usd", "date", "word", "name", "number"])
+    make_value = {
+        "clause": lambda: f"{rng.randint(1, 19)}.{rng.randint(1, 9)}", "code": lambda: f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}-{rng.randint(1000, 99999)}",
+        "usd": lambda: _usd(rng), "date": lambda: _iso_date(rng), "word": lambda: _invented(rng),
+        "name": lambda: _name(rng, split), "number": lambda: str(rng.randint(1, 9999)),
+    }[shape]
+    values: list[str] = []
+    while len(values) < k:
+        value = make_value()
+        if value not in values and not any(value.split(".")[0] == v.split(".")[0] for v in values if shape == "clause"):
+            values.append(value)
+    if shape == "clause":
+        lines = [f"{label} (Clause {value}): " + " ".join(rng.choice(STRAY_WORDS["en"]) for _ in range(rng.randint(2, 8))).capitalize() + "."
+                 for label, value in zip(labels, values)]
+        values = [f"Clause {v}" for v in values]
+    else:
+        lines = [f"{label}: {value}" for label, value in zip(labels, values)]
+    asked = rng.randrange(k)
+    said = labels[asked].lower() if not invented and rng.random() < 0.5 else labels[asked]
+    frames = ["Which clause covers {h}?", "Which clause is about {h}?", "{h}: which clause?"] if shape == "clause" else \
+        ["What is the {h}?", "{h}?", "Give me the {h}.", "Look up {h}.", "I need the {h} value.", "Find {h} for me."]
+    frame = rng.choice(frames)
+    return _row("recall", _dress(rng, frame.format(h=said), split), {"answer": values[asked]}, frame,
+                context="\n".join(lines), lang="en")
 
 
 # ---------------------------------------------------------------- rows, corpus, training conversations
@@ -426,6 +541,7 @@ MAKERS: dict[str, Callable[[random.Random, Split], dict[str, Any]]] = {
     "legal": make_legal,
     "multilingual": make_multilingual,
     "echo": make_echo,  # training only, not an evaluation cohort
+    "recall": make_recall,  # training only
 }
 
 
@@ -435,7 +551,7 @@ def _exact(answer: str) -> dict[str, str]:
 
 
 def _row(cohort: str, question: str, expected: dict[str, Any], template: str, *, context: str | None = None,
-         tools: bool = False, lang: str = "en", **meta: str) -> dict[str, Any]:
+         tools: bool = False, lang: str = "en", followups: list[dict[str, Any]] | None = None, **meta: str) -> dict[str, Any]:
     row: dict[str, Any] = {"cohort": cohort, "messages": [{"role": "user", "content": question}]}
     if context is not None:
         row["context"] = context
@@ -443,13 +559,15 @@ def _row(cohort: str, question: str, expected: dict[str, Any], template: str, *,
         row["tools"] = TOOLS
     row["expected"] = expected
     row["metadata"] = {"lang": lang, "template": template, **meta}
+    if followups:
+        row["followups"] = followups  # training rows only; never written to the corpus
     return row
 
 
 def generate(split: Split, counts: dict[str, int], seed: int) -> list[dict[str, Any]]:
     """Rows per cohort in the given counts; one RNG per cohort so changing one count leaves the others unchanged."""
     rows = []
-    for cohort in [*COHORTS, "echo"]:
+    for cohort in [*COHORTS, "echo", "recall"]:
         rng = random.Random(f"{seed}-{split}-{cohort}")
         rows.extend(MAKERS[cohort](rng, split) for _ in range(counts.get(cohort, 0)))
     return rows

@@ -66,12 +66,14 @@ CHAT_TEMPLATE = """\
 
 def _empty_bpe() -> Tokenizer:
     tok = Tokenizer(models.BPE())
-    # Numbers in chunks of up to 3 digits, split off from what precedes them: a number copied from the
-    # context tokenizes the same wherever it appears, and its pieces are distinctive enough for the
-    # model's copy (induction) heads; single digits repeat too often within a prompt to be copied reliably.
+    # Words carry their *trailing* space ("Amara ", "Bianchi") and numbers are chunks of up to 3 digits:
+    # a value then tokenizes the same in the context ("Account holder: Amara Bianchi") as in the
+    # answer ("Amara Bianchi"), so copying it is a plain identity copy for the model's induction
+    # heads. GPT-2's leading-space words (" Amara" vs "Amara") made the first piece of every copied
+    # value a different token from the one in the prompt.
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r"\d{1,3}"), behavior="isolated"),
-         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        [pre_tokenizers.Split(Regex(r"\p{L}+ ?|\p{N}{1,3}|[^\s\p{L}\p{N}]+ ?|\s+"), behavior="isolated"),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
     tok.decoder = decoders.ByteLevel()
     return tok

@@ -82,3 +82,36 @@ def test_param_counts_from_checkpoint(built: Path) -> None:
     assert moe.total_params > moe.active_params
     # Expert width is dense width / top-k, so per-token compute matches up to the router.
     assert abs(moe.active_params - dense.active_params) / dense.active_params < 0.02
+
+
+def test_values_tokenize_the_same_in_context_and_answer(built: Path) -> None:
+    """Copying a value is an identity copy only if its tokens are the same in the prompt and the answer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(built / "dense")
+    for context, value in [("Account holder: Amara Bianchi\nPlan: Growth Yearly", "Amara Bianchi"),
+                           ("Account holder: Amara Bianchi\nPlan: Growth Yearly", "Growth Yearly"),
+                           ("Where is order S-64953?", "S-64953"),
+                           ("Liability (Clause 17.9): body", "Clause 17.9"),
+                           ("Ciudad de envío: Zaragoza. Importe: 975,09 €", "Zaragoza")]:
+        ctx, val = tok(context, add_special_tokens=False).input_ids, tok(value, add_special_tokens=False).input_ids
+        assert any(ctx[i : i + len(val)] == val for i in range(len(ctx))), (context, value, tok.convert_ids_to_tokens(val))
+    assert tok.decode(tok("Hi there, Amara: $1.50\n ok").input_ids) == "Hi there, Amara: $1.50\n ok"
+
+
+def test_followups_are_later_turns_with_loss_on_answers_only(built: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from testbed.data import generate, request_messages
+    from testbed.train import IGNORE, encode
+
+    tok = AutoTokenizer.from_pretrained(built / "dense")
+    row = next(r for r in generate("train", {"billing": 5}, seed=3) if len(r.get("followups", [])) == 2)
+    ids, labels = encode(tok, row)
+    first = tok.apply_chat_template(request_messages(row), add_generation_prompt=True, tokenize=False)
+    first_ids = tok(first, add_special_tokens=False).input_ids
+    assert ids[: len(first_ids)] == first_ids  # turn 1 is exactly the request the runner sends
+    answers = [row["expected"]["answer"]] + [f["answer"] for f in row["followups"]]
+    targets = tok.decode([t for t in labels if t != IGNORE])
+    assert targets == "<|im_end|>".join(answers) + "<|im_end|>"
+    assert sum(1 for f in generate("heldout", {"billing": 20, "legal": 20, "multilingual": 20}, seed=3) if "followups" in f) == 0
