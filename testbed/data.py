@@ -148,10 +148,9 @@ def _dress(rng: random.Random, question: str, split: Split, lang: str = "en") ->
 def _frames(cores: list[str], tails: list[str], heldout: list[str], question_starts: tuple[str, ...], space_before_mark: bool = False) -> list[str]:
     """Training question templates: every core x tail, ended by '?' or '.', minus any held-out template.
 
-    Hundreds of frames put the asked handle at many positions among many words, so the models learn
-    to find the handle itself rather than a position in a few memorised templates (with six
-    templates, held-out phrasings picked the wrong fact half the time). Held-out templates keep
-    their own verbs and openers ("Could you", "governs", "Necesito"), which the cores avoid.
+    Hundreds of frames put the asked handle at many positions among many words, so that a model
+    cannot score by memorising where a few templates put it. Held-out templates keep their own
+    verbs and openers ("Could you", "governs", "Necesito"), which the cores avoid.
     """
     out = []
     for core in cores:

@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast
-
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from testbed.data import request_messages, target_text
