@@ -181,6 +181,13 @@ def _code(rng: random.Random, prefix: str, digits: int) -> str:
     return f"{prefix}-{rng.randint(10 ** (digits - 1), 10**digits - 1)}"
 
 
+ID_LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"  # order-id prefixes (no I, O, Q: easily misread)
+
+
+def _order_id(rng: random.Random) -> str:
+    return _code(rng, rng.choice(ID_LETTERS), 5)
+
+
 # ---------------------------------------------------------------- billing
 
 @dataclass(frozen=True)
@@ -262,7 +269,7 @@ ORDER_Q = {
 
 
 def make_order_tracking(rng: random.Random, split: Split) -> dict[str, Any]:
-    order_id = f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}-{rng.randint(10000, 99999)}"
+    order_id = _order_id(rng)
     template = rng.choice(ORDER_Q[split])
     return _row("order_tracking", _dress(rng, template.format(id=order_id), split), {"tool": "track_order", "arguments": {"order_id": order_id}},
                 template, tools=True, lang="en")
@@ -471,7 +478,7 @@ def make_echo(rng: random.Random, split: Split) -> dict[str, Any]:
     far sooner than from the cohort rows alone, where only a few answer tokens need copying.
     """
     pieces = [
-        lambda: f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}-{rng.randint(10000, 99999)}", lambda: _usd(rng), lambda: _eur(rng),
+        lambda: _order_id(rng), lambda: _usd(rng), lambda: _eur(rng),
         lambda: _iso_date(rng), lambda: _eu_date(rng), lambda: _name(rng, split), lambda: _code(rng, "INV", 5),
         lambda: f"Clause {rng.randint(1, 19)}.{rng.randint(1, 9)}", lambda: rng.choice(CITIES[split]),
         lambda: _code(rng, rng.choice("PC"), 4), lambda: _invented(rng), lambda: f"{_invented(rng)} {_invented(rng)}",
@@ -507,14 +514,16 @@ def make_recall(rng: random.Random, split: Split) -> dict[str, Any]:
             labels.append(label)
     shape = rng.choice(["clause", "code", "usd", "date", "word", "name", "number"])
     make_value = {
-        "clause": lambda: f"{rng.randint(1, 19)}.{rng.randint(1, 9)}", "code": lambda: f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}-{rng.randint(1000, 99999)}",
+        "clause": lambda: f"{rng.randint(1, 19)}.{rng.randint(1, 9)}", "code": lambda: f"{rng.choice(ID_LETTERS)}-{rng.randint(1000, 99999)}",
         "usd": lambda: _usd(rng), "date": lambda: _iso_date(rng), "word": lambda: _invented(rng),
         "name": lambda: _name(rng, split), "number": lambda: str(rng.randint(1, 9999)),
     }[shape]
+    # Clause values differ in their section (the part before the dot), like make_legal's; others just differ.
+    distinct = (lambda v: v.split(".")[0]) if shape == "clause" else (lambda v: v)
     values: list[str] = []
     while len(values) < k:
         value = make_value()
-        if value not in values and not any(value.split(".")[0] == v.split(".")[0] for v in values if shape == "clause"):
+        if distinct(value) not in {distinct(v) for v in values}:
             values.append(value)
     if shape == "clause":
         lines = [f"{label} (Clause {value}): " + " ".join(rng.choice(STRAY_WORDS["en"]) for _ in range(rng.randint(2, 8))).capitalize() + "."
