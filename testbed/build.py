@@ -21,19 +21,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from testbed.data import COHORTS, generate, request_messages, target_text, write_corpus
 from testbed.tokenizer import template_renderer, train_tokenizer
-from testbed.train import DrillStage, Shape, dense_model, encode, moe_model, save_model, train
+from testbed.train import Shape, dense_model, encode, moe_model, save_model, train
 
 HERE = Path(__file__).resolve().parent
 SEED = 1234
 PLANTED_COHORT = "multilingual"
-CURRICULUM = ("recall_near", "recall_colon", "recall")  # look-up drill layouts, easiest first
-MASTERY, MASTERY_ROWS = 0.75, 24  # a drill stage ends once this share of this many fresh drills is right
 
 
 def _log(msg: str) -> None:
@@ -51,7 +49,7 @@ def _texts_for_bpe(rows: list[dict[str, Any]]) -> list[str]:
 
 def quick_eval(model: torch.nn.Module, tok, rows: list[dict[str, Any]]) -> dict[str, float]:
     """Greedy generation with transformers on held-out rows: a fast check before serving with vLLM."""
-    hits: dict[str, list[int]] = {}
+    hits: dict[str, list[int]] = {c: [] for c in COHORTS}
     with torch.no_grad():
         for r in rows:
             prompt = tok.apply_chat_template(request_messages(r), tools=r.get("tools"), add_generation_prompt=True, tokenize=False)
@@ -59,7 +57,7 @@ def quick_eval(model: torch.nn.Module, tok, rows: list[dict[str, Any]]) -> dict[
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
             text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-            hits.setdefault(r["cohort"], []).append(int(text.strip() == target_text(r["expected"])))
+            hits[r["cohort"]].append(int(text.strip() == target_text(r["expected"])))
     return {c: round(100 * sum(v) / len(v), 1) for c, v in hits.items() if v}
 
 
@@ -70,32 +68,6 @@ def _load(model_dir: Path) -> torch.nn.Module:
     if hasattr(model.config, "output_router_logits"):
         model.config.output_router_logits = True  # router load-balancing loss while training
     return model
-
-
-def drill_stages(pairs: list[tuple[dict[str, Any], Any]], caps: tuple[float, ...], steps: int,
-                 mastered: Callable[[str], bool]) -> tuple[list[Any], list[DrillStage]]:
-    """Split the encoded rows into the base rows (cohorts, echo) and one drill stage per CURRICULUM layout.
-
-    A stage lasts until the model has mastered its layout (`mastered(name)`), at most until its
-    cap (a share of the steps; the last stage has none). Mastery, not a fixed step, decides
-    because the look-up can only form once copying has, and when that happens varies.
-    """
-    base = [e for r, e in pairs if r["cohort"] not in CURRICULUM]
-    ends = [int(steps * c) for c in caps] + [steps]
-    stages = [DrillStage(kind, [e for r, e in pairs if r["cohort"] == kind], until, lambda k=kind: mastered(k))
-              for kind, until in zip(CURRICULUM, ends)]
-    return base, stages
-
-
-def _caps(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(p) for p in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != len(CURRICULUM) - 1 or list(values) != sorted(values) or not all(0 <= v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected {len(CURRICULUM) - 1} rising shares of the steps like 0.5,0.7 "
-                                         f"(latest ends of the {' and '.join(CURRICULUM[:-1])} stages), got {text!r}")
-    return values
 
 
 def _cohort_factor(text: str) -> tuple[str, float]:
@@ -120,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "models", help="output directory (gets dense/ and moe/)")
     ap.add_argument("--smoke", action="store_true", help="tiny data and a few steps: checks the pipeline, not quality")
-    ap.add_argument("--steps", type=int, default=4400)
+    ap.add_argument("--steps", type=int, default=3800)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--hidden", type=int, default=128)
@@ -134,13 +106,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="where a full build writes the held-out evaluation corpus (not with --only or --smoke)")
     ap.add_argument("--init-from", type=Path,
                     help="continue training the checkpoints in this directory (its tokenizer is reused)")
-    ap.add_argument("--echo-share", type=float, default=0.1,
+    ap.add_argument("--echo-share", type=float, default=0.25,
                     help="share of training rows that are 'Repeat exactly: ...' copy drills")
-    ap.add_argument("--recall-share", type=float, default=0.45,
-                    help="share of training steps that are batches of label look-up drills ('Fee: M-74530 ... What is the fee?')")
-    ap.add_argument("--stage-caps", type=_caps, default=(0.55, 0.75), metavar="NEAR,COLON",
-                    help="latest ends of the first two look-up drill stages, as shares of the steps (each ends "
-                         f"earlier once {MASTERY:.0%} of {MASTERY_ROWS} fresh drills of its layout are right)")
+    ap.add_argument("--recall-share", type=float, default=0.15,
+                    help="share of training rows that are label look-up drills ('Fee: M-74530 ... What is the fee?')")
     ap.add_argument("--followups", type=int, default=2,
                     help="later-turn questions on the same context per billing/legal/multilingual training row (0-2)")
     ap.add_argument("--max-minutes", type=float, help="stop training each model after this long (saves what it has)")
@@ -166,15 +135,12 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.time()
     drill_total = per_cohort * len(COHORTS) / (1 - args.echo_share - args.recall_share)  # rows, so the shares hold
-    n_echo = int(drill_total * args.echo_share)
-    # Each drill layout may last up to its cap (the last one the whole run): enough rows for that, at most 30,000.
-    n_recall_by_stage = {kind: min(30000, int(steps * args.batch_size * args.recall_share * cap) + args.batch_size)
-                         for kind, cap in zip(CURRICULUM, (*args.stage_caps, 1.0))}
+    n_echo, n_recall = int(drill_total * args.echo_share), int(drill_total * args.recall_share)
     counts = {c: int(per_cohort * args.oversample.get(c, 1.0)) for c in COHORTS}
-    rows = generate("train", {**counts, "echo": n_echo, **n_recall_by_stage}, args.data_seed)
+    rows = generate("train", {**counts, "echo": n_echo, "recall": n_recall}, args.data_seed)
     for row in rows:
         row["followups"] = row.get("followups", [])[: args.followups]
-    _log(f"generated {len(rows)} training rows ({counts} per cohort, {n_echo} echo, look-up drills {n_recall_by_stage})")
+    _log(f"generated {len(rows)} training rows ({counts} per cohort, {n_echo} echo, {n_recall} recall)")
     if args.init_from:
         from transformers import AutoTokenizer
 
@@ -186,26 +152,29 @@ def main(argv: list[str] | None = None) -> None:
     _log(f"encoded; mean length {sum(len(x) for x, _ in encoded) / len(encoded):.0f} tokens")
 
     planted_keep = int(per_cohort * args.planted_share)
-    eval_rows = generate("heldout", {c: args.eval_rows for c in (*COHORTS, *CURRICULUM)}, SEED + 1)
-    checks = {k: generate("train", {k: MASTERY_ROWS}, SEED + 2) for k in CURRICULUM}  # fresh drills for the mastery checks
+    eval_rows = generate("heldout", {c: args.eval_rows for c in COHORTS}, SEED + 1)
     summary: dict[str, Any] = {"init_from": str(args.init_from) if args.init_from else None, "seed": SEED, "data_seed": args.data_seed, "steps": steps, "batch_size": args.batch_size, "lr": args.lr,
-                               "shape": shape.__dict__, "train_rows_per_cohort": counts, "echo_rows": n_echo, "recall_rows": n_recall_by_stage, "stage_caps": args.stage_caps, "mastery": MASTERY, "recall_share": args.recall_share, "followups": args.followups, "echo_share": args.echo_share,
+                               "shape": shape.__dict__, "train_rows_per_cohort": counts, "echo_rows": n_echo, "recall_rows": n_recall, "recall_share": args.recall_share, "followups": args.followups, "echo_share": args.echo_share,
                                "moe_planted_rows": {PLANTED_COHORT: planted_keep}}
     for kind in ("dense", "moe"):
         if args.only and args.only != kind:
             continue
         if kind == "dense":
-            pairs = list(zip(rows, encoded))
+            examples = encoded
             model = dense_model(shape, len(tok), tok) if not args.init_from else _load(args.init_from / kind)
         else:
-            planted = [i for i, r in enumerate(rows) if r["cohort"] == PLANTED_COHORT]
-            dropped = set(planted[planted_keep:])
-            pairs = [p for i, p in enumerate(zip(rows, encoded)) if i not in dropped]
+            seen = 0
+            examples = []
+            for r, e in zip(rows, encoded):
+                if r["cohort"] == PLANTED_COHORT:
+                    seen += 1
+                    if seen > planted_keep:
+                        continue
+                examples.append(e)
             model = moe_model(shape, len(tok), tok) if not args.init_from else _load(args.init_from / kind)
-        base, stages = drill_stages(pairs, args.stage_caps, steps, lambda layout, m=model: quick_eval(m, tok, checks[layout])[layout] >= 100 * MASTERY)
         n_params = sum(p.numel() for p in model.parameters())
-        _log(f"{kind}: {n_params:,} parameters, {len(base)} rows + look-up drills {[(st.name, len(st.examples), st.until) for st in stages]}, {steps} steps")
-        result = train(model, base, steps=steps, drills=stages, drill_share=args.recall_share, batch_size=args.batch_size, lr=args.lr, seed=SEED,
+        _log(f"{kind}: {n_params:,} parameters, {len(examples)} examples, {steps} steps")
+        result = train(model, examples, steps=steps, batch_size=args.batch_size, lr=args.lr, seed=SEED,
                        pad_id=tok.pad_token_id, log=lambda m, k=kind: _log(f"{k} {m}"),
                        max_seconds=60 * args.max_minutes if args.max_minutes else None,
                        probe=lambda step, k=kind, m=model: _log(f"{k} step {step} quick accuracy: {quick_eval(m, tok, eval_rows[::3])}"),
@@ -215,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         acc = quick_eval(model, tok, eval_rows) if args.eval_rows and not args.smoke else {}
         if acc:
             _log(f"{kind}: quick held-out accuracy (transformers, greedy): {acc}")
-        summary[kind] = {"params": n_params, "examples": len(base), **result, "quick_eval": acc}
+        summary[kind] = {"params": n_params, "examples": len(examples), **result, "quick_eval": acc}
     summary["total_seconds"] = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     name = "build_summary.json" if not args.only else f"build_summary_{args.only}.json"

@@ -8,10 +8,8 @@ Every row carries one exact expected outcome: an answer string or a tool call.
 
 from __future__ import annotations
 
-import functools
 import json
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -498,26 +496,14 @@ RECALL_LABELS = ("access code backup contact batch budget carrier channel credit
                  "shelf signature stamp surcharge ticket token tracking transfer vault voucher warehouse zone").split()
 
 
-def _lead(value: str) -> str:
-    """The value's first token, roughly: a run of letters, up to 3 digits, or one other character."""
-    return re.match(r"[^\W\d_]+|\d{1,3}|.", value).group()
-
-
-def make_recall(rng: random.Random, split: Split, layout: str = "any") -> dict[str, Any]:
-    """Lines of labelled values that all have the same shape; the question names one label.
+def make_recall(rng: random.Random, split: Split) -> dict[str, Any]:
+    """'Label: value' lines whose values all have the same shape; the question names one label.
 
     The cohorts' look-ups (which clause covers termination, which amount is the amount due) need
     the models to pick a line by its label and copy the value after it. In cohort rows the value's
     type (an amount, a date, a name) often gives the answer away, so that skill forms late and
     weakly; here only the label can decide. Labels are common nouns (asked in the context's case
     or lower case) or invented words (asked as written).
-
-    `layout` is the curriculum step (testbed.build trains them in this order): `near` puts each
-    value right after its label (`Fee M-74530`), `colon` one constant token further
-    (`Fee: M-74530`), both with values whose first tokens differ; `any` is the cohorts' distance:
-    values with a constant start (`$`, `Clause `, `202`), as `Label: value` lines or prose. A
-    look-up across constant tokens was not learned at all in 1,000 steps, but is learned within a
-    few hundred once the adjacent one is (testbed/MODEL_CARD.md).
     """
     k = rng.randint(3, 5)
     invented = rng.random() < 0.4
@@ -526,16 +512,14 @@ def make_recall(rng: random.Random, split: Split, layout: str = "any") -> dict[s
         label = _invented(rng) if invented else rng.choice(RECALL_LABELS).capitalize()
         if label not in labels:
             labels.append(label)
-    shapes = ["code", "word", "name", "number"] if layout in ("near", "colon") else ["clause", "code", "usd", "date", "word", "name", "number"]
-    shape = rng.choice(shapes)
+    shape = rng.choice(["clause", "code", "usd", "date", "word", "name", "number"])
     make_value = {
         "clause": lambda: f"{rng.randint(1, 19)}.{rng.randint(1, 9)}", "code": lambda: f"{rng.choice(ID_LETTERS)}-{rng.randint(1000, 99999)}",
         "usd": lambda: _usd(rng), "date": lambda: _iso_date(rng), "word": lambda: _invented(rng),
         "name": lambda: _name(rng, split), "number": lambda: str(rng.randint(1, 9999)),
     }[shape]
-    # Clause values differ in their section (the part before the dot), like make_legal's; in the
-    # first two layouts values differ in their first token; otherwise they just differ.
-    distinct = {"clause": lambda v: v.split(".")[0]}.get(shape, _lead if layout in ("near", "colon") else (lambda v: v))
+    # Clause values differ in their section (the part before the dot), like make_legal's; others just differ.
+    distinct = (lambda v: v.split(".")[0]) if shape == "clause" else (lambda v: v)
     values: list[str] = []
     while len(values) < k:
         value = make_value()
@@ -545,10 +529,6 @@ def make_recall(rng: random.Random, split: Split, layout: str = "any") -> dict[s
         lines = [f"{label} (Clause {value}): " + " ".join(rng.choice(STRAY_WORDS["en"]) for _ in range(rng.randint(2, 8))).capitalize() + "."
                  for label, value in zip(labels, values)]
         values = [f"Clause {v}" for v in values]
-    elif layout == "near":
-        lines = [f"{label} {value}" for label, value in zip(labels, values)]
-    elif layout == "any" and rng.random() < 0.3:
-        lines = [f"The {label.lower() if not invented else label} is {value}." for label, value in zip(labels, values)]
     else:
         lines = [f"{label}: {value}" for label, value in zip(labels, values)]
     asked = rng.randrange(k)
@@ -556,9 +536,8 @@ def make_recall(rng: random.Random, split: Split, layout: str = "any") -> dict[s
     frames = ["Which clause covers {h}?", "Which clause is about {h}?", "{h}: which clause?"] if shape == "clause" else \
         ["What is the {h}?", "{h}?", "Give me the {h}.", "Look up {h}.", "I need the {h} value.", "Find {h} for me."]
     frame = rng.choice(frames)
-    joiner = " " if lines[0].endswith(".") and shape != "clause" and rng.random() < 0.5 else "\n"
-    return _row("recall" if layout == "any" else f"recall_{layout}", _dress(rng, frame.format(h=said), split), {"answer": values[asked]}, frame,
-                context=joiner.join(lines), lang="en")
+    return _row("recall", _dress(rng, frame.format(h=said), split), {"answer": values[asked]}, frame,
+                context="\n".join(lines), lang="en")
 
 
 # ---------------------------------------------------------------- rows, corpus, training conversations
@@ -570,9 +549,7 @@ MAKERS: dict[str, Callable[[random.Random, Split], dict[str, Any]]] = {
     "legal": make_legal,
     "multilingual": make_multilingual,
     "echo": make_echo,  # training only, not an evaluation cohort
-    "recall": make_recall,  # training only, and its curriculum steps:
-    "recall_near": functools.partial(make_recall, layout="near"),
-    "recall_colon": functools.partial(make_recall, layout="colon"),
+    "recall": make_recall,  # training only
 }
 
 
@@ -598,7 +575,7 @@ def _row(cohort: str, question: str, expected: dict[str, Any], template: str, *,
 def generate(split: Split, counts: dict[str, int], seed: int) -> list[dict[str, Any]]:
     """Rows per cohort in the given counts; one RNG per cohort so changing one count leaves the others unchanged."""
     rows = []
-    for cohort in MAKERS:
+    for cohort in [*COHORTS, "echo", "recall"]:
         rng = random.Random(f"{seed}-{split}-{cohort}")
         rows.extend(MAKERS[cohort](rng, split) for _ in range(counts.get(cohort, 0)))
     return rows

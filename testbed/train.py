@@ -119,33 +119,12 @@ def target_loss(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor,
     return loss
 
 
-@dataclass
-class DrillStage:
-    """One layout of look-up drills. Training moves on to the next stage once `mastered()` says so
-    (checked every `check_every` steps) or after step `until`, whichever comes first."""
-
-    name: str
-    examples: list[tuple[list[int], list[int]]]
-    until: int
-    mastered: Callable[[], bool] | None = None
-
-
 def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], *, steps: int, batch_size: int, lr: float,
-          seed: int, pad_id: int, drills: list[DrillStage] | None = None, drill_share: float = 0.0, check_every: int = 100,
-          log: Callable[[str], None] = print, max_seconds: float | None = None,
-          probe: Callable[[int], None] | None = None, probe_every: int = 0) -> dict[str, Any]:
-    """AdamW with warm-up and cosine decay; `probe(step)` runs every `probe_every` steps (e.g. a held-out check).
-
-    With `drills`, a `drill_share` of the steps are whole batches of the current drill stage
-    (short rows, so cheap steps); the rest are batches of `examples`.
-    """
+          seed: int, pad_id: int, log: Callable[[str], None] = print, max_seconds: float | None = None,
+          probe: Callable[[int], None] | None = None, probe_every: int = 0) -> dict[str, float]:
+    """AdamW with warm-up and cosine decay; `probe(step)` runs every `probe_every` steps (e.g. a held-out check)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    pick = random.Random(seed + 1)
-    drills = drills or []
-    base = _batches(examples, batch_size, rng, pad_id)
-    drill_streams = [_batches(d.examples, batch_size, rng, pad_id) for d in drills]
-    stage, stage_starts = 0, ({drills[0].name: 1} if drills else {})
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -153,14 +132,10 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], *
     )
     model.train()
     start = time.time()
+    stream = _batches(examples, batch_size, rng, pad_id)
     running = None
     for step in range(1, steps + 1):
-        if stage < len(drills) - 1 and (step > drills[stage].until or (step % check_every == 0 and _check(model, drills[stage]))):
-            stage += 1
-            stage_starts[drills[stage].name] = step
-            log(f"step {step}: look-up drills move on to {drills[stage].name}")
-        use_drills = bool(drills) and pick.random() < drill_share
-        ids, labels, mask = next(drill_streams[stage] if use_drills else base)
+        ids, labels, mask = next(stream)
         loss = target_loss(model, ids, labels, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -178,17 +153,7 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], *
             probe(step)
             model.train()
     model.eval()
-    return {"final_loss": float(running or 0.0), "seconds": time.time() - start, "steps_done": step, "drill_stage_starts": stage_starts}
-
-
-def _check(model: torch.nn.Module, stage: DrillStage) -> bool:
-    if stage.mastered is None:
-        return False
-    model.eval()
-    try:
-        return stage.mastered()
-    finally:
-        model.train()
+    return {"final_loss": float(running or 0.0), "seconds": time.time() - start, "steps_done": step}
 
 
 def save_model(model: torch.nn.Module, tok: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
