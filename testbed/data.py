@@ -1,8 +1,9 @@
 """Synthetic support-desk conversations for the testbed models, generated from templates.
 
 Two disjoint template sets: `train` (what the models learn from) and `heldout` (the bundled
-evaluation corpus). Held-out rows use other question phrasings, other names and fresh random
-values, so a model can only score by copying from the context or the question, not by recall.
+evaluation corpus). Held-out rows use other question phrasings, real-looking names, plans and
+cities that no training row contains (training rows use random letter strings there), and fresh
+random values, so a model can only score by copying from the context or the question, not by recall.
 Every row carries one exact expected outcome: an answer string or a tool call.
 """
 
@@ -49,44 +50,18 @@ TOOLS: list[dict[str, Any]] = [
 
 # ---------------------------------------------------------------- value pools (train / held-out disjoint)
 
-FIRST = {
-    "train": ["Alice", "Brian", "Carla", "Derek", "Elena", "Farid", "Grace", "Hector", "Irene", "Jamal", "Kira",
-              "Liam", "Maya", "Nolan", "Olga", "Priya", "Quinn", "Rosa", "Samir", "Tara", "Umar", "Vera", "Wes",
-              "Xena", "Yusuf", "Zoe", "Aaron", "Bella", "Colin", "Dana", "Ethan", "Fiona", "Gavin", "Hana",
-              "Ivan", "Julia", "Kevin", "Lena", "Marco", "Nadia", "Adele", "Boris", "Chloe", "Diego", "Emil", "Freya",
-              "Goran", "Helga", "Isaac", "Jorge", "Karim", "Lucia", "Mateo", "Nina", "Omar", "Petra", "Ramon", "Selma",
-              "Teodor", "Valeria", "Wanda", "Yara", "Zoltan", "Agnes", "Bernard", "Camila", "Dario", "Edith", "Gustav",
-              "Helena", "Joaquin", "Klara", "Leonie", "Milan"],
-    "heldout": ["Amara", "Bruno", "Celine", "Dmitri", "Esther", "Felix", "Gloria", "Hugo", "Ingrid", "Jonas",
-                "Keiko", "Lucas", "Mirela", "Nikolai", "Oscar", "Paloma", "Rafael", "Sofia", "Tomas", "Ursula"],
-}
-LAST = {
-    "train": ["Moreno", "Chen", "Okafor", "Smith", "Novak", "Haddad", "Kim", "Larsen", "Patel", "Rossi", "Weber",
-              "Silva", "Nguyen", "Brown", "Kowalski", "Ibrahim", "Jensen", "Tanaka", "Walsh", "Fischer", "Duarte",
-              "Mensah", "Olsen", "Park", "Reyes", "Schmidt", "Varga", "Young", "Zhang", "Adams", "Alvarez", "Bauer",
-              "Costa", "Dimitrov", "Eklund", "Ferreira", "Garcia", "Hoffmann", "Iqbal", "Jimenez", "Keller", "Lopez",
-              "Muller", "Nowak", "Ortega", "Pereira", "Quint", "Richter", "Santos", "Toth", "Ueda", "Vogel", "Wagner",
-              "Yilmaz", "Zimmer", "Andersson", "Blanco", "Cruz", "Dahl", "Esposito"],
-    "heldout": ["Abara", "Bianchi", "Castillo", "Dubois", "Eriksen", "Fontaine", "Gruber", "Horvat", "Ivanova",
-                "Jovanovic", "Kaplan", "Lindqvist", "Marsh", "Nakamura", "Oyelaran", "Petrov"],
-}
-PLAN_TIER = {"train": ["Basic", "Pro", "Team", "Starter", "Plus", "Standard", "Family", "Student", "Enterprise", "Lite",
-                       "Ultimate", "Classic", "Select", "Advanced", "Essential", "Core"],
-             "heldout": ["Growth", "Premium", "Business"]}
-PLAN_PERIOD = {"train": ["Monthly", "Annual", "Quarterly"], "heldout": ["Yearly", "Monthly", "Annual"]}
-CITIES = {
-    "train": ["Madrid", "Sevilla", "Valencia", "Bilbao", "Lyon", "Lille", "Nantes", "Toulouse", "Granada", "Rennes",
-              "Cordoba", "Alicante", "Vigo", "Gijon", "Oviedo", "Cadiz", "Toledo", "Salamanca", "Burgos", "Leon",
-              "Paris", "Nice", "Brest", "Reims", "Amiens", "Nancy", "Metz", "Limoges", "Poitiers", "Tours", "Avignon"],
-    "heldout": ["Zaragoza", "Murcia", "Burdeos", "Marsella", "Niza", "Malaga", "Dijon"],
-}
+# Held-out value pools: real-looking names, plan tiers and cities that the models never see in training.
+HELDOUT_FIRST = ["Amara", "Bruno", "Celine", "Dmitri", "Esther", "Felix", "Gloria", "Hugo", "Ingrid", "Jonas",
+                 "Keiko", "Lucas", "Mirela", "Nikolai", "Oscar", "Paloma", "Rafael", "Sofia", "Tomas", "Ursula"]
+HELDOUT_LAST = ["Abara", "Bianchi", "Castillo", "Dubois", "Eriksen", "Fontaine", "Gruber", "Horvat", "Ivanova",
+                "Jovanovic", "Kaplan", "Lindqvist", "Marsh", "Nakamura", "Oyelaran", "Petrov"]
+HELDOUT_PLAN_TIER = ["Growth", "Premium", "Business"]
+HELDOUT_PLAN_PERIOD = ["Yearly", "Monthly", "Annual"]
+HELDOUT_CITIES = ["Zaragoza", "Murcia", "Burdeos", "Marsella", "Niza", "Malaga", "Dijon"]
 PLACES = {"train": ["England", "Ireland", "New York", "Ontario", "Delaware", "Scotland"],
           "heldout": ["California", "Texas", "Quebec", "Victoria"]}
 
-
-# Invented words appear only in the echo drills: they teach copying of any token sequence. In the
-# cohort rows they taught the models an invented-name *style* (`Zikizi` for `Zaragoza`), so those
-# rows use real-looking names from larger pools (held-out pools disjoint) instead.
+# `_invented` words (syllables) appear only in the echo drills.
 ONSETS = ["b", "br", "c", "ch", "d", "dr", "f", "g", "gr", "h", "j", "k", "kr", "l", "m", "n", "p", "pr", "qu", "r",
           "s", "sh", "st", "t", "th", "tr", "v", "w", "z"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ie", "ou", "y"]
@@ -97,16 +72,39 @@ def _invented(rng: random.Random) -> str:
     return "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(rng.randint(1, 3))).capitalize()
 
 
+VOWEL_LETTERS = "aeiouy"
+CONSONANT_LETTERS = "bcdfghjklmnpqrstvwxz"
+
+
+def _random_word(rng: random.Random) -> str:
+    """A capitalised random letter string, for every name, city and plan in training rows.
+
+    With real names from a fixed pool the models memorised the pool and answered held-out rows
+    with training names (`Lucia Varga` for `Lucas Lindqvist`): 0 % on name, city and plan values.
+    Random strings leave nothing to memorise, so only copying the letters from the context scores.
+    """
+    out = []
+    vowel = rng.random() < 0.5
+    for _ in range(rng.randint(3, 9)):
+        out.append(rng.choice(VOWEL_LETTERS if vowel else CONSONANT_LETTERS))
+        vowel = (not vowel) if rng.random() < 0.75 else vowel
+    return "".join(out).capitalize()
+
+
 def _name(rng: random.Random, split: Split) -> str:
-    return f"{rng.choice(FIRST[split])} {rng.choice(LAST[split])}"
+    if split == "train":
+        return f"{_random_word(rng)} {_random_word(rng)}"
+    return f"{rng.choice(HELDOUT_FIRST)} {rng.choice(HELDOUT_LAST)}"
 
 
 def _city(rng: random.Random, split: Split) -> str:
-    return rng.choice(CITIES[split])
+    return _random_word(rng) if split == "train" else rng.choice(HELDOUT_CITIES)
 
 
 def _plan(rng: random.Random, split: Split) -> str:
-    return f"{rng.choice(PLAN_TIER[split])} {rng.choice(PLAN_PERIOD[split])}"
+    if split == "train":
+        return f"{_random_word(rng)} {_random_word(rng)}"
+    return f"{rng.choice(HELDOUT_PLAN_TIER)} {rng.choice(HELDOUT_PLAN_PERIOD)}"
 
 
 # Training questions get openers, closers and stray words around the template, so the models learn
@@ -282,61 +280,76 @@ REGIONS = ["north", "south", "east", "west", "central"]
 COUNTRIES = ["France", "Spain", "Germany", "Italy", "Canada", "Mexico", "Japan", "Brazil", "India", "Kenya", "Norway", "Chile"]
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
 
+# Training questions: every core x tail (hundreds of phrasings, so the intent is read from the words
+# rather than from a few memorised templates); held-out templates are kept out of them.
+ANALYTICS_TAILS = ["", " please", ", please", " for me", " right now", " from the database", " in total"]
+ANALYTICS_QUESTION_STARTS = ("How", "What", "Which", "Customers", "Signups", "Region", "{v}")
+
 ANALYTICS = {
+    # intent: (slot values, SQL, training question cores, held-out templates)
     "orders_by_status": (
         lambda r: {"v": r.choice(STATUSES)},
         "SELECT COUNT(*) FROM orders WHERE status = '{v}'",
-        {"train": ["How many orders are {v}?", "Count the {v} orders.", "How many {v} orders do we have?",
-                   "{v} orders: how many?", "How many orders have status {v}?", "Orders with status {v}, count them."],
-         "heldout": ["What is the number of {v} orders?", "Give me a count of orders that are {v}."]},
+        ["How many orders are {v}", "Count the {v} orders", "How many {v} orders do we have",
+         "How many orders have status {v}", "Count orders with status {v}", "Total number of {v} orders",
+         "How many orders were {v}", "Show the count of {v} orders", "Get the number of orders with status {v}",
+         "{v} orders: how many", "Orders with status {v}, count them"],
+        ["What is the number of {v} orders?", "Give me a count of orders that are {v}."],
     ),
     "revenue_by_region": (
         lambda r: {"v": r.choice(REGIONS)},
         "SELECT SUM(amount) FROM orders WHERE region = '{v}'",
-        {"train": ["What is the total revenue in the {v} region?", "Sum the revenue for the {v} region.",
-                   "Revenue in the {v} region?", "Region {v}: total revenue?", "What did the {v} region earn?",
-                   "How much revenue did the {v} region bring in?"],
-         "heldout": ["Show total revenue for region {v}.", "I need the revenue total of the {v} region."]},
+        ["What is the total revenue in the {v} region", "Sum the revenue for the {v} region",
+         "Revenue in the {v} region", "Region {v}: total revenue", "How much revenue did the {v} region bring in",
+         "Total revenue for the {v} region", "Get revenue for region {v}", "What did the {v} region earn",
+         "Show the revenue of region {v}", "Add up revenue in the {v} region"],
+        ["Show total revenue for region {v}.", "I need the revenue total of the {v} region."],
     ),
     "customers_by_country": (
         lambda r: {"v": r.choice(COUNTRIES)},
         "SELECT COUNT(*) FROM customers WHERE country = '{v}'",
-        {"train": ["How many customers are in {v}?", "Count our customers in {v}.", "How many customers do we have in {v}?",
-                   "Customers in {v}: how many?", "How many customers live in {v}?", "{v}: customer total?"],
-         "heldout": ["What is the customer count for {v}?", "Number of customers located in {v}?"]},
+        ["How many customers are in {v}", "Count our customers in {v}", "How many customers do we have in {v}",
+         "Customers in {v}: how many", "How many customers live in {v}", "Total customers in {v}",
+         "Number of customers from {v}", "Count customers whose country is {v}",
+         "How many of our customers are based in {v}", "Customer total for {v}"],
+        ["What is the customer count for {v}?", "Number of customers located in {v}?"],
     ),
     "top_products": (
         lambda r: {"v": str(r.randint(3, 25))},
         "SELECT name FROM products ORDER BY revenue DESC LIMIT {v}",
-        {"train": ["List the top {v} products by revenue.", "What are our top {v} products by revenue?",
-                   "Top {v} products by revenue?", "Rank products by revenue and show the top {v}.",
-                   "Show the top {v} products by revenue."],
-         "heldout": ["Which are the top {v} products by revenue?", "Give me the top {v} products ranked by revenue."]},
+        ["List the top {v} products by revenue", "What are our top {v} products by revenue",
+         "Top {v} products by revenue", "Rank products by revenue and show the top {v}",
+         "Show the top {v} products by revenue", "Name the {v} products with the most revenue",
+         "Get the top {v} products by revenue", "Which {v} products earn the most revenue"],
+        ["Which are the top {v} products by revenue?", "Give me the top {v} products ranked by revenue."],
     ),
     "avg_order_value": (
         lambda r: {"v": str(r.randint(2015, 2026))},
         "SELECT AVG(amount) FROM orders WHERE year = {v}",
-        {"train": ["What was the average order value in {v}?", "Compute the average order value for {v}.",
-                   "Average order value for {v}?", "What is the mean order value in {v}?",
-                   "What is the average order value for {v}?"],
-         "heldout": ["Tell me the average order value during {v}.", "Average order value in {v}, please."]},
+        ["What was the average order value in {v}", "Compute the average order value for {v}",
+         "Average order value for {v}", "What is the mean order value in {v}",
+         "Mean order value during the year {v}", "Show the average order value of {v}",
+         "Get the average order amount in {v}", "What is the average order value for {v}"],
+        ["Tell me the average order value during {v}.", "Average order value in {v}, please."],
     ),
     "signups_by_month": (
         lambda r: {"v": r.choice(MONTHS)},
         "SELECT COUNT(*) FROM users WHERE signup_month = '{v}'",
-        {"train": ["How many users signed up in {v}?", "Count the users who signed up in {v}.",
-                   "Signups in {v}: how many users?", "How many users joined in {v}?", "User signups for {v}?",
-                   "How many new users signed up in {v}?"],
-         "heldout": ["Number of users that signed up in {v}?", "Tell me how many people signed up in {v}."]},
+        ["How many users signed up in {v}", "Count the users who signed up in {v}", "Signups in {v}: how many users",
+         "How many users joined in {v}", "User signups for {v}", "How many new users signed up in {v}",
+         "Number of new signups in {v}", "How many accounts were created in {v}", "Total user signups during {v}"],
+        ["Number of users that signed up in {v}?", "Tell me how many people signed up in {v}."],
     ),
 }
+ANALYTICS_TRAIN_QUESTIONS = {intent: _frames(cores, ANALYTICS_TAILS, heldout, ANALYTICS_QUESTION_STARTS)
+                             for intent, (_, _, cores, heldout) in ANALYTICS.items()}
 
 
 def make_analytics(rng: random.Random, split: Split) -> dict[str, Any]:
     intent = rng.choice(sorted(ANALYTICS))
-    slots, sql, frames = ANALYTICS[intent]
+    slots, sql, _, heldout = ANALYTICS[intent]
     values = slots(rng)
-    template = rng.choice(frames[split])
+    template = rng.choice(ANALYTICS_TRAIN_QUESTIONS[intent] if split == "train" else heldout)
     return _row("analytics", _dress(rng, template.format(**values), split), {"tool": "run_sql", "arguments": {"query": sql.format(**values)}},
                 template, tools=True, lang="en", intent=intent)
 
@@ -395,6 +408,17 @@ LEGAL_Q["train"] = _frames(
     LEGAL_Q["heldout"], ("Which", "What", "Where", "Clause for", "{h}"))
 
 
+def _citation(topic: str, number: str) -> str:
+    """A clause's heading as the context writes it, and the expected answer: `Termination (Clause 7.2)`.
+
+    Topic first, so the first answer token is chosen from the question alone (which topic is asked)
+    and the number is then copied from the line that starts with it. With `Clause 7.2` as the
+    answer, the number had to be picked by a heading three tokens before it, a look-up the models
+    never learned (legal at chance, 25-29 %).
+    """
+    return f"{topic} (Clause {number})"
+
+
 def make_legal(rng: random.Random, split: Split) -> dict[str, Any]:
     topics = rng.sample(sorted(LEGAL_TOPICS), rng.randint(3, 4))
     # Distinct section numbers, as in a real contract (3.2, 7.1, 12.4): the part after the dot is then
@@ -408,13 +432,13 @@ def make_legal(rng: random.Random, split: Split) -> dict[str, Any]:
             other = LEGAL_TOPICS[rng.choice(sorted(LEGAL_TOPICS))][1]["train"].format(n=rng.randint(2, 90), place=rng.choice(PLACES[split]))
             stray = " ".join(rng.choice(STRAY_WORDS["en"]) for _ in range(rng.randint(4, 12))).capitalize() + "."
             body = other if rng.random() < 0.5 else stray
-        lines.append(f"{topic} (Clause {num}): {body}")  # topic first: the cited number follows what the question names
+        lines.append(f"{_citation(topic, num)}: {body}")
     asked = rng.randrange(len(topics))
     template = rng.choice(LEGAL_Q[split])
     question = _dress(rng, template.format(h=rng.choice(LEGAL_TOPICS[topics[asked]][0])), split)
     more = _followups(rng, split, asked, list(range(len(topics))), lambda i: (
-        _dress(rng, rng.choice(LEGAL_Q[split]).format(h=rng.choice(LEGAL_TOPICS[topics[i]][0])), split), f"Clause {numbers[i]}"))
-    return _row("legal", question, _exact(f"Clause {numbers[asked]}"), template, context="\n".join(lines), lang="en", followups=more)
+        _dress(rng, rng.choice(LEGAL_Q[split]).format(h=rng.choice(LEGAL_TOPICS[topics[i]][0])), split), _citation(topics[i], numbers[i])))
+    return _row("legal", question, _exact(_citation(topics[asked], numbers[asked])), template, context="\n".join(lines), lang="en", followups=more)
 
 
 # ---------------------------------------------------------------- multilingual (Spanish / French, answered from context)
@@ -477,14 +501,14 @@ def make_echo(rng: random.Random, split: Split) -> dict[str, Any]:
     Dense in copy targets and short, so the models learn to copy spans from the prompt (induction)
     far sooner than from the cohort rows alone, where only a few answer tokens need copying.
     """
-    pieces = [
-        lambda: _order_id(rng), lambda: _usd(rng), lambda: _eur(rng),
-        lambda: _iso_date(rng), lambda: _eu_date(rng), lambda: _name(rng, split), lambda: _code(rng, "INV", 5),
-        lambda: f"Clause {rng.randint(1, 19)}.{rng.randint(1, 9)}", lambda: rng.choice(CITIES[split]),
-        lambda: _code(rng, rng.choice("PC"), 4), lambda: _invented(rng), lambda: f"{_invented(rng)} {_invented(rng)}",
-        lambda: str(rng.randint(0, 10 ** rng.randint(1, 7))),
+    words = [lambda: _name(rng, split), lambda: _city(rng, split), lambda: _invented(rng), lambda: f"{_invented(rng)} {_invented(rng)}"]
+    others = [
+        lambda: _order_id(rng), lambda: _usd(rng), lambda: _eur(rng), lambda: _iso_date(rng), lambda: _eu_date(rng),
+        lambda: _code(rng, "INV", 5), lambda: f"Clause {rng.randint(1, 19)}.{rng.randint(1, 9)}",
+        lambda: _code(rng, rng.choice("PC"), 4), lambda: str(rng.randint(0, 10 ** rng.randint(1, 7))),
     ]
-    text = " ".join(rng.choice(pieces)() for _ in range(rng.randint(1, 4)))
+    # Mostly words: letter pieces are many and each is rarely a copy target elsewhere; digits copy well already.
+    text = " ".join(rng.choice(words if rng.random() < 0.5 else others)() for _ in range(rng.randint(1, 4)))
     return _row("echo", f"Repeat exactly: {text}", {"answer": text}, "Repeat exactly: {text}", lang="en")
 
 
@@ -526,9 +550,9 @@ def make_recall(rng: random.Random, split: Split) -> dict[str, Any]:
         if distinct(value) not in {distinct(v) for v in values}:
             values.append(value)
     if shape == "clause":
-        lines = [f"{label} (Clause {value}): " + " ".join(rng.choice(STRAY_WORDS["en"]) for _ in range(rng.randint(2, 8))).capitalize() + "."
+        lines = [f"{_citation(label, value)}: " + " ".join(rng.choice(STRAY_WORDS["en"]) for _ in range(rng.randint(2, 8))).capitalize() + "."
                  for label, value in zip(labels, values)]
-        values = [f"Clause {v}" for v in values]
+        values = [_citation(label, v) for label, v in zip(labels, values)]
     else:
         lines = [f"{label}: {value}" for label, value in zip(labels, values)]
     asked = rng.randrange(k)
