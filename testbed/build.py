@@ -1,8 +1,13 @@
 """Build the testbed: data, tokenizer, the dense and the MoE model, and the bundled corpus.
 
-    python -m testbed.build                      # full build into testbed/models/ (27.5 min measured on 2 cores)
+    python -m testbed.build                      # stage 1: full build into testbed/models/ (26.4 min on 2 cores)
+    python -m testbed.build --init-from testbed/models --steps 1000 --lr 1e-3
+                                                 # stage 2: 1,000 more steps from those checkpoints (6.3 min)
     python -m testbed.build --only dense         # one model (the tokenizer is rebuilt identically)
     python -m testbed.build --smoke --out DIR    # a few steps only (CI)
+
+The committed checkpoints are stage 1 then stage 2 (testbed/MODEL_CARD.md): in stage 1 the MoE
+model's legal citations were still half formed; stage 2 settled them (66 -> 97 % through vLLM).
 
 A full build trains both models at once, one process and one torch thread each: on 2 cores that
 is about twice as fast as one after the other with 2 threads (the matrices are too small to keep
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "models", help="output directory (gets dense/ and moe/)")
     ap.add_argument("--smoke", action="store_true", help="tiny data and a few steps: checks the pipeline, not quality")
-    ap.add_argument("--steps", type=int, default=3800)
+    ap.add_argument("--steps", type=int, default=4200)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--hidden", type=int, default=128)
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="where a full build writes the held-out evaluation corpus (not with --only or --smoke)")
     ap.add_argument("--init-from", type=Path,
                     help="continue training the checkpoints in this directory (its tokenizer is reused)")
-    ap.add_argument("--echo-share", type=float, default=0.25,
+    ap.add_argument("--echo-share", type=float, default=0.3,
                     help="share of training rows that are 'Repeat exactly: ...' copy drills")
     ap.add_argument("--recall-share", type=float, default=0.15,
                     help="share of training rows that are label look-up drills ('Fee: M-74530 ... What is the fee?')")
