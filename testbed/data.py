@@ -48,7 +48,7 @@ TOOLS: list[dict[str, Any]] = [
     },
 ]
 
-# ---------------------------------------------------------------- value pools (train / held-out disjoint)
+# ---------------------------------------------------------------- values (held-out pools; random strings in training)
 
 # Held-out value pools: real-looking names, plan tiers and cities that the models never see in training.
 HELDOUT_FIRST = ["Amara", "Bruno", "Celine", "Dmitri", "Esther", "Felix", "Gloria", "Hugo", "Ingrid", "Jonas",
