@@ -2,9 +2,9 @@
 
 Issue 4: on that run the report flags a quality regression in the planted cohort and in no other
 cohort. Issue 3: the planted regression is real (MoE at least 20 points below dense in that
-cohort). The issue's 80 %-per-cohort accuracy target is NOT asserted: the committed checkpoints
-do not reach it (testbed/MODEL_CARD.md has the measured table); the floors below only guard the
-committed checkpoints against silent breakage (order tracking is where both are near 100 %).
+cohort), and the 80 %-per-cohort target holds where the committed checkpoints meet it (analytics
+and order tracking on both, dense multilingual, MoE legal; testbed/MODEL_CARD.md has the table).
+Billing (both, 73-74 %) and dense legal (26 %) do not meet it yet and are not asserted.
 Slow: two vLLM CPU servers start (about 95 s), then 650 prompts x 2 routes (about 2 minutes).
 """
 
@@ -37,7 +37,7 @@ def testbed_run(tmp_path_factory) -> tuple:
     return db, summary.run_id
 
 
-def test_planted_regression_is_real(testbed_run) -> None:
+def test_planted_gap_and_the_targets_already_met(testbed_run) -> None:
     db, run_id = testbed_run
     _, df = load_results(db, run_id)
     table = accuracy_table(df)
@@ -45,7 +45,9 @@ def test_planted_regression_is_real(testbed_run) -> None:
     dense, moe = table["dense-baseline"], table["moe-candidate"]
     assert len([c for c in table.index if c != "all"]) == 5
     assert dense[PLANTED_COHORT] - moe[PLANTED_COHORT] >= 20, table.to_string()
-    assert dense["order_tracking"] >= 90 and moe["order_tracking"] >= 90, table.to_string()
+    met = [("dense-baseline", "analytics"), ("dense-baseline", "order_tracking"), ("dense-baseline", PLANTED_COHORT),
+           ("moe-candidate", "analytics"), ("moe-candidate", "order_tracking"), ("moe-candidate", "legal")]
+    assert all(table[route][cohort] >= 80 for route, cohort in met), table.to_string()
 
 
 def test_report_flags_the_planted_cohort_only(testbed_run, tmp_path) -> None:
