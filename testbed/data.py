@@ -507,7 +507,7 @@ def make_echo(rng: random.Random, split: Split) -> dict[str, Any]:
         lambda: _code(rng, "INV", 5), lambda: f"Clause {rng.randint(1, 19)}.{rng.randint(1, 9)}",
         lambda: _code(rng, rng.choice("PC"), 4), lambda: str(rng.randint(0, 10 ** rng.randint(1, 7))),
     ]
-    # Mostly words: letter pieces are many and each is rarely a copy target elsewhere; digits copy well already.
+    # Half words: letter pieces are many and each is rarely a copy target elsewhere; digits copy well already.
     text = " ".join(rng.choice(words if rng.random() < 0.5 else others)() for _ in range(rng.randint(1, 4)))
     return _row("echo", f"Repeat exactly: {text}", {"answer": text}, "Repeat exactly: {text}", lang="en")
 
@@ -599,7 +599,7 @@ def _row(cohort: str, question: str, expected: dict[str, Any], template: str, *,
 def generate(split: Split, counts: dict[str, int], seed: int) -> list[dict[str, Any]]:
     """Rows per cohort in the given counts; one RNG per cohort so changing one count leaves the others unchanged."""
     rows = []
-    for cohort in [*COHORTS, "echo", "recall"]:
+    for cohort in MAKERS:
         rng = random.Random(f"{seed}-{split}-{cohort}")
         rows.extend(MAKERS[cohort](rng, split) for _ in range(counts.get(cohort, 0)))
     return rows
