@@ -409,14 +409,15 @@ LEGAL_Q["train"] = _frames(
 
 
 def _citation(topic: str, number: str) -> str:
-    """A clause's heading as the context writes it, and the expected answer: `Termination (Clause 7.2)`.
+    """A clause's heading as the context writes it, and the expected answer: `Termination 7.2`.
 
-    Topic first, so the first answer token is chosen from the question alone (which topic is asked)
-    and the number is then copied from the line that starts with it. With `Clause 7.2` as the
-    answer, the number had to be picked by a heading three tokens before it, a look-up the models
-    never learned (legal at chance, 25-29 %).
+    Topic first, so the first answer token is chosen from the question alone (which topic is asked);
+    the number comes straight after the topic's last word, so copying it is a one-token look-back
+    (the token after `Termination ` in the context). `Clause 7.2` as the answer left legal at chance
+    (25-29 %); `Termination (Clause 7.2)` put three shared tokens between topic and number, and only
+    some of the models learned that longer look-back (dense 26 %, MoE 97 % through vLLM).
     """
-    return f"{topic} (Clause {number})"
+    return f"{topic} {number}"
 
 
 def make_legal(rng: random.Random, split: Split) -> dict[str, Any]:
@@ -509,6 +510,25 @@ def make_echo(rng: random.Random, split: Split) -> dict[str, Any]:
     ]
     # Half words: letter pieces are many and each is rarely a copy target elsewhere; digits copy well already.
     text = " ".join(rng.choice(words if rng.random() < 0.5 else others)() for _ in range(rng.randint(1, 4)))
+    return _row("echo", f"Repeat exactly: {text}", {"answer": text}, "Repeat exactly: {text}", lang="en")
+
+
+def make_piece_echo(rng: random.Random, pieces: list[str]) -> dict[str, Any]:
+    """'Repeat exactly: <words glued from the tokenizer's own letter pieces>' -> the same string.
+
+    A model copies a value token by token, and copies well only tokens it has often written. The
+    random training words use a few common letter pieces, so rarer pieces of the vocabulary (`Bus`,
+    `Mon`) were barely ever an answer token, and held-out values made of them came out garbled
+    (`38iness Monthly` for `Business Monthly`). Words built from every letter piece of the trained
+    tokenizer make each of them a copy target; `pieces` comes from `letter_pieces(tokenizer)`.
+    """
+    starts = [p for p in pieces if p[0].isupper()] or [p.capitalize() for p in pieces]
+    rests = [p for p in pieces if p[0].islower()]
+
+    def word() -> str:
+        return rng.choice(starts) + "".join(rng.choice(rests) for _ in range(rng.randint(0, 2)))
+
+    text = " ".join(word() for _ in range(rng.randint(1, 4)))
     return _row("echo", f"Repeat exactly: {text}", {"answer": text}, "Repeat exactly: {text}", lang="en")
 
 

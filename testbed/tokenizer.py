@@ -113,6 +113,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedT
     return _wrap(tok)
 
 
+def letter_pieces(tokenizer: PreTrainedTokenizerFast) -> list[str]:
+    """Every vocabulary entry made of letters, without its trailing space (`P`, `Bus`, `ness`)."""
+    texts = (tokenizer.convert_tokens_to_string([t]).rstrip(" ") for t in tokenizer.get_vocab())
+    return sorted({t for t in texts if t.isalpha()})
+
+
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
     """save_pretrained, plus the template inside tokenizer_config.json for loaders that only read that file."""
     out_dir = Path(out_dir)

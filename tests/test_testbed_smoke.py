@@ -92,9 +92,7 @@ def test_values_tokenize_the_same_in_context_and_answer(built: Path) -> None:
     for context, value in [("Account holder: Amara Bianchi\nPlan: Growth Yearly", "Amara Bianchi"),
                            ("Account holder: Amara Bianchi\nPlan: Growth Yearly", "Growth Yearly"),
                            ("Where is order S-64953?", "S-64953"),
-                           # The answer's closing ")" is a fixed ending, not a copy: in the context it
-                           # merges with the colon that follows ("): ").
-                           ("Liability (Clause 17.9): body", "Liability (Clause 17.9"),
+                           ("Liability 17.9: body", "Liability 17.9"),
                            ("Ciudad de envío: Zaragoza. Importe: 975,09 €", "Zaragoza")]:
         ctx, val = tok(context, add_special_tokens=False).input_ids, tok(value, add_special_tokens=False).input_ids
         assert any(ctx[i : i + len(val)] == val for i in range(len(ctx))), (context, value, tok.convert_ids_to_tokens(val))
@@ -117,3 +115,27 @@ def test_followups_are_later_turns_with_loss_on_answers_only(built: Path) -> Non
     targets = tok.decode([t for t in labels if t != IGNORE])
     assert targets == "<|im_end|>".join(answers) + "<|im_end|>"
     assert sum(1 for f in generate("heldout", {"billing": 20, "legal": 20, "multilingual": 20}, seed=3) if "followups" in f) == 0
+
+
+def test_piece_echo_drills_copy_words_made_of_the_tokenizers_letter_pieces(built: Path) -> None:
+    """Rare letter pieces (`Bus` in `Business`) become copy targets, so held-out words come out whole."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from testbed.data import make_piece_echo
+    from testbed.tokenizer import letter_pieces
+
+    tok = AutoTokenizer.from_pretrained(built / "dense")
+    pieces = letter_pieces(tok)
+    assert pieces and all(p.isalpha() for p in pieces) and {"P", "E"} <= set(pieces)
+    assert set(pieces) <= {tok.convert_tokens_to_string([t]).rstrip(" ") for t in tok.get_vocab()}
+    rng = random.Random(0)
+    rows = [make_piece_echo(rng, pieces) for _ in range(300)]
+    starts = {p for p in pieces if p[0].isupper()}
+    for row in rows:
+        answer = row["expected"]["answer"]
+        assert row["messages"][0]["content"] == f"Repeat exactly: {answer}"
+        assert all(any(word.startswith(s) for s in starts) for word in answer.split(" "))
+    used = {p for p in starts if any(p in row["expected"]["answer"] for row in rows)}
+    assert len(used) >= min(len(starts), 100)  # drawn across the vocabulary, not a few favourites
