@@ -144,18 +144,25 @@ class _Handler(BaseHTTPRequestHandler):
             content_type = (self.headers.get("Content-Type") or "application/x-protobuf").split(";")[0].strip()
             is_json = content_type == "application/json"
             request = parse_json_request(body) if is_json else parse_protobuf_request(body)
+        except Exception as e:  # a bad export must not kill the receiver; tell the sender why (not retryable)
+            self._reject(HTTPStatus.BAD_REQUEST, e)
+            return
+        try:
             self.receiver.ingest(request)
-        except Exception as e:  # a bad export must not kill the receiver; tell the sender why
-            message = f"{type(e).__name__}: {e}"
-            self.receiver.errors.append(message)
-            log.warning("otlp receiver rejected an export: %s", message)
-            self._reply(HTTPStatus.BAD_REQUEST, message.encode(), "text/plain")
+        except Exception as e:  # the store failed, not the sender: 503 makes OTLP exporters retry the batch
+            self._reject(HTTPStatus.SERVICE_UNAVAILABLE, e)
             return
         response = ExportTraceServiceResponse()
         if is_json:
             self._reply(HTTPStatus.OK, json_format.MessageToJson(response).encode(), "application/json")
         else:
             self._reply(HTTPStatus.OK, response.SerializeToString(), "application/x-protobuf")
+
+    def _reject(self, status: HTTPStatus, error: Exception) -> None:
+        message = f"{type(error).__name__}: {error}"
+        self.receiver.errors.append(message)
+        log.warning("otlp receiver rejected an export (%d): %s", status, message)
+        self._reply(status, message.encode(), "text/plain")
 
     def _reply(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
         self.send_response(status)

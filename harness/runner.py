@@ -168,33 +168,36 @@ class Mirror:
         snapshot = [r.snapshot() for r in self.routes]
         for snap in snapshot:
             snap["base_url"] = self.base_urls[snap["name"]]
-        if self.opts.resume:
-            row = self.con.execute("SELECT corpus_sha256, options FROM runs WHERE run_id = ?", [self.run_id]).fetchone()
-            if row is None:
-                raise ConfigError(f"--resume {self.run_id}: no such run in {self.opts.db}")
-            if row[0] != sha:
-                raise ConfigError(f"--resume {self.run_id}: {self.opts.corpus} has changed since the run started (SHA-256 differs)")
-            stored = json.loads(row[1])
-            for key, value in stored.items():
-                setattr(self.opts, key, value)
-            self.con.execute("UPDATE runs SET status = 'running', routes = ?, note = 'resumed' WHERE run_id = ?",
-                             [json.dumps(snapshot), self.run_id])
-            done = self.con.execute(
-                "SELECT prompt_id, route, sample FROM responses WHERE run_id = ? AND error_type IS NULL", [self.run_id]
-            ).fetchall()
-            return {(p, r, s) for p, r, s in done}
-        upsert(self.con, "runs", [{
-            "run_id": self.run_id, "started_at": datetime.now(timezone.utc), "status": "running",
-            "corpus_path": str(self.opts.corpus), "corpus_sha256": sha, "routes": snapshot,
-            "options": self.opts.stored(), "tool_version": __version__,
-        }])
-        return set()
+        # vLLM servers may already be exporting start-up spans through the same connection.
+        with self.writer.locked() as con:
+            if self.opts.resume:
+                row = con.execute("SELECT corpus_sha256, options FROM runs WHERE run_id = ?", [self.run_id]).fetchone()
+                if row is None:
+                    raise ConfigError(f"--resume {self.run_id}: no such run in {self.opts.db}")
+                if row[0] != sha:
+                    raise ConfigError(f"--resume {self.run_id}: {self.opts.corpus} has changed since the run started (SHA-256 differs)")
+                stored = json.loads(row[1])
+                for key, value in stored.items():
+                    setattr(self.opts, key, value)
+                con.execute("UPDATE runs SET status = 'running', routes = ?, note = 'resumed' WHERE run_id = ?",
+                            [json.dumps(snapshot), self.run_id])
+                done = con.execute(
+                    "SELECT prompt_id, route, sample FROM responses WHERE run_id = ? AND error_type IS NULL", [self.run_id]
+                ).fetchall()
+                return {(p, r, s) for p, r, s in done}
+            upsert(con, "runs", [{
+                "run_id": self.run_id, "started_at": datetime.now(timezone.utc), "status": "running",
+                "corpus_path": str(self.opts.corpus), "corpus_sha256": sha, "routes": snapshot,
+                "options": self.opts.stored(), "tool_version": __version__,
+            }])
+            return set()
 
     def _finish_run(self, status: str, n_prompts: int) -> None:
-        self.con.execute(
-            "UPDATE runs SET status = ?, finished_at = ?, n_prompts = ?, n_expected = ? WHERE run_id = ?",
-            [status, datetime.now(timezone.utc), n_prompts, n_prompts * len(self.routes) * self.opts.samples, self.run_id],
-        )
+        with self.writer.locked() as con:  # the OTLP receiver may be flushing server spans right now
+            con.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, n_prompts = ?, n_expected = ? WHERE run_id = ?",
+                [status, datetime.now(timezone.utc), n_prompts, n_prompts * len(self.routes) * self.opts.samples, self.run_id],
+            )
 
     # -- the run -----------------------------------------------------------------------------------
     async def run(self) -> MirrorSummary:

@@ -6,11 +6,12 @@ Writers append in batches inside transactions; a committed batch survives SIGKIL
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -226,7 +227,9 @@ class BatchWriter:
     """Buffers rows per table and writes them in one transaction per table; thread-safe.
 
     The runner (responses, prompts) and the span exporter (spans) share one writer, so both reach
-    the file through one connection. Adding never waits for a write in progress.
+    the file through one connection. Adding never waits for a write in progress. Any other use of
+    that connection while writers may flush goes through `locked()`: DuckDB refuses, rather than
+    queues, a call on a connection that is busy in another thread.
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
@@ -248,3 +251,9 @@ class BatchWriter:
             for table, rows in pending.items():
                 n = upsert(self._con, table, rows)
                 self.written[table] = self.written.get(table, 0) + n
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The shared connection, with no flush running until the block ends."""
+        with self._write_lock:
+            yield self._con

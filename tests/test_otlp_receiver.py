@@ -199,3 +199,53 @@ def test_wait_for_spans_counts_by_name(store):
     finally:
         provider.shutdown()
         receiver.stop()
+
+
+def test_spans_arriving_while_the_runner_uses_the_connection_are_all_stored(store):
+    """The runner updates its run row on the connection the receiver writes through. DuckDB refuses
+    (rather than queues) a call on a busy connection, which once lost a batch of vLLM's spans."""
+    import threading
+
+    writer = BatchWriter(store)
+    upsert(store, "runs", [{"run_id": "r1", "status": "running"}])
+    receiver = OTLPReceiver(writer).start()
+    provider = _provider(receiver.endpoint)
+    tracer = provider.get_tracer("t")
+    stop = threading.Event()
+
+    def runner_updates() -> None:
+        while not stop.is_set():
+            with writer.locked() as con:
+                con.execute("UPDATE runs SET note = ? WHERE run_id = 'r1'", [str(time.monotonic())])
+
+    thread = threading.Thread(target=runner_updates)
+    thread.start()
+    try:
+        for i in range(200):
+            with tracer.start_as_current_span(f"s-{i}"):
+                pass
+    finally:
+        stop.set()
+        thread.join()
+        provider.shutdown()
+        receiver.stop()
+    assert receiver.errors == []
+    assert store.execute("SELECT count(*) FROM spans").fetchone()[0] == 200
+
+
+def test_a_store_failure_is_answered_with_a_retryable_503(tmp_path):
+    broken = connect(tmp_path / "b.duckdb")
+    broken.close()  # every write now fails, as a full disk or a lost file would
+    receiver = OTLPReceiver(BatchWriter(broken)).start()
+    try:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        with TracerProvider().get_tracer("t").start_as_current_span("x") as span:
+            pass
+        with httpx.Client(trust_env=False) as client:
+            reply = client.post(receiver.endpoint, content=encode_spans([span]).SerializeToString(),
+                                headers={"Content-Type": "application/x-protobuf"})
+        assert reply.status_code == 503, reply.text  # OTLP exporters retry 503; a 400 would drop the batch
+        assert receiver.errors and receiver.spans_received == 0
+    finally:
+        receiver.stop()
