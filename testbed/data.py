@@ -496,6 +496,10 @@ def make_multilingual(rng: random.Random, split: Split) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- echo (training only: teaches exact copying)
 
+def _echo_row(text: str) -> dict[str, Any]:
+    return _row("echo", f"Repeat exactly: {text}", {"answer": text}, "Repeat exactly: {text}", lang="en")
+
+
 def make_echo(rng: random.Random, split: Split) -> dict[str, Any]:
     """'Repeat exactly: <ids, amounts, dates, names>' -> the same string.
 
@@ -510,7 +514,7 @@ def make_echo(rng: random.Random, split: Split) -> dict[str, Any]:
     ]
     # Half words: letter pieces are many and each is rarely a copy target elsewhere; digits copy well already.
     text = " ".join(rng.choice(words if rng.random() < 0.5 else others)() for _ in range(rng.randint(1, 4)))
-    return _row("echo", f"Repeat exactly: {text}", {"answer": text}, "Repeat exactly: {text}", lang="en")
+    return _echo_row(text)
 
 
 def make_piece_echo(rng: random.Random, pieces: list[str]) -> dict[str, Any]:
@@ -522,14 +526,14 @@ def make_piece_echo(rng: random.Random, pieces: list[str]) -> dict[str, Any]:
     (`38iness Monthly` for `Business Monthly`). Words built from every letter piece of the trained
     tokenizer make each of them a copy target; `pieces` comes from `letter_pieces(tokenizer)`.
     """
-    starts = [p for p in pieces if p[0].isupper()] or [p.capitalize() for p in pieces]
+    starts = [p for p in pieces if p[0].isupper()]  # the byte-level alphabet alone gives A-Z
     rests = [p for p in pieces if p[0].islower()]
 
     def word() -> str:
         return rng.choice(starts) + "".join(rng.choice(rests) for _ in range(rng.randint(0, 2)))
 
     text = " ".join(word() for _ in range(rng.randint(1, 4)))
-    return _row("echo", f"Repeat exactly: {text}", {"answer": text}, "Repeat exactly: {text}", lang="en")
+    return _echo_row(text)
 
 
 # ---------------------------------------------------------------- recall (training only: teaches look-up by label)
