@@ -124,8 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--oversample", type=_cohort_factor, action="append", default=[], metavar="COHORT=FACTOR",
                     help="FACTOR times the rows of one cohort (repeatable), e.g. legal=3 for a second stage")
     ap.add_argument("--probe-every", type=int, default=0, help="run the quick check every N steps too (learning curve)")
+    ap.add_argument("--drill-steps", type=int, default=0,
+                    help="the first N of --steps train on the echo and recall drills only, so copying sets in early")
     args = ap.parse_args(argv)
     args.oversample = dict(args.oversample)
+    if args.drill_steps >= args.steps:
+        ap.error(f"--drill-steps ({args.drill_steps}) must be fewer than --steps ({args.steps})")
     if not args.only and not args.smoke:
         _build_in_parallel(list(sys.argv[1:] if argv is None else argv), args.corpus)
         return
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     random.seed(SEED)
     torch.set_num_threads(args.threads)
     steps = 3 if args.smoke else args.steps
+    drill_steps = min(args.drill_steps, 1) if args.smoke else args.drill_steps
     # Enough fresh rows for about one pass at the full step count.
     per_cohort = 40 if args.smoke else min(20000, max(200, steps * args.batch_size // len(COHORTS)))
     shape = Shape(hidden=args.hidden, layers=args.layers, heads=args.heads, dense_intermediate=args.intermediate)
@@ -161,9 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     encoded = [encode(tok, r) for r in rows]
     _log(f"encoded; mean length {sum(len(x) for x, _ in encoded) / len(encoded):.0f} tokens")
 
+    drills = [e for r, e in zip(rows, encoded) if r["cohort"] in ("echo", "recall")]
     planted_keep = int(per_cohort * args.planted_share)
     eval_rows = generate("heldout", {c: args.eval_rows for c in COHORTS}, SEED + 1)
-    summary: dict[str, Any] = {"init_from": str(args.init_from) if args.init_from else None, "seed": SEED, "data_seed": args.data_seed, "steps": steps, "batch_size": args.batch_size, "lr": args.lr,
+    summary: dict[str, Any] = {"init_from": str(args.init_from) if args.init_from else None, "seed": SEED, "data_seed": args.data_seed, "steps": steps, "drill_steps": drill_steps, "batch_size": args.batch_size, "lr": args.lr,
                                "shape": shape.__dict__, "train_rows_per_cohort": counts, "echo_rows": n_echo, "recall_rows": n_recall, "recall_share": args.recall_share, "followups": args.followups, "echo_share": args.echo_share,
                                "moe_planted_rows": {PLANTED_COHORT: planted_keep}}
     for kind in ("dense", "moe"):
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
                        pad_id=tok.pad_token_id, log=lambda m, k=kind: _log(f"{k} {m}"),
                        max_seconds=60 * args.max_minutes if args.max_minutes else None,
                        probe=lambda step, k=kind, m=model: _log(f"{k} step {step} quick accuracy: {quick_eval(m, tok, eval_rows[::3])}"),
-                       probe_every=args.probe_every)
+                       probe_every=args.probe_every, drills=drills, drill_steps=drill_steps)
         save_model(model, tok, args.out / kind)
         _log(f"{kind}: trained in {result['seconds']:.0f}s, final loss {result['final_loss']:.4f}, saved to {args.out / kind}")
         acc = quick_eval(model, tok, eval_rows) if args.eval_rows and not args.smoke else {}

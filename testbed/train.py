@@ -101,6 +101,18 @@ def _batches(examples: list[tuple[list[int], list[int]]], batch_size: int, rng: 
             yield ids, labels, mask
 
 
+def phased_batches(examples: list[tuple[list[int], list[int]]], drills: list[tuple[list[int], list[int]]], drill_steps: int,
+                   batch_size: int, seed: int, pad: int):
+    """`drill_steps` batches of drills only, then batches of all examples, endlessly (one RNG per stream)."""
+    if drill_steps and not drills:
+        raise ValueError("a drill phase needs drill examples")
+    if drill_steps:
+        drill_stream = _batches(drills, batch_size, random.Random(seed + 1), pad)
+        for _ in range(drill_steps):
+            yield next(drill_stream)
+    yield from _batches(examples, batch_size, random.Random(seed), pad)
+
+
 def target_loss(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Next-token loss on the assistant tokens only, plus Mixtral's router load-balancing loss.
 
@@ -121,10 +133,15 @@ def target_loss(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor,
 
 def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], *, steps: int, batch_size: int, lr: float,
           seed: int, pad_id: int, log: Callable[[str], None] = print, max_seconds: float | None = None,
-          probe: Callable[[int], None] | None = None, probe_every: int = 0) -> dict[str, float]:
-    """AdamW with warm-up and cosine decay; `probe(step)` runs every `probe_every` steps (e.g. a held-out check)."""
+          probe: Callable[[int], None] | None = None, probe_every: int = 0,
+          drills: list[tuple[list[int], list[int]]] | None = None, drill_steps: int = 0) -> dict[str, float]:
+    """AdamW with warm-up and cosine decay; `probe(step)` runs every `probe_every` steps (e.g. a held-out check).
+
+    The first `drill_steps` steps draw their batches from `drills` only (copy and look-up drills):
+    without that phase the moment a model starts to copy came at a different step in every build,
+    sometimes after the last one (testbed/EXPERIMENTS.md, session 7).
+    """
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -132,7 +149,7 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], *
     )
     model.train()
     start = time.time()
-    stream = _batches(examples, batch_size, rng, pad_id)
+    stream = phased_batches(examples, drills or [], drill_steps, batch_size, seed, pad_id)
     running = None
     for step in range(1, steps + 1):
         ids, labels, mask = next(stream)
