@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="the first N of --steps train on the echo and recall drills only, so copying sets in early")
     args = ap.parse_args(argv)
     args.oversample = dict(args.oversample)
-    if args.drill_steps >= args.steps:
-        ap.error(f"--drill-steps ({args.drill_steps}) must be fewer than --steps ({args.steps})")
+    if not 0 <= args.drill_steps < args.steps:
+        ap.error(f"--drill-steps ({args.drill_steps}) must be at least 0 and fewer than --steps ({args.steps})")
     if not args.only and not args.smoke:
         _build_in_parallel(list(sys.argv[1:] if argv is None else argv), args.corpus)
         return

@@ -139,7 +139,8 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], *
 
     The first `drill_steps` steps draw their batches from `drills` only (copy and look-up drills):
     without that phase the moment a model starts to copy came at a different step in every build,
-    sometimes after the last one (testbed/EXPERIMENTS.md, session 7).
+    sometimes after the last one; with it both models copied by about step 2,000 in most builds
+    (testbed/EXPERIMENTS.md, sessions 7-8).
     """
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)

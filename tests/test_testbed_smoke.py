@@ -142,6 +142,8 @@ def test_piece_echo_drills_copy_words_made_of_the_tokenizers_letter_pieces(built
 
 
 def test_drill_phase_draws_its_batches_from_the_drills_only() -> None:
+    import random
+
     from testbed.train import _batches, phased_batches
 
     examples = [([1, 2, 3], [-100, 2, 3]), ([1, 2], [-100, 2])] * 8
@@ -150,8 +152,7 @@ def test_drill_phase_draws_its_batches_from_the_drills_only() -> None:
     tokens = [set(next(stream)[0].flatten().tolist()) for _ in range(8)]
     assert all(t <= {7, 8, 9} for t in tokens[:3]) and all(t <= {0, 1, 2, 3} for t in tokens[3:])
     # Without a drill phase the batches are exactly the earlier recipe's, so older builds rebuild bit for bit.
-    plain, old = phased_batches(examples, [], 0, 2, 5, 0), _batches(examples, 2, __import__("random").Random(5), 0)
+    plain, old = phased_batches(examples, [], 0, 2, 5, 0), _batches(examples, 2, random.Random(5), 0)
     assert all(next(plain)[0].equal(next(old)[0]) for _ in range(10))
     with pytest.raises(ValueError, match="drill"):
         next(phased_batches(examples, [], 2, 2, 0, 0))
-
