@@ -104,9 +104,9 @@ def _batches(examples: list[tuple[list[int], list[int]]], batch_size: int, rng: 
 def phased_batches(examples: list[tuple[list[int], list[int]]], drills: list[tuple[list[int], list[int]]], drill_steps: int,
                    batch_size: int, seed: int, pad: int):
     """`drill_steps` batches of drills only, then batches of all examples, endlessly (one RNG per stream)."""
-    if drill_steps and not drills:
-        raise ValueError("a drill phase needs drill examples")
     if drill_steps:
+        if not drills:
+            raise ValueError("a drill phase needs drill examples")
         drill_stream = _batches(drills, batch_size, random.Random(seed + 1), pad)
         for _ in range(drill_steps):
             yield next(drill_stream)
