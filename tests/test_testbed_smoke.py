@@ -156,3 +156,15 @@ def test_drill_phase_draws_its_batches_from_the_drills_only() -> None:
     assert all(next(plain)[0].equal(next(old)[0]) for _ in range(10))
     with pytest.raises(ValueError, match="drill"):
         next(phased_batches(examples, [], 2, 2, 0, 0))
+
+
+def test_seed_changes_the_initial_weights_and_is_recorded(built: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from testbed.build import main
+
+    main(["--smoke", "--only", "dense", "--seed", "7", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "build_summary_dense.json").read_text())["seed"] == 7
+    assert json.loads((built / "build_summary.json").read_text())["seed"] == 1234
+    other, default = load_file(tmp_path / "dense" / "model.safetensors"), load_file(built / "dense" / "model.safetensors")
+    assert other.keys() == default.keys() and any(not other[k].equal(default[k]) for k in default)
