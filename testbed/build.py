@@ -36,6 +36,7 @@ from testbed.train import Shape, dense_model, encode, moe_model, save_model, tra
 
 HERE = Path(__file__).resolve().parent
 SEED = 1234
+MOE_SEED: int | None = None
 PLANTED_COHORT = "multilingual"
 
 
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-minutes", type=float, help="stop training each model after this long (saves what it has)")
     ap.add_argument("--data-seed", type=int, default=SEED, help="seed of the generated training rows")
     ap.add_argument("--seed", type=int, default=SEED, help="seed of the weights' initialisation and the batch order")
+    ap.add_argument("--moe-seed", type=int, default=MOE_SEED, help="the MoE model's seed instead of --seed (testbed/MODEL_CARD.md says why)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 each when training both at once)")
     ap.add_argument("--eval-rows", type=int, default=30, help="held-out rows per cohort for the quick transformers check")
     ap.add_argument("--oversample", type=_cohort_factor, action="append", default=[], metavar="COHORT=FACTOR",
@@ -135,8 +137,6 @@ def main(argv: list[str] | None = None) -> None:
         _build_in_parallel(list(sys.argv[1:] if argv is None else argv), args.corpus)
         return
 
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
     torch.set_num_threads(args.threads)
     steps = 3 if args.smoke else args.steps
     drill_steps = min(args.drill_steps, 1) if args.smoke else args.drill_steps
@@ -170,12 +170,15 @@ def main(argv: list[str] | None = None) -> None:
     drills = [e for r, e in zip(rows, encoded) if r["cohort"] in ("echo", "recall")]
     planted_keep = int(per_cohort * args.planted_share)
     eval_rows = generate("heldout", {c: args.eval_rows for c in COHORTS}, SEED + 1)
-    summary: dict[str, Any] = {"init_from": str(args.init_from) if args.init_from else None, "seed": args.seed, "data_seed": args.data_seed, "steps": steps, "drill_steps": drill_steps, "batch_size": args.batch_size, "lr": args.lr,
+    summary: dict[str, Any] = {"init_from": str(args.init_from) if args.init_from else None, "seed": args.seed, "moe_seed": args.moe_seed, "data_seed": args.data_seed, "steps": steps, "drill_steps": drill_steps, "batch_size": args.batch_size, "lr": args.lr,
                                "shape": shape.__dict__, "train_rows_per_cohort": counts, "echo_rows": n_echo, "recall_rows": n_recall, "recall_share": args.recall_share, "followups": args.followups, "echo_share": args.echo_share,
                                "moe_planted_rows": {PLANTED_COHORT: planted_keep}}
     for kind in ("dense", "moe"):
         if args.only and args.only != kind:
             continue
+        seed = args.moe_seed if kind == "moe" and args.moe_seed is not None else args.seed
+        torch.manual_seed(seed)
+        random.seed(seed)
         if kind == "dense":
             examples = encoded
             model = dense_model(shape, len(tok), tok) if not args.init_from else _load(args.init_from / kind)
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             model = moe_model(shape, len(tok), tok) if not args.init_from else _load(args.init_from / kind)
         n_params = sum(p.numel() for p in model.parameters())
         _log(f"{kind}: {n_params:,} parameters, {len(examples)} examples, {steps} steps")
-        result = train(model, examples, steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        result = train(model, examples, steps=steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
                        pad_id=tok.pad_token_id, log=lambda m, k=kind: _log(f"{k} {m}"),
                        max_seconds=60 * args.max_minutes if args.max_minutes else None,
                        probe=lambda step, k=kind, m=model: _log(f"{k} step {step} quick accuracy: {quick_eval(m, tok, eval_rows[::3])}"),
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         acc = quick_eval(model, tok, eval_rows) if args.eval_rows and not args.smoke else {}
         if acc:
             _log(f"{kind}: quick held-out accuracy (transformers, greedy): {acc}")
-        summary[kind] = {"params": n_params, "examples": len(examples), **result, "quick_eval": acc}
+        summary[kind] = {"params": n_params, "seed": seed, "examples": len(examples), **result, "quick_eval": acc}
     summary["total_seconds"] = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     name = "build_summary.json" if not args.only else f"build_summary_{args.only}.json"

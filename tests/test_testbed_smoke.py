@@ -158,13 +158,15 @@ def test_drill_phase_draws_its_batches_from_the_drills_only() -> None:
         next(phased_batches(examples, [], 2, 2, 0, 0))
 
 
-def test_seed_changes_the_initial_weights_and_is_recorded(built: Path, tmp_path: Path) -> None:
+def test_moe_seed_changes_the_moe_model_only_and_builds_repeat_bit_for_bit(built: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     from testbed.build import main
 
-    main(["--smoke", "--only", "dense", "--seed", "7", "--out", str(tmp_path)])
-    assert json.loads((tmp_path / "build_summary_dense.json").read_text())["seed"] == 7
-    assert json.loads((built / "build_summary.json").read_text())["seed"] == 1234
-    other, default = load_file(tmp_path / "dense" / "model.safetensors"), load_file(built / "dense" / "model.safetensors")
-    assert other.keys() == default.keys() and any(not other[k].equal(default[k]) for k in default)
+    main(["--smoke", "--moe-seed", "7", "--out", str(tmp_path)])
+    summary = json.loads((tmp_path / "build_summary.json").read_text())
+    assert (summary["dense"]["seed"], summary["moe"]["seed"]) == (1234, 7)
+    for kind, same in (("dense", True), ("moe", False)):
+        this, default = load_file(tmp_path / kind / "model.safetensors"), load_file(built / kind / "model.safetensors")
+        assert this.keys() == default.keys()
+        assert all(this[k].equal(default[k]) for k in default) == same, kind
