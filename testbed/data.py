@@ -435,6 +435,12 @@ def make_legal(rng: random.Random, split: Split) -> dict[str, Any]:
             body = other if rng.random() < 0.5 else stray
         lines.append(f"{_citation(topic, num)}: {body}")
     asked = rng.randrange(len(topics))
+    if split == "train":
+        # Other clauses that name the asked topic in their body: matching the question against
+        # bodies, not headings, then picks a wrong clause (the dense model's held-out legal misses
+        # copied body words that echo the question).
+        handle = rng.choice(LEGAL_TOPICS[topics[asked]][0])
+        lines = [line if i == asked or rng.random() < 0.5 else f"{line} It does not cover {handle}." for i, line in enumerate(lines)]
     template = rng.choice(LEGAL_Q[split])
     question = _dress(rng, template.format(h=rng.choice(LEGAL_TOPICS[topics[asked]][0])), split)
     more = _followups(rng, split, asked, list(range(len(topics))), lambda i: (
@@ -551,16 +557,25 @@ def make_recall(rng: random.Random, split: Split) -> dict[str, Any]:
     the models to pick a line by its label and copy the value after it. In cohort rows the value's
     type (an amount, a date, a name) often gives the answer away, so that skill forms late and
     weakly; here only the label can decide. Labels are common nouns (asked in the context's case
-    or lower case) or invented words (asked as written).
+    or lower case), invented words (asked as written), or two words sharing one of them
+    (`Deposit date`, `Permit date`): billing's invoice date and due date were the dense model's
+    most common confusion, and there only the whole label decides.
     """
     k = rng.randint(3, 5)
-    invented = rng.random() < 0.4
+    kind = rng.choices(["noun", "invented", "shared"], weights=[0.35, 0.35, 0.3])[0]
+    invented = kind == "invented"
+    shared_noun = rng.choice(["date", "amount"]) if kind == "shared" else None
+    noun_first = rng.random() < 0.5
     labels: list[str] = []
     while len(labels) < k:
-        label = _invented(rng) if invented else rng.choice(RECALL_LABELS).capitalize()
+        if shared_noun:
+            word = rng.choice(RECALL_LABELS)
+            label = f"{shared_noun.capitalize()} {word}" if noun_first else f"{word.capitalize()} {shared_noun}"
+        else:
+            label = _invented(rng) if invented else rng.choice(RECALL_LABELS).capitalize()
         if label not in labels:
             labels.append(label)
-    shape = rng.choice(["clause", "code", "usd", "date", "word", "name", "number"])
+    shape = {"date": "date", "amount": "usd"}[shared_noun] if shared_noun else rng.choice(["clause", "code", "usd", "date", "word", "name", "number"])
     make_value = {
         "clause": lambda: f"{rng.randint(1, 19)}.{rng.randint(1, 9)}", "code": lambda: f"{rng.choice(ID_LETTERS)}-{rng.randint(1000, 99999)}",
         "usd": lambda: _usd(rng), "date": lambda: _iso_date(rng), "word": lambda: _invented(rng),
@@ -573,14 +588,17 @@ def make_recall(rng: random.Random, split: Split) -> dict[str, Any]:
         value = make_value()
         if distinct(value) not in {distinct(v) for v in values}:
             values.append(value)
+    spoken = [label if invented else label.lower() for label in labels]  # how prose and questions name a label
     if shape == "clause":
         lines = [f"{_citation(label, value)}: " + " ".join(rng.choice(STRAY_WORDS["en"]) for _ in range(rng.randint(2, 8))).capitalize() + "."
                  for label, value in zip(labels, values)]
         values = [_citation(label, v) for label, v in zip(labels, values)]
+    elif rng.random() < 0.3:
+        lines = [f"The {name} is {value}." for name, value in zip(spoken, values)]  # billing's prose contexts
     else:
         lines = [f"{label}: {value}" for label, value in zip(labels, values)]
     asked = rng.randrange(k)
-    said = labels[asked].lower() if not invented and rng.random() < 0.5 else labels[asked]
+    said = spoken[asked] if not invented and rng.random() < 0.5 else labels[asked]
     frames = ["Which clause covers {h}?", "Which clause is about {h}?", "{h}: which clause?"] if shape == "clause" else \
         ["What is the {h}?", "{h}?", "Give me the {h}.", "Look up {h}.", "I need the {h} value.", "Find {h} for me."]
     frame = rng.choice(frames)

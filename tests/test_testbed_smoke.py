@@ -170,3 +170,39 @@ def test_moe_seed_changes_the_moe_model_only_and_builds_repeat_bit_for_bit(built
         this, default = load_file(tmp_path / kind / "model.safetensors"), load_file(built / kind / "model.safetensors")
         assert this.keys() == default.keys()
         assert all(this[k].equal(default[k]) for k in default) == same, kind
+
+
+def test_shared_word_recall_drills_need_the_whole_label() -> None:
+    """Labels like `Deposit date` / `Permit date`: only the word they do not share picks the line."""
+    import re
+
+    from testbed.data import generate
+
+    shared = 0
+    for row in generate("train", {"recall": 300}, seed=5):
+        pairs = [re.fullmatch(r"(?:The )?(.+?)(?::| is) (.+?)\.?", line).groups() for line in row["context"].split("\n")]
+        words = [label.lower().split() for label, _ in pairs]
+        common = set.intersection(*(set(w) for w in words))
+        if not (common & {"date", "amount"}) or any(len(w) != 2 for w in words):
+            continue
+        shared += 1
+        question = row["messages"][0]["content"].lower()
+        named = [value for (label, value) in pairs if label.lower() in question]
+        assert named == [row["expected"]["answer"]], row
+        assert len({tuple(w) for w in words}) == len(words)  # the labels differ, in one word only
+    assert 60 <= shared <= 120  # about 30 % of the look-up drills
+
+
+def test_legal_distractor_bodies_mark_other_clauses_of_training_rows_only() -> None:
+    """Training legal rows: other clauses' bodies name the asked topic, so only the heading picks the clause."""
+    from testbed.data import generate
+
+    marked = 0
+    for row in generate("train", {"legal": 200}, seed=5):
+        for line in row["context"].split("\n"):
+            heading = line.split(":")[0]
+            if heading == row["expected"]["answer"]:
+                assert "It does not cover" not in line
+            marked += "It does not cover" in line
+    assert marked > 100  # about half the other clauses (2-3 a row)
+    assert not any("It does not cover" in row["context"] for row in generate("heldout", {"legal": 200}, seed=5))
