@@ -1,13 +1,12 @@
 """Build the testbed: data, tokenizer, the dense and the MoE model, and the bundled corpus.
 
-    python -m testbed.build                      # stage 1: full build into testbed/models/ (31.7 min on 2 cores)
-    python -m testbed.build --init-from testbed/models --steps 1000 --lr 1e-3 --data-seed 1235
-                                                 # stage 2: 1,000 more steps on fresh rows (7.1 min)
+    python -m testbed.build                      # full build into testbed/models/ (about 37 min on 2 cores)
     python -m testbed.build --only dense         # one model (the tokenizer is rebuilt identically)
     python -m testbed.build --smoke --out DIR    # a few steps only (CI)
 
-The committed checkpoints are stage 1 then stage 2 (testbed/MODEL_CARD.md): stage 2 lifted the
-dense model's legal citations (62.3 -> 76.9 % through vLLM) and the MoE model's billing.
+The committed checkpoints are what the first command writes (testbed/MODEL_CARD.md). Each model
+starts with a phase of echo and recall drills only, so it starts copying early: the dense model
+1,000 of 4,400 steps, the MoE model 2,000 of 5,000 (its copying set in later and slipped more).
 
 A full build trains both models at once, one process and one torch thread each: on 2 cores that
 is about twice as fast as one after the other with 2 threads (the matrices are too small to keep
@@ -36,6 +35,12 @@ from testbed.train import Shape, dense_model, encode, moe_model, save_model, tra
 
 HERE = Path(__file__).resolve().parent
 SEED = 1234
+# The MoE model's own schedule (the dense model's is --steps, --drill-steps). With the dense
+# model's, its copying set in later and slipped more, on one non-planted cohort or another
+# depending on its seed (session 9). With a drill phase twice as long and 600 more steps, seed
+# 1234 gave comparable non-planted cohorts; seed 1239 did not (testbed/EXPERIMENTS.md, session 10).
+MOE_STEPS = 5000
+MOE_DRILL_STEPS = 2000
 PLANTED_COHORT = "multilingual"
 
 
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "models", help="output directory (gets dense/ and moe/)")
     ap.add_argument("--smoke", action="store_true", help="tiny data and a few steps: checks the pipeline, not quality")
-    ap.add_argument("--steps", type=int, default=4600)
+    ap.add_argument("--steps", type=int, default=4400, help="the dense model's steps")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--hidden", type=int, default=128)
@@ -121,26 +126,32 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-seed", type=int, default=SEED, help="seed of the generated training rows")
     ap.add_argument("--seed", type=int, default=SEED, help="seed of the weights' initialisation and the batch order")
     ap.add_argument("--moe-seed", type=int, help="the MoE model's own seed (default: --seed); its accuracy swings with it (testbed/EXPERIMENTS.md, session 9)")
+    ap.add_argument("--moe-steps", type=int, default=MOE_STEPS, help="the MoE model's steps (--steps are the dense model's)")
+    ap.add_argument("--moe-drill-steps", type=int, default=MOE_DRILL_STEPS,
+                    help="the MoE model's drill-only steps (--drill-steps are the dense model's)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 each when training both at once)")
     ap.add_argument("--eval-rows", type=int, default=30, help="held-out rows per cohort for the quick transformers check")
     ap.add_argument("--oversample", type=_cohort_factor, action="append", default=[], metavar="COHORT=FACTOR",
                     help="FACTOR times the rows of one cohort (repeatable), e.g. legal=3 for a second stage")
     ap.add_argument("--probe-every", type=int, default=0, help="run the quick check every N steps too (learning curve)")
-    ap.add_argument("--drill-steps", type=int, default=0,
+    ap.add_argument("--drill-steps", type=int, default=1000,
                     help="the first N of --steps train on the echo and recall drills only, so copying sets in early")
     args = ap.parse_args(argv)
     args.oversample = dict(args.oversample)
-    if not 0 <= args.drill_steps < args.steps:
-        ap.error(f"--drill-steps ({args.drill_steps}) must be at least 0 and fewer than --steps ({args.steps})")
+    for prefix, drill, total in (("", args.drill_steps, args.steps), ("moe-", args.moe_drill_steps, args.moe_steps)):
+        if not 0 <= drill < total:
+            ap.error(f"--{prefix}drill-steps ({drill}) must be at least 0 and fewer than --{prefix}steps ({total})")
     if not args.only and not args.smoke:
         _build_in_parallel(list(sys.argv[1:] if argv is None else argv), args.corpus)
         return
 
     torch.set_num_threads(args.threads)
-    steps = 3 if args.smoke else args.steps
-    drill_steps = min(args.drill_steps, 1) if args.smoke else args.drill_steps
-    # Enough fresh rows for about one pass at the full step count.
-    per_cohort = 40 if args.smoke else min(20000, max(200, steps * args.batch_size // len(COHORTS)))
+    schedules = {"dense": (args.seed, args.steps, args.drill_steps), "moe": (args.seed if args.moe_seed is None else args.moe_seed, args.moe_steps, args.moe_drill_steps)}
+    if args.smoke:
+        schedules = {kind: (seed, 3, min(drill, 1)) for kind, (seed, _, drill) in schedules.items()}
+    # Enough fresh rows for about one pass at the larger step count (both models see the same rows).
+    most_steps = max(steps for _, steps, _ in schedules.values())
+    per_cohort = 40 if args.smoke else min(20000, max(200, most_steps * args.batch_size // len(COHORTS)))
     shape = Shape(hidden=args.hidden, layers=args.layers, heads=args.heads, dense_intermediate=args.intermediate)
 
     t0 = time.time()
@@ -169,13 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     drills = [e for r, e in zip(rows, encoded) if r["cohort"] in ("echo", "recall")]
     planted_keep = int(per_cohort * args.planted_share)
     eval_rows = generate("heldout", {c: args.eval_rows for c in COHORTS}, SEED + 1)
-    summary: dict[str, Any] = {"init_from": str(args.init_from) if args.init_from else None, "seed": args.seed, "moe_seed": args.moe_seed, "data_seed": args.data_seed, "steps": steps, "drill_steps": drill_steps, "batch_size": args.batch_size, "lr": args.lr,
+    summary: dict[str, Any] = {"init_from": str(args.init_from) if args.init_from else None, "data_seed": args.data_seed, "batch_size": args.batch_size, "lr": args.lr,
                                "shape": shape.__dict__, "train_rows_per_cohort": counts, "echo_rows": n_echo, "recall_rows": n_recall, "recall_share": args.recall_share, "followups": args.followups, "echo_share": args.echo_share,
                                "moe_planted_rows": {PLANTED_COHORT: planted_keep}}
     for kind in ("dense", "moe"):
         if args.only and args.only != kind:
             continue
-        seed = args.moe_seed if kind == "moe" and args.moe_seed is not None else args.seed
+        seed, steps, drill_steps = schedules[kind]
         torch.manual_seed(seed)
         random.seed(seed)
         if kind == "dense":
@@ -203,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         acc = quick_eval(model, tok, eval_rows) if args.eval_rows and not args.smoke else {}
         if acc:
             _log(f"{kind}: quick held-out accuracy (transformers, greedy): {acc}")
-        summary[kind] = {"params": n_params, "seed": seed, "examples": len(examples), **result, "quick_eval": acc}
+        summary[kind] = {"params": n_params, "seed": seed, "steps": steps, "drill_steps": drill_steps, "examples": len(examples), **result, "quick_eval": acc}
     summary["total_seconds"] = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     name = "build_summary.json" if not args.only else f"build_summary_{args.only}.json"

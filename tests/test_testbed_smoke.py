@@ -166,10 +166,23 @@ def test_moe_seed_changes_the_moe_model_only_and_builds_repeat_bit_for_bit(built
     main(["--smoke", "--moe-seed", "7", "--out", str(tmp_path)])
     summary = json.loads((tmp_path / "build_summary.json").read_text())
     assert (summary["dense"]["seed"], summary["moe"]["seed"]) == (1234, 7)
+    assert [(summary[k]["steps"], summary[k]["drill_steps"]) for k in ("dense", "moe")] == [(3, 1), (3, 1)]  # smoke: a few steps each
     for kind, same in (("dense", True), ("moe", False)):
         this, default = load_file(tmp_path / kind / "model.safetensors"), load_file(built / kind / "model.safetensors")
         assert this.keys() == default.keys()
         assert all(this[k].equal(default[k]) for k in default) == same, kind
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "100", "--drill-steps", "100"], "--drill-steps (100) must be at least 0 and fewer than --steps (100)"),
+    (["--moe-steps", "100", "--moe-drill-steps", "150"], "--moe-drill-steps (150) must be at least 0 and fewer than --moe-steps (100)"),
+])
+def test_a_drill_phase_longer_than_its_models_steps_is_refused(args: list[str], message: str, capsys) -> None:
+    from testbed.build import main
+
+    with pytest.raises(SystemExit):
+        main(["--only", "moe", *args])
+    assert message in capsys.readouterr().err
 
 
 def test_shared_word_recall_drills_need_the_whole_label() -> None:
