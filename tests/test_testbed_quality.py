@@ -2,10 +2,7 @@
 
 Issue 4: on that run the report flags a quality regression in the planted cohort and in no other
 cohort. Issue 3: the planted regression is real (MoE at least 20 points below dense in that
-cohort), and the 80 %-per-cohort target holds where the committed checkpoints meet it (every
-cohort of the MoE model, the planted one aside; dense analytics, order tracking and multilingual;
-testbed/MODEL_CARD.md has the table). Dense billing and legal (76.9 % each) do not meet it yet
-and are not asserted.
+cohort), and every other cohort of both models reaches 80 % (testbed/MODEL_CARD.md has the table).
 Slow: two vLLM CPU servers start (about 95 s), then 650 prompts x 2 routes (about 2 minutes).
 """
 
@@ -38,7 +35,7 @@ def testbed_run(tmp_path_factory) -> tuple:
     return db, summary.run_id
 
 
-def test_planted_gap_and_the_targets_already_met(testbed_run) -> None:
+def test_planted_gap_and_the_80_percent_targets(testbed_run) -> None:
     db, run_id = testbed_run
     _, df = load_results(db, run_id)
     table = accuracy_table(df)
@@ -46,9 +43,8 @@ def test_planted_gap_and_the_targets_already_met(testbed_run) -> None:
     dense, moe = table["dense-baseline"], table["moe-candidate"]
     assert len([c for c in table.index if c != "all"]) == 5
     assert dense[PLANTED_COHORT] - moe[PLANTED_COHORT] >= 20, table.to_string()
-    met = [("dense-baseline", "analytics"), ("dense-baseline", "order_tracking"), ("dense-baseline", PLANTED_COHORT),
-           ("moe-candidate", "analytics"), ("moe-candidate", "order_tracking"), ("moe-candidate", "legal"),
-           ("moe-candidate", "billing")]
+    met = [(route, cohort) for route in ("dense-baseline", "moe-candidate") for cohort in table.index
+           if cohort != "all" and (route, cohort) != ("moe-candidate", PLANTED_COHORT)]
     assert all(table[route][cohort] >= 80 for route, cohort in met), table.to_string()
 
 
