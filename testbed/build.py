@@ -1,6 +1,6 @@
 """Build the testbed: data, tokenizer, the dense and the MoE model, and the bundled corpus.
 
-    python -m testbed.build                      # full build into testbed/models/ (about 37 min on 2 cores)
+    python -m testbed.build                      # full build into testbed/models/ (35 min on 2 cores)
     python -m testbed.build --only dense         # one model (the tokenizer is rebuilt identically)
     python -m testbed.build --smoke --out DIR    # a few steps only (CI)
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="FACTOR times the rows of one cohort (repeatable), e.g. legal=3 for a second stage")
     ap.add_argument("--probe-every", type=int, default=0, help="run the quick check every N steps too (learning curve)")
     ap.add_argument("--drill-steps", type=int, default=1000,
-                    help="the first N of --steps train on the echo and recall drills only, so copying sets in early")
+                    help="the dense model's first N steps train on the echo and recall drills only, so copying sets in early")
     args = ap.parse_args(argv)
     args.oversample = dict(args.oversample)
     for prefix, drill, total in (("", args.drill_steps, args.steps), ("moe-", args.moe_drill_steps, args.moe_steps)):
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     torch.set_num_threads(args.threads)
-    schedules = {"dense": (args.seed, args.steps, args.drill_steps), "moe": (args.seed if args.moe_seed is None else args.moe_seed, args.moe_steps, args.moe_drill_steps)}
+    moe_seed = args.seed if args.moe_seed is None else args.moe_seed
+    schedules = {"dense": (args.seed, args.steps, args.drill_steps), "moe": (moe_seed, args.moe_steps, args.moe_drill_steps)}
     if args.smoke:
         schedules = {kind: (seed, 3, min(drill, 1)) for kind, (seed, _, drill) in schedules.items()}
     # Enough fresh rows for about one pass at the larger step count (both models see the same rows).
