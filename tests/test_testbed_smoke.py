@@ -177,7 +177,7 @@ def test_moe_seed_changes_the_moe_model_only_and_builds_repeat_bit_for_bit(built
     (["--steps", "100", "--drill-steps", "100"], "--drill-steps (100) must be at least 0 and fewer than --steps (100)"),
     (["--moe-steps", "100", "--moe-drill-steps", "150"], "--moe-drill-steps (150) must be at least 0 and fewer than --moe-steps (100)"),
 ])
-def test_a_drill_phase_longer_than_its_models_steps_is_refused(args: list[str], message: str, capsys) -> None:
+def test_a_drill_phase_not_shorter_than_its_models_steps_is_refused(args: list[str], message: str, capsys) -> None:
     from testbed.build import main
 
     with pytest.raises(SystemExit):
