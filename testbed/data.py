@@ -435,14 +435,15 @@ def make_legal(rng: random.Random, split: Split) -> dict[str, Any]:
             body = other if rng.random() < 0.5 else stray
         lines.append(f"{_citation(topic, num)}: {body}")
     asked = rng.randrange(len(topics))
+    handles = LEGAL_TOPICS[topics[asked]][0]  # how questions name the asked topic
     if split == "train":
         # Other clauses that name the asked topic in their body: matching the question against
         # bodies, not headings, then picks a wrong clause (the dense model's held-out legal misses
         # copied body words that echo the question).
-        handle = rng.choice(LEGAL_TOPICS[topics[asked]][0])
+        handle = rng.choice(handles)
         lines = [line if i == asked or rng.random() < 0.5 else f"{line} It does not cover {handle}." for i, line in enumerate(lines)]
     template = rng.choice(LEGAL_Q[split])
-    question = _dress(rng, template.format(h=rng.choice(LEGAL_TOPICS[topics[asked]][0])), split)
+    question = _dress(rng, template.format(h=rng.choice(handles)), split)
     more = _followups(rng, split, asked, list(range(len(topics))), lambda i: (
         _dress(rng, rng.choice(LEGAL_Q[split]).format(h=rng.choice(LEGAL_TOPICS[topics[i]][0])), split), _citation(topics[i], numbers[i])))
     return _row("legal", question, _exact(_citation(topics[asked], numbers[asked])), template, context="\n".join(lines), lang="en", followups=more)
