@@ -104,7 +104,7 @@ def main() -> None:
         write_outputs(report, args.out, (fmt,))
         print(f"render {fmt}: {time.perf_counter() - t:.2f} s")
 
-    from harness.gate import run_gate
+    from harness.gate.evaluate import run_gate
 
     policy = args.out / "gate.yaml"
     policy.write_text("alpha: 0.05\nmetrics:\n  task_completion.pass_rate: {margin: 0.02}\n"

@@ -23,13 +23,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.config import load_routes  # noqa: E402
-from harness.runner import MirrorOptions, run_mirror  # noqa: E402
+from harness.mirror.runner import MirrorOptions, run_mirror  # noqa: E402
 
 
 def start_stub(tmp: Path, tokens: int) -> tuple[subprocess.Popen, str]:
     cfg = tmp / "stub.json"
     cfg.write_text(json.dumps({"answer": " ".join(f"w{i}" for i in range(tokens - 1))}))  # + "Echo"-free answer
-    proc = subprocess.Popen([sys.executable, "-m", "harness.stub_server", "--port", "0", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", "0", "--config", str(cfg)],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     return proc, line.split("listening on ")[1].strip() + "/v1"

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from evaluators.base import BoundEvaluator, EvaluatorError, get_evaluator
+from evaluators.registry import BoundEvaluator, EvaluatorError, get_evaluator
 from harness.config import ConfigError, read_yaml
 
 DEFAULT_EVALUATORS = ["groundedness", "hallucination", "tool_selection", "task_completion"]

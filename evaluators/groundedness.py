@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from evaluators.base import EvalRecord, EvalResult, evaluator
+from evaluators.base import EvalRecord, EvalResult
+from evaluators.registry import evaluator
 from evaluators.claims import Claim, build_claims, split_sentences
 from evaluators import lexical
 

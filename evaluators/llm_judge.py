@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from evaluators.base import EvalRecord, EvalResult, evaluator
+from evaluators.base import EvalRecord, EvalResult
+from evaluators.registry import evaluator
 from evaluators.judge_client import JudgeClient, parse_score, resolve_judge_route
 
 DEFAULT_RUBRIC = "Rate how well the response answers the user's request: correct, complete, and supported by the context when one is given."

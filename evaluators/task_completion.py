@@ -16,7 +16,8 @@ from typing import Any
 
 from jsonschema import validators
 
-from evaluators.base import EvalRecord, EvalResult, evaluator
+from evaluators.base import EvalRecord, EvalResult
+from evaluators.registry import evaluator
 
 MATCHES = ("exact", "normalized", "token_f1", "regex", "contains")
 

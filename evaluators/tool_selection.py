@@ -20,7 +20,8 @@ from typing import Any
 
 from jsonschema import validators
 
-from evaluators.base import EvalRecord, EvalResult, evaluator, parse_json_field
+from evaluators.base import EvalRecord, EvalResult, parse_json_field
+from evaluators.registry import evaluator
 
 
 def _expected_calls(expected: dict[str, Any] | None) -> list[dict[str, Any]] | None:

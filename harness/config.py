@@ -33,8 +33,9 @@ class Prices(_Strict):
 
 
 class ServeSpec(_Strict):
-    """A route whose vLLM server routecheck starts itself (see harness/serve.py)."""
+    """A route whose server routecheck starts itself (see harness/serving/; engines in serving/engines/)."""
 
+    engine: str = Field("vllm", pattern=r"^[a-z0-9_]+$")  # a key of harness.serving.engines.ENGINES
     model: str
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)

@@ -16,6 +16,18 @@ from harness.config import ConfigError
 CONTEXT_PREAMBLE = "Answer using only the context below.\n\nContext:\n"
 
 
+def with_context(messages: list[dict[str, Any]], context: str | None) -> list[dict[str, Any]]:
+    """The prompt format, defined once: the context, when present, goes into the system turn
+    (appended to an existing one). The testbed trains on exactly this (testbed/data.py)."""
+    msgs = [dict(m) for m in messages]
+    if context:
+        if msgs and msgs[0].get("role") == "system":
+            msgs[0]["content"] = (msgs[0].get("content") or "") + "\n\nContext:\n" + context
+        else:
+            msgs.insert(0, {"role": "system", "content": CONTEXT_PREAMBLE + context})
+    return msgs
+
+
 class CorpusError(ConfigError):
     """A bad corpus row; the message is `file:line: what was wrong`."""
 
@@ -74,13 +86,7 @@ class PromptRecord(BaseModel):
 
     def request_messages(self) -> list[dict[str, Any]]:
         """The chat messages sent to a route: the context, when present, goes into the system turn."""
-        msgs = [m.model_dump(exclude_none=True) for m in self.messages]
-        if self.context:
-            if msgs and msgs[0]["role"] == "system":
-                msgs[0] = {**msgs[0], "content": (msgs[0].get("content") or "") + "\n\nContext:\n" + self.context}
-            else:
-                msgs.insert(0, {"role": "system", "content": CONTEXT_PREAMBLE + self.context})
-        return msgs
+        return with_context([m.model_dump(exclude_none=True) for m in self.messages], self.context)
 
     def store_row(self, run_id: str) -> dict[str, Any]:
         return {

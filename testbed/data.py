@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from harness.corpus import with_context  # the prompt format the runner sends, defined once
+
 Split = Literal["train", "heldout"]
 COHORTS = ("billing", "order_tracking", "analytics", "legal", "multilingual")
 
-# Same text as harness/corpus.py CONTEXT_PREAMBLE: the runner puts the context into the system turn.
-CONTEXT_PREAMBLE = "Answer using only the context below.\n\nContext:\n"
 
 TOOLS: list[dict[str, Any]] = [
     {
@@ -663,15 +663,8 @@ def write_corpus(path: str | Path, per_cohort: int = 130, seed: int = 20240611) 
 
 
 def request_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The messages exactly as the runner sends them (harness/corpus.py PromptRecord.request_messages)."""
-    msgs = [dict(m) for m in row["messages"]]
-    context = row.get("context")
-    if context:
-        if msgs and msgs[0]["role"] == "system":
-            msgs[0]["content"] = (msgs[0].get("content") or "") + "\n\nContext:\n" + context
-        else:
-            msgs.insert(0, {"role": "system", "content": CONTEXT_PREAMBLE + context})
-    return msgs
+    """The messages exactly as the runner sends them (harness.corpus.with_context)."""
+    return with_context(row["messages"], row.get("context"))
 
 
 def target_text(expected: dict[str, Any]) -> str:

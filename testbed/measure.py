@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.store import DEFAULT_DB, connect
-from harness.summary import resolve_run_id
+from harness.store.views import resolve_run_id
 
 ROWS_SQL = """
 SELECT r.route, r.cohort, r.prompt_id, r.sample, r.text, CAST(r.tool_calls AS VARCHAR) AS tool_calls,

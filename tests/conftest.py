@@ -18,7 +18,7 @@ class StubProcess:
         cfg_path = tmp / f"stub-{id(self)}.json"
         cfg_path.write_text(json.dumps(config))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.stub_server", "--port", "0", "--config", str(cfg_path)],
+            [sys.executable, "-m", "harness.testing.stub_server", "--port", "0", "--config", str(cfg_path)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
         )
         line = self.proc.stdout.readline()

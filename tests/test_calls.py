@@ -7,7 +7,7 @@ import duckdb
 
 from conftest import write_corpus, write_routes
 from harness.config import load_routes
-from harness.runner import MirrorOptions, run_mirror
+from harness.mirror.runner import MirrorOptions, run_mirror
 
 TOOLS = [{"type": "function", "function": {"name": "track_order", "parameters": {
     "type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}}]

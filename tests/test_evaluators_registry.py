@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-import evaluators.base as base
+import evaluators.registry as base
 from evaluators import EvalRecord, EvalResult, EvaluatorError, evaluator, get_evaluator, load_evaluator_config, parse_cli_spec, registered, resolve_specs
 
 

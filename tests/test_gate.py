@@ -8,9 +8,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from harness.gate import gate_command
+from harness.cli.gate import gate_command
 from harness.report.policy import load_policy
-from harness.report.synthetic import deterministic_store
+from harness.testing.synthetic import deterministic_store
 from harness.config import ConfigError
 
 app = typer.Typer()

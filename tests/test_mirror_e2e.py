@@ -9,7 +9,7 @@ import pytest
 from conftest import write_corpus, write_routes
 from harness.config import load_routes
 from harness.corpus import read_corpus
-from harness.runner import MirrorOptions, run_mirror
+from harness.mirror.runner import MirrorOptions, run_mirror
 
 COHORTS = ["billing", "legal", "sql", "multilingual"]
 

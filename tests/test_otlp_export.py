@@ -6,8 +6,8 @@ import duckdb
 
 from conftest import write_corpus, write_routes
 from harness.config import load_routes
-from harness.otlp_receiver import OTLPReceiver
-from harness.runner import MirrorOptions, run_mirror
+from harness.tracing.otlp_receiver import OTLPReceiver
+from harness.mirror.runner import MirrorOptions, run_mirror
 from harness.store import BatchWriter, connect
 
 

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from harness.otlp_receiver import OTLPReceiver, attach_server_spans
+from harness.tracing.otlp_receiver import OTLPReceiver, attach_server_spans
 from harness.store import BatchWriter, connect, upsert
 
 
@@ -156,7 +156,8 @@ def test_attach_server_spans_copies_run_and_route_from_the_client_span(store):
 
 
 def test_server_timings_join_responses_to_their_server_span(store):
-    from harness.otlp_receiver import server_timings
+    from harness.serving.engines import server_span_columns
+    from harness.store.views import server_timings
 
     upsert(store, "responses", [
         {"run_id": "r1", "prompt_id": "p1", "route": "moe", "sample": 0, "cohort": "sql", "latency_s": 1.0,
@@ -164,11 +165,12 @@ def test_server_timings_join_responses_to_their_server_span(store):
         {"run_id": "r1", "prompt_id": "p2", "route": "moe", "sample": 0, "cohort": "sql", "latency_s": 2.0,
          "trace_id": "t2", "span_id": "c2"},
     ])
-    upsert(store, "spans", [
+    attributes = {"gen_ai.latency.time_in_queue": 0.1, "gen_ai.latency.time_in_model_prefill": 0.05,
+                  "gen_ai.latency.time_in_model_decode": 0.6, "gen_ai.latency.time_to_first_token": 0.16,
+                  "gen_ai.latency.e2e": 0.9}
+    upsert(store, "spans", [  # as the receiver stores it: with the engine's typed columns
         {"trace_id": "t1", "span_id": "s1", "parent_span_id": "c1", "name": "llm_request", "kind": "SERVER",
-         "attributes": {"gen_ai.latency.time_in_queue": 0.1, "gen_ai.latency.time_in_model_prefill": 0.05,
-                        "gen_ai.latency.time_in_model_decode": 0.6, "gen_ai.latency.time_to_first_token": 0.16,
-                        "gen_ai.latency.e2e": 0.9}},
+         "attributes": attributes, **server_span_columns("llm_request", attributes)},
     ])
     df = server_timings(store, "r1").set_index("prompt_id")
     assert df.loc["p1", "server_queue_s"] == 0.1 and df.loc["p1", "server_decode_s"] == 0.6

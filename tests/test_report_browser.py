@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.report.command import write_report_files
-from harness.report.synthetic import deterministic_store
+from harness.report.render import write_report_files
+from harness.testing.synthetic import deterministic_store
 
 pytestmark = pytest.mark.browser
 

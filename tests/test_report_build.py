@@ -8,7 +8,7 @@ from scipy import stats as sps
 
 from harness.report.build import build_report
 from harness.report.load import ReportError
-from harness.report.synthetic import SyntheticSpec, build_store, deterministic_store
+from harness.testing.synthetic import SyntheticSpec, build_store, deterministic_store
 from harness.store import connect, upsert
 
 

@@ -12,10 +12,10 @@ import xml.etree.ElementTree as ET
 from typer.testing import CliRunner
 
 from conftest import write_corpus, write_routes
-from evaluators import score_run
+from harness.score import score_run
 from harness.cli import app
 from harness.config import load_routes
-from harness.runner import MirrorOptions, run_mirror
+from harness.mirror.runner import MirrorOptions, run_mirror
 
 COHORTS = ["billing", "legal", "multilingual"]
 

@@ -13,8 +13,9 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
-from harness.report.command import print_terminal_report, report_command, write_report_files
-from harness.report.synthetic import deterministic_store
+from harness.cli.report import report_command
+from harness.report.render import print_terminal_report, write_report_files
+from harness.testing.synthetic import deterministic_store
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "harness/report/report.schema.json").read_text())
 EVIL = '<script>document.title="PWNED"</script><img src=x onerror="document.title=1"> | pipe'

@@ -7,7 +7,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from evaluators import score_command, score_run
+from harness.cli.score import score_command
+from harness.score import score_run
 from harness import store
 
 CTX = "The Eiffel Tower is in Paris. It was completed in 1889."
@@ -120,7 +121,7 @@ def test_mirror_then_score_every_response(tmp_path, stub_server):
     """The whole path: the runner mirrors a corpus to two stub routes, then scoring fills `scores`."""
     from conftest import write_corpus, write_routes
     from harness.config import load_routes
-    from harness.runner import MirrorOptions, run_mirror
+    from harness.mirror.runner import MirrorOptions, run_mirror
 
     good = stub_server(answers={"Eiffel": "Paris"}, tool_arguments={"city": "Paris"})
     bad = stub_server(answers={"Eiffel": "Lyon"}, fail_on={"broken": 400})

@@ -18,8 +18,10 @@ import httpx
 import psutil
 import pytest
 
-import harness.serve as serve
+import harness.serving as serve
+import harness.serving.process as process
 from harness.config import ConfigError, RouteConfig
+from harness.serving.engines import vllm as vllm_engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +84,7 @@ def model_dir(tmp_path: Path) -> Path:
 def fake_vllm(tmp_path: Path, monkeypatch):
     script = tmp_path / "fake_vllm.py"
     script.write_text(FAKE_SERVER)
-    monkeypatch.setattr(serve, "build_command", lambda route, port, otlp=None: [sys.executable, str(script), "--port", str(port)])
+    monkeypatch.setattr(process, "build_command", lambda route, port, otlp=None: [sys.executable, str(script), "--port", str(port)])
     return script
 
 
@@ -101,7 +103,7 @@ def test_cpu_command_line(model_dir):
 
 
 def test_cuda_command_line(model_dir, monkeypatch):
-    monkeypatch.setattr(serve, "vllm_flavour", lambda: "cuda")
+    monkeypatch.setattr(vllm_engine, "flavour", lambda: "cuda")
     cmd = serve.build_command(_route("d", model_dir), 8232)
     serve_at = cmd.index("serve")
     assert cmd[serve_at + 1] == str(model_dir) and "--port" in cmd
@@ -231,11 +233,12 @@ PARENT = r'''
 import signal, sys, time
 from pathlib import Path
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
-import harness.serve as serve
+import harness.serving as serve
+import harness.serving.process as process
 from harness.config import RouteConfig
 fake, model_dir, log_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 if fake != "-":
-    serve.build_command = lambda route, port, otlp=None: [sys.executable, fake, "--port", str(port)]
+    process.build_command = lambda route, port, otlp=None: [sys.executable, fake, "--port", str(port)]
 extra = sys.argv[4:]
 routes = [RouteConfig(name="p", role="baseline", model="tiny", serve={"model": model_dir, "args": extra})]
 try:
@@ -313,8 +316,8 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_real_vllm_route_metrics_and_server_span(tmp_path, tiny_model):
-    from harness.otlp_receiver import OTLPReceiver
-    from harness.server_metrics import MetricsScraper, metric_deltas, server_summary
+    from harness.tracing.otlp_receiver import OTLPReceiver
+    from harness.serving.metrics import MetricsScraper, metric_deltas, server_summary
     from harness.store import BatchWriter, connect
 
     con = connect(tmp_path / "rc.duckdb")
@@ -417,7 +420,9 @@ def test_serve_command_errors_are_short(tmp_path, model_dir, fake_vllm):
     import typer
 
     app = typer.Typer()
-    app.command("serve")(serve.serve_command)
+    from harness.cli.serve import serve_command
+
+    app.command("serve")(serve_command)
     app.command("other")(lambda: None)
     routes = tmp_path / "routes.yaml"
     routes.write_text(yaml.safe_dump({"routes": [

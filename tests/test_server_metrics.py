@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from harness.server_metrics import MetricsScraper, metric_deltas, metrics_url, parse_metrics, server_summary
+from harness.serving.engines import ENGINES
+from harness.serving.metrics import MetricsScraper, metric_deltas, metrics_url, parse_metrics, server_summary
 from harness.store import BatchWriter, connect, upsert
 
 LABELS = ["model_name", "engine"]
@@ -70,7 +71,7 @@ def test_parse_keeps_listed_families_with_suffixes(fake):
 
     fake.request(10, 5, 0.05, 0.2)
     text = httpx.get(metrics_url(fake.base_url)).text
-    names = {s["metric"] for s in parse_metrics(text)}
+    names = {s["metric"] for s in parse_metrics(text, ENGINES["vllm"].metric_families)}
     assert {"vllm:prompt_tokens_total", "vllm:request_queue_time_seconds_sum", "vllm:request_queue_time_seconds_count",
             "vllm:request_queue_time_seconds_bucket", "vllm:kv_cache_usage_perc"} <= names
     assert not any(n.endswith("_created") for n in names)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from harness.gate import evaluate_gate
+from harness.gate.evaluate import evaluate_gate
 from harness.report.build import quality_only_report
 from harness.report.policy import Policy
-from harness.report.synthetic import paired_quality_frame
+from harness.testing.synthetic import paired_quality_frame
 
 SEEDS = 400
 ALPHA = 0.05
@@ -71,7 +71,7 @@ def test_drop_of_margin_caught_with_claimed_power(binary, margin):
 def _simulate_p99(factor: float, n: int = 1000, seeds: int = 300):
     """p99 latency gate (margin +20%): prompts share a latent speed on both routes (pairing)."""
     from harness.report import stats
-    from harness.report.build import compare_frame
+    from harness.report.compare import PairedRow, compare_frame
     from harness.report.model import Report
     from harness.report.policy import SERVING_METRICS
 
@@ -86,8 +86,9 @@ def _simulate_p99(factor: float, n: int = 1000, seeds: int = 300):
         base = np.exp(mu + rng.normal(0, 0.3, (4, n)))
         cand = np.exp(mu + rng.normal(0, 0.3, (4, n)))
         cand[0] *= factor
-        rows = [("moe", spec, "overall", "(all)", stats.paired_quantile(base.ravel(), cand.ravel(), 0.99, False, rng))]
-        rows += [("moe", spec, "cohort", c, stats.paired_quantile(base[i], cand[i], 0.99, False, rng)) for i, c in enumerate(cohorts)]
+        rows = [PairedRow("moe", spec, "overall", "(all)", stats.paired_quantile(base.ravel(), cand.ravel(), 0.99, False, rng))]
+        rows += [PairedRow("moe", spec, "cohort", c, stats.paired_quantile(base[i], cand[i], 0.99, False, rng))
+                 for i, c in enumerate(cohorts)]
         comps = compare_frame(rows, policy, ALPHA, lambda c, s, sc: f"{c}:{s.kind}")
         report = Report("sim", "", "", "dense", ["moe"], [], {}, cohorts, comps, [], [], [], {}, [], None)
         result = evaluate_gate(report, policy)

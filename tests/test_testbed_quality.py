@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.config import load_routes
-from harness.runner import MirrorOptions, run_mirror
-from evaluators.scoring import score_run
+from harness.mirror.runner import MirrorOptions, run_mirror
+from harness.score.run import score_run
 from testbed.build import PLANTED_COHORT
 from testbed.measure import accuracy_table, load_results
 from test_vllm_e2e import CORPUS, ROUTES, _model_processes, _testbed_missing

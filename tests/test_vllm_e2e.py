@@ -18,7 +18,7 @@ import pytest
 
 from harness.config import load_routes
 from harness.corpus import read_corpus
-from harness.runner import MirrorOptions, run_mirror
+from harness.mirror.runner import MirrorOptions, run_mirror
 
 REPO = Path(__file__).resolve().parents[1]
 ROUTES = REPO / "routes.yaml"

@@ -1,9 +1,9 @@
-"""`routecheck report`: per-cohort comparison of candidate routes with the baseline.
+"""The report stage: per-cohort comparison of candidate routes with the baseline.
 
-Entry points: `report_command` (typer command), `print_terminal_report(db, run_id)` and
-`write_report_files(db, run_id, out_dir)` for callers that already hold a run id.
+    load.py      read the run from the store (once) into frames
+    stats.py     paired statistics (bootstrap, McNemar, Wilcoxon, Holm, power)
+    compare.py   paired results -> Comparisons with verdicts (pure, no I/O)
+    discover.py  exploratory cohorts (clusters, worst slices)
+    build.py     the Report of a run: load, compare, discover
+    render/      outputs (terminal, Markdown, JSON, JUnit, HTML)
 """
-
-from harness.report.command import print_terminal_report, report_command, write_report_files
-
-__all__ = ["print_terminal_report", "report_command", "write_report_files"]

@@ -17,6 +17,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import silhouette_score
 
 from harness.report import load
+from harness.report.compare import PairedRow, compare_frame, quality_results
 from harness.report.model import Comparison, Discovery
 
 FIT_MAX = 20000          # prompts used to fit the vectoriser and KMeans (all are assigned)
@@ -26,11 +27,9 @@ MIN_SLICE = 10
 SHOWN_SLICES = 5
 
 
-def discover_cohorts(con: duckdb.DuckDBPyConnection, run_id: str, baseline: str, candidates: list[str],
+def discover_cohorts(con: duckdb.DuckDBPyConnection, run_id: str, quality: pd.DataFrame, candidates: list[str],
                      alpha: float, rng: np.random.Generator, reason: str, warnings: list[str]) -> Discovery | None:
-    from harness.report.build import compare_frame, quality_results
-
-    quality, _ = load.split_unpaired(load.load_quality(con, run_id, baseline, candidates, with_ids=True))
+    """`quality`: the run's paired quality frame with prompt ids (as build_report loaded it)."""
     texts = load.prompt_texts(con, run_id)
     texts = texts[texts["prompt_id"].isin(quality["prompt_id"].unique())]
     n = len(texts)
@@ -104,14 +103,13 @@ def discover_cohorts(con: duckdb.DuckDBPyConnection, run_id: str, baseline: str,
     )
 
 
-def _label_slices(quality: pd.DataFrame, slices: dict[str, np.ndarray], candidates: list[str], rng: np.random.Generator):
-    from harness.report.build import quality_results
-
+def _label_slices(quality: pd.DataFrame, slices: dict[str, np.ndarray], candidates: list[str],
+                  rng: np.random.Generator) -> list[PairedRow]:
     rows = []
     for label, ids in slices.items():
         sub = quality[quality["prompt_id"].isin(ids)].assign(cohort=label)
         for cand in candidates:
-            for (c, spec, scope, _, res) in quality_results(sub, cand, rng):
-                if scope == "overall":
-                    rows.append((c, spec, "slice", label, res))
+            for row in quality_results(sub, cand, rng):
+                if row.scope == "overall":
+                    rows.append(PairedRow(row.candidate, row.spec, "slice", label, row.result))
     return rows

@@ -14,6 +14,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from harness.store import views
+
 
 class ReportError(ValueError):
     """The run cannot be reported on (unknown run, no baseline, nothing to compare)."""
@@ -221,27 +223,10 @@ def load_latency_cdf(con: duckdb.DuckDBPyConnection, run_id: str, points: int = 
     return {route: {"p": probs, "latency_s": list(q)} for route, q in rows}
 
 
-SERVING_SUMMARY_SQL = """
-SELECT route, coalesce(cohort, 'default') AS cohort, count(*) AS responses, count(DISTINCT prompt_id) AS prompts,
-       quantile_cont(latency_s, 0.5)  FILTER (WHERE error_type IS NULL) AS latency_p50_s,
-       quantile_cont(latency_s, 0.95) FILTER (WHERE error_type IS NULL) AS latency_p95_s,
-       quantile_cont(latency_s, 0.99) FILTER (WHERE error_type IS NULL) AS latency_p99_s,
-       quantile_cont(ttft_s, 0.5)     FILTER (WHERE error_type IS NULL) AS ttft_p50_s,
-       quantile_cont(ttft_s, 0.99)    FILTER (WHERE error_type IS NULL) AS ttft_p99_s,
-       sum(output_tokens) FILTER (WHERE error_type IS NULL)
-         / nullif(sum(latency_s) FILTER (WHERE error_type IS NULL), 0)     AS output_tokens_per_s,
-       avg(coalesce(total_tokens, coalesce(input_tokens, 0) + coalesce(output_tokens, 0))) AS tokens_per_trace,
-       avg(coalesce(input_tokens, 0))  AS input_tokens_mean,
-       avg(coalesce(output_tokens, 0)) AS output_tokens_mean,
-       avg(CAST(error_type IS NOT NULL AS DOUBLE))       AS error_rate,
-       avg(CAST(coalesce(timed_out, false) AS DOUBLE))   AS timeout_rate
-FROM responses WHERE run_id = $run
-GROUP BY GROUPING SETS ((route, coalesce(cohort, 'default')), (route))
-"""
-
-
 def load_serving_summary(con: duckdb.DuckDBPyConnection, run_id: str, routes: list[RouteInfo]) -> pd.DataFrame:
-    df = con.execute(SERVING_SUMMARY_SQL, {"run": run_id}).df()
+    df = (views.route_cohort_summary(con, run_id)
+          .drop(columns=["role", "errors", "timeouts", "input_tokens", "output_tokens", "decode_tokens_per_s"])
+          .rename(columns={"calls": "responses"}))
     df["scope"] = np.where(df["cohort"].isna(), "overall", "cohort")
     df["cohort"] = df["cohort"].fillna("(all)")
     price_in = df["route"].map({r.name: r.input_per_mtok for r in routes}).fillna(0.0)
@@ -250,53 +235,15 @@ def load_serving_summary(con: duckdb.DuckDBPyConnection, run_id: str, routes: li
     return df
 
 
-# Server-side phases: vLLM's llm_request span is a child of the client's call span.
-SERVER_SPANS_SQL = """
-WITH s AS (
-    SELECT r.route, coalesce(r.cohort, 'default') AS cohort,
-           TRY_CAST(s.attributes->>'$."gen_ai.latency.time_in_queue"' AS DOUBLE)         AS queue_s,
-           TRY_CAST(s.attributes->>'$."gen_ai.latency.time_in_model_prefill"' AS DOUBLE) AS prefill_s,
-           TRY_CAST(s.attributes->>'$."gen_ai.latency.time_in_model_decode"' AS DOUBLE)  AS decode_s
-    FROM spans s JOIN responses r ON s.parent_span_id = r.span_id AND s.trace_id = r.trace_id
-    WHERE r.run_id = $run AND s.name = 'llm_request'
-)
-SELECT route, cohort, count(*) AS server_spans,
-       avg(queue_s) AS queue_mean_s, quantile_cont(queue_s, 0.99) AS queue_p99_s,
-       avg(prefill_s) AS prefill_mean_s, quantile_cont(prefill_s, 0.99) AS prefill_p99_s,
-       avg(decode_s) AS decode_mean_s, quantile_cont(decode_s, 0.99) AS decode_p99_s
-FROM s GROUP BY GROUPING SETS ((route, cohort), (route))
-"""
-
-
 def load_server_spans(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
-    df = con.execute(SERVER_SPANS_SQL, {"run": run_id}).df()
+    df = views.server_phases(con, run_id).drop(columns=["client_latency_mean_s", "server_e2e_mean_s"])
     df["cohort"] = df["cohort"].fillna("(all)")
     return df
 
 
-# Counters: after minus before; gauges: the peak seen during the run. Labels summed per scrape.
-SERVER_METRICS_SQL = """
-WITH per_scrape AS (
-    SELECT route, metric, phase, scraped_at, sum(value) AS value
-    FROM server_metrics
-    WHERE run_id = $run AND metric NOT LIKE '%\\_bucket' ESCAPE '\\' AND metric NOT LIKE '%\\_created' ESCAPE '\\'
-      AND (metric LIKE '%preemption%' OR metric LIKE '%requests_waiting%' OR metric LIKE '%requests_running%'
-           OR metric LIKE '%cache_usage%' OR metric LIKE '%prompt_tokens_total' OR metric LIKE '%generation_tokens_total'
-           OR metric LIKE '%request_success_total')
-    GROUP BY ALL
-)
-SELECT route, metric,
-       arg_min(value, scraped_at) FILTER (WHERE phase = 'before') AS before,
-       arg_max(value, scraped_at) FILTER (WHERE phase = 'after')  AS after,
-       max(value) FILTER (WHERE phase = 'during')                 AS peak_during
-FROM per_scrape GROUP BY route, metric ORDER BY route, metric
-"""
-
-
 def load_server_metrics(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
-    df = con.execute(SERVER_METRICS_SQL, {"run": run_id}).df()
-    df["delta"] = df["after"] - df["before"]
-    return df
+    """Counters: change over the run (restart-aware); gauges: the peak seen during the run."""
+    return views.server_panel(con, run_id)
 
 
 def prompt_texts(con: duckdb.DuckDBPyConnection, run_id: str, prompt_ids: list[str] | None = None) -> pd.DataFrame:

@@ -52,6 +52,18 @@ def quality_metrics(evaluator: str, has_pass: bool, has_score: bool) -> list[Met
     return out
 
 
+def metric_spec(name: str) -> MetricSpec:
+    """The spec of a metric by its name: a serving metric, or `<evaluator>.pass_rate|score`."""
+    for spec in SERVING_METRICS:
+        if spec.name == name:
+            return spec
+    evaluator, _, column = name.rpartition(".")
+    specs = quality_metrics(evaluator, column == "pass_rate", column == "score")
+    if not specs:
+        raise KeyError(name)
+    return specs[0]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -1,11 +1,12 @@
-"""A small OTLP/HTTP trace receiver, so vLLM's server spans land in the same `spans` table.
+"""A small OTLP/HTTP trace receiver, so the servers' own spans land in the same `spans` table.
 
-vLLM exports one SERVER span `llm_request` per request (with `--otlp-traces-endpoint`) whose
-parent is the client span named in the `traceparent` header the runner sends. Server spans carry
+A serving engine exports one SERVER span per request (vLLM with `--otlp-traces-endpoint`) whose
+parent is the client span named in the `traceparent` header the runner sends; the engine's
+`span_columns` (passed in as `span_columns`) maps its attributes to typed timing columns. Server spans carry
 no routecheck attributes; they join client spans through trace_id / parent_span_id
 (`attach_server_spans` copies run, route, prompt and cohort over once both are stored).
 
-Only traces over HTTP are accepted: protobuf (what vLLM sends with
+Only traces over HTTP are accepted: protobuf (what servers send with
 OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf) and OTLP JSON.
 """
 
@@ -18,13 +19,11 @@ import logging
 import threading
 import zlib
 from collections import Counter
-from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import duckdb
-import pandas as pd
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -33,7 +32,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from harness.store import RESPONSE_TIMINGS_SQL, BatchWriter
+from harness.serving.engines import server_span_columns
+from harness.store import BatchWriter
+from harness.tracing.span_rows import span_row
+
+# (span name, attributes) -> typed columns of a server's per-request span, or None for other spans.
+SpanColumns = Callable[[str, Mapping[str, Any]], "dict[str, Any] | None"]
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +55,18 @@ class OTLPReceiver:
     acknowledged with 200 is in the store.
     """
 
-    def __init__(self, writer: BatchWriter, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, writer: BatchWriter, host: str = "127.0.0.1", port: int = 0,
+                 span_columns: SpanColumns | None = server_span_columns):
         self._writer = writer
+        self._span_columns = span_columns  # default: every known engine's per-request span
         self._host = host
         self._port = port
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.spans_received = 0
         self.requests_received = 0
-        self.spans_by_name: Counter[str] = Counter()  # vLLM also exports start-up spans: count per name
+        self.spans_by_name: Counter[str] = Counter()  # servers also export start-up spans: count per name
+        self.server_request_spans = 0  # spans `span_columns` recognised as a server's per-request span
         self.errors: list[str] = []
         self._count_lock = threading.Condition()
 
@@ -107,7 +114,7 @@ class OTLPReceiver:
         self.stop()
 
     def ingest(self, request: ExportTraceServiceRequest) -> int:
-        rows = spans_to_rows(request)
+        rows = spans_to_rows(request, self._span_columns)
         if rows:
             self._writer.add("spans", rows)
             self._writer.flush()
@@ -115,12 +122,19 @@ class OTLPReceiver:
             self.spans_received += len(rows)
             self.requests_received += 1
             self.spans_by_name.update(r["name"] for r in rows)
+            self.server_request_spans += sum(1 for r in rows if r.get("engine"))
             self._count_lock.notify_all()
         return len(rows)
 
+    def wait_for_server_spans(self, count: int, timeout_s: float) -> bool:
+        """Block until `count` per-request server spans (as `span_columns` recognises them) have been
+        stored, or the timeout passes; returns whether they all arrived."""
+        with self._count_lock:
+            return self._count_lock.wait_for(lambda: self.server_request_spans >= count, timeout=timeout_s)
+
     def wait_for_spans(self, name: str, count: int, timeout_s: float) -> bool:
-        """Block until `count` spans called `name` (e.g. 'llm_request') have been stored, or the
-        timeout passes; returns whether they all arrived. vLLM exports in batches every ~5 s."""
+        """Block until `count` spans called `name` have been stored, or the
+        timeout passes; returns whether they all arrived (servers export in batches, every ~5 s)."""
         with self._count_lock:
             return self._count_lock.wait_for(lambda: self.spans_by_name[name] >= count, timeout=timeout_s)
 
@@ -225,13 +239,9 @@ def any_value(value: AnyValue) -> Any:
     return getattr(value, which)
 
 
-def _ns_to_datetime(ns: int) -> datetime | None:
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc) if ns else None
-
-
-def spans_to_rows(request: ExportTraceServiceRequest) -> list[dict[str, Any]]:
-    """One `spans` row per span, with the resource's service.name and typed columns where the
-    gen_ai attributes give them (token counts, TTFT)."""
+def spans_to_rows(request: ExportTraceServiceRequest, span_columns: SpanColumns | None = None) -> list[dict[str, Any]]:
+    """One `spans` row per span, with the resource's service.name; `span_columns` adds the typed
+    columns of a serving engine's per-request span."""
     rows = []
     for resource_spans in request.resource_spans:
         resource = {kv.key: any_value(kv.value) for kv in resource_spans.resource.attributes}
@@ -239,33 +249,15 @@ def spans_to_rows(request: ExportTraceServiceRequest) -> list[dict[str, Any]]:
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 attrs = {kv.key: any_value(kv.value) for kv in span.attributes}
-                start, end = span.start_time_unix_nano, span.end_time_unix_nano
-                rows.append(
-                    {
-                        "trace_id": span.trace_id.hex(),
-                        "span_id": span.span_id.hex(),
-                        "parent_span_id": span.parent_span_id.hex() or None,
-                        "name": span.name,
-                        "kind": _KIND.get(span.kind, str(span.kind)),
-                        "service_name": service,
-                        "start_time": _ns_to_datetime(start),
-                        "end_time": _ns_to_datetime(end),
-                        "duration_s": (end - start) / 1e9 if start and end else None,
-                        "status_code": _STATUS.get(span.status.code, str(span.status.code)),
-                        "status_message": span.status.message or None,
-                        "attributes": {**attrs, "otel.resource": resource} if resource else attrs,
-                        "input_tokens": _int_or_none(attrs.get("gen_ai.usage.prompt_tokens", attrs.get("gen_ai.usage.input_tokens"))),
-                        "output_tokens": _int_or_none(
-                            attrs.get("gen_ai.usage.completion_tokens", attrs.get("gen_ai.usage.output_tokens"))
-                        ),
-                        "ttft_s": attrs.get("gen_ai.latency.time_to_first_token"),
-                    }
-                )
+                extra = span_columns(span.name, attrs) if span_columns else None
+                rows.append(span_row(
+                    trace_id=span.trace_id.hex(), span_id=span.span_id.hex(), parent_span_id=span.parent_span_id.hex() or None,
+                    name=span.name, kind=_KIND.get(span.kind, str(span.kind)), service_name=service,
+                    start_ns=span.start_time_unix_nano, end_ns=span.end_time_unix_nano,
+                    status_code=_STATUS.get(span.status.code, str(span.status.code)), status_message=span.status.message,
+                    attributes={**attrs, "otel.resource": resource} if resource else attrs, extra=extra,
+                ))
     return rows
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 def attach_server_spans(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> int:
@@ -292,12 +284,3 @@ def attach_server_spans(con: duckdb.DuckDBPyConnection, run_id: str | None = Non
     return after - before
 
 
-def server_timings(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
-    """Each response with the server's own queue / prefill / decode / TTFT / e2e seconds from its
-    `llm_request` span (NULL where no span arrived), and the time spent outside the server
-    (client latency minus server e2e: network, HTTP, streaming)."""
-    return con.execute(
-        f"SELECT *, latency_s - server_e2e_s AS outside_server_s FROM ({RESPONSE_TIMINGS_SQL}) "
-        "WHERE run_id = $run_id ORDER BY route, prompt_id, sample",
-        {"run_id": run_id},
-    ).df()

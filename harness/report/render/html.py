@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.report.model import Comparison, Report  # noqa: E402
-from harness.report.render_text import (  # noqa: E402
+from harness.report.render.text import (  # noqa: E402
     HEADER, PHASE_COLUMNS, SERVING_COLUMNS, diff_text, fnum, fp, headline, serving_rows,
 )
 

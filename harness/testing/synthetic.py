@@ -169,11 +169,11 @@ def deterministic_store(path: Path, cohorts: dict[str, int] | None = None, faili
                     scores.append({"run_id": run_id, "prompt_id": pid, "route": route, "sample": s, "evaluator": "groundedness",
                                    "score": 0.8, "passed": True, "applicable": True})
                     if with_server_data:
+                        # A server's per-request span as an engine maps it at ingest (typed columns).
                         spans.append({"trace_id": f"{len(responses):032x}", "span_id": f"{len(responses):08x}aaaaaaaa",
-                                      "parent_span_id": span_id, "name": "llm_request", "service_name": "vllm",
-                                      "attributes": {"gen_ai.latency.time_in_queue": 0.01 if not cand else 0.03,
-                                                     "gen_ai.latency.time_in_model_prefill": 0.1,
-                                                     "gen_ai.latency.time_in_model_decode": 0.3}})
+                                      "parent_span_id": span_id, "name": "request", "service_name": "synthetic-server",
+                                      "engine": "synthetic", "queue_s": 0.01 if not cand else 0.03, "prefill_s": 0.1,
+                                      "decode_s": 0.3, "e2e_s": lat})
     upsert(con, "prompts", prompts)
     upsert(con, "responses", responses)
     upsert(con, "scores", scores)
@@ -183,7 +183,7 @@ def deterministic_store(path: Path, cohorts: dict[str, int] | None = None, faili
         for route in ("dense", "moe"):
             for phase, v in (("before", 10.0), ("during", 12.0), ("after", 15.0 if route == "moe" else 10.0)):
                 metrics.append({"run_id": run_id, "route": route, "scraped_at": now, "phase": phase,
-                                "metric": "vllm:num_preemptions_total", "labels": {}, "value": v})
+                                "metric": "synthetic:num_preemptions_total", "quantity": "preemptions", "labels": {}, "value": v})
         upsert(con, "server_metrics", metrics)
     con.close()
     return path

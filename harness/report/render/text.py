@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import math
-import xml.etree.ElementTree as ET
 from typing import Iterable
 
 from rich.console import Console
@@ -12,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.report.model import Comparison, Report
+from harness.report.render.junit import Case, Suite, junit_xml
 
 VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "no change": "dim", "inconclusive": "yellow"}
 VERDICT_MARK = {"regression": "REGRESSION", "improvement": "improvement", "no change": "no change", "inconclusive": "inconclusive"}
@@ -187,21 +187,17 @@ def to_markdown(report: Report, html_name: str | None = None) -> str:
 # ---------------------------------------------------------------- junit
 
 def to_junit(report: Report, suite_name: str = "routecheck.report") -> str:
-    root = ET.Element("testsuites", name=suite_name)
+    suites = []
     for cand in report.candidates:
-        # Pre-registered cohorts only: exploratory clusters never fail a CI job.
-        rows = [c for c in report.comparisons if c.candidate == cand]
-        suite = ET.SubElement(root, "testsuite", name=f"{cand} vs {report.baseline}", tests=str(len(rows)),
-                              failures=str(sum(c.verdict == "regression" for c in rows)),
-                              skipped=str(sum(c.verdict == "inconclusive" for c in rows)), errors="0")
-        for c in rows:
-            case = ET.SubElement(suite, "testcase", classname=f"routecheck.{cand}.{c.scope}", name=f"{c.cohort} :: {c.metric}")
+        suite = Suite(f"{cand} vs {report.baseline}")
+        for c in (c for c in report.comparisons if c.candidate == cand):
             detail = (f"{c.metric} in {c.cohort}: baseline {fnum(c.baseline)}, candidate {fnum(c.candidate_value)}, "
                       f"diff {diff_text(c)}, p(Holm) {fp(c.p_adjusted)}, n {c.n_prompts}, margin {fnum(c.margin)}")
+            case = Case(f"routecheck.{cand}.{c.scope}", f"{c.cohort} :: {c.metric}", "passed", output=f"{c.verdict}: {detail}")
             if c.verdict == "regression":
-                ET.SubElement(case, "failure", message=f"regression: {detail}", type="regression").text = detail
+                case.outcome, case.message, case.text = "failed", f"regression: {detail}", detail
             elif c.verdict == "inconclusive":
-                ET.SubElement(case, "skipped", message=f"inconclusive: {c.note or detail}")
-            ET.SubElement(case, "system-out").text = f"{c.verdict}: {detail}"
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+                case.outcome, case.message = "skipped", f"inconclusive: {c.note or detail}"
+            suite.cases.append(case)
+        suites.append(suite)
+    return junit_xml(suite_name, suites)

@@ -1,4 +1,4 @@
-"""OpenTelemetry setup for a run, and the attributes a route call's span carries.
+"""The attributes a route call's span carries.
 
 Names follow the OTel GenAI semantic conventions (gen_ai.*) and, for tracing products that read
 them, OpenInference (llm.*). routecheck's own keys are prefixed `routecheck.`; architecture tags
@@ -7,40 +7,11 @@ are plain (`architecture`, `active_experts`, ...) as users filter on them.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import urlparse
 
-from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-from harness import __version__
 from harness.config import RouteConfig
-from harness.openai_stream import CallResult
-from harness.span_exporter import DuckDBSpanExporter
-from harness.store import BatchWriter
-
-TRACER_NAME = "routecheck"
-
-
-def make_tracer_provider(writer: BatchWriter, otlp_endpoint: str | None = None) -> TracerProvider:
-    """Spans go to DuckDB always, and over OTLP/HTTP when an endpoint is given or set in the environment.
-
-    The provider is not installed globally, so several runs (tests) never share one.
-    """
-    provider = TracerProvider(resource=Resource.create({"service.name": "routecheck", "service.version": __version__}))
-    # Short delay: a finished call's span is durable within about a second.
-    provider.add_span_processor(BatchSpanProcessor(DuckDBSpanExporter(writer), schedule_delay_millis=1000, max_queue_size=65536))
-    endpoint = otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        if not endpoint.rstrip("/").endswith("/v1/traces"):
-            endpoint = endpoint.rstrip("/") + "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-    return provider
+from harness.mirror.openai_stream import CallResult
 
 
 def request_attributes(route: RouteConfig, run_id: str, prompt_id: str, cohort: str, sample: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +56,3 @@ def result_attributes(result: CallResult) -> dict[str, Any]:
         "error.type": result.error_type,
     }
     return {k: v for k, v in attrs.items() if v is not None}
-
-
-def tracer(provider: TracerProvider) -> trace.Tracer:
-    return provider.get_tracer(TRACER_NAME, __version__)

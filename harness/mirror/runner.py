@@ -25,10 +25,15 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from harness import __version__
 from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.corpus import CorpusStats, PromptRecord, corpus_sha256, read_corpus
-from harness.http_pool import ShardedTransport
-from harness.openai_stream import CallResult, RetryPolicy, stream_chat
+from harness.mirror.http_pool import ShardedTransport
+from harness.mirror.openai_stream import CallResult, RetryPolicy, stream_chat
 from harness.store import BatchWriter, connect, upsert
-from harness.tracing import make_tracer_provider, request_attributes, result_attributes, tracer
+from harness.mirror.attributes import request_attributes, result_attributes
+from harness.serving.engines import engine_for, server_span_columns
+from harness.serving.metrics import MetricsScraper
+from harness.serving.pool import serving
+from harness.tracing.otlp_receiver import OTLPReceiver, attach_server_spans
+from harness.tracing.provider import make_tracer_provider, tracer
 
 FLUSH_INTERVAL_S = 1.0
 SERVER_SPAN_WAIT_S = 15.0
@@ -309,31 +314,27 @@ class Mirror:
 
 def run_mirror(routes: RoutesFile, opts: MirrorOptions, on_progress: Callable[[str, RouteTally], None] | None = None,
                scrape_interval_s: float = 10.0) -> MirrorSummary:
-    """Run a mirror: start the serve: routes' vLLM servers (with an OTLP receiver for their spans and a
+    """Run a mirror: start the serve: routes' servers (with an OTLP receiver for their spans and a
     metrics scraper), send the corpus, stop the servers. SIGTERM and Ctrl-C mark the run interrupted.
     """
-    mirror = Mirror(routes, opts, on_progress)
     served = [r for r in routes.routes if r.serve is not None]
+    engines = {r.name: engine_for(r) for r in served}  # an unknown engine fails before anything starts
+    mirror = Mirror(routes, opts, on_progress)
     try:
         with contextlib.ExitStack() as stack:
             if served:
-                from harness.otlp_receiver import OTLPReceiver
-                from harness.serve import serving
-                from harness.server_metrics import MetricsScraper
-
-                receiver = stack.enter_context(OTLPReceiver(mirror.writer))
+                receiver = stack.enter_context(OTLPReceiver(mirror.writer, span_columns=server_span_columns))
                 log_dir = opts.db.parent / "logs" / mirror.run_id
                 urls = stack.enter_context(serving(served, log_dir, receiver.endpoint))
                 mirror.base_urls.update(urls)
-                stack.enter_context(MetricsScraper(urls, mirror.writer, mirror.run_id, interval_s=scrape_interval_s))
+                stack.enter_context(MetricsScraper(urls, mirror.writer, mirror.run_id, interval_s=scrape_interval_s,
+                                                   engines=engines))
             summary = _run_loop(mirror)
             if served:
-                # vLLM exports its request spans in batches every few seconds: wait for them before stopping it.
+                # Servers export their request spans in batches every few seconds: wait for them before stopping.
                 expected = sum(summary.per_route[r.name].done for r in served)
-                receiver.wait_for_spans("llm_request", expected, SERVER_SPAN_WAIT_S)
+                receiver.wait_for_server_spans(expected, SERVER_SPAN_WAIT_S)
         if served:
-            from harness.otlp_receiver import attach_server_spans
-
             mirror.writer.flush()
             attach_server_spans(mirror.con, mirror.run_id)
         return summary

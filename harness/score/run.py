@@ -1,4 +1,4 @@
-"""`routecheck score`: run evaluators over a run's responses and store the results in `scores`.
+"""The score stage: run evaluators over a run's responses and store the results in `scores`.
 
 Reads responses joined with their prompts from the store, runs each evaluator in batches and
 upserts one row per (run, prompt, route, sample, evaluator): re-scoring replaces rows, so it is
@@ -8,21 +8,18 @@ than scored, so a timeout never reads as a hallucination.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence
-
-import typer
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from evaluators.base import BoundEvaluator, EvalRecord, EvalResult, EvaluatorError, parse_json_field
+from evaluators import BoundEvaluator, EvalRecord, EvalResult, EvaluatorError, parse_json_field
 from evaluators.config import EvaluatorSpec, parse_cli_spec, resolve_specs
 from harness import store
+from harness.store.views import resolve_run_id
 
 _QUERY = """
 SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort AS r_cohort, r.text, r.tool_calls,
@@ -140,7 +137,6 @@ def score_run(
 
 def _resolve_run(con: Any, run_id: str) -> str:
     """`latest`, a full id or a unique prefix (as `routecheck runs` shows them)."""
-    from harness.summary import resolve_run_id
 
     try:
         return resolve_run_id(con, run_id)
@@ -170,37 +166,3 @@ def _evaluator_summary(con: Any, run_id: str, names: list[str]) -> dict[str, dic
             "pass_rate": None if _none(row["pass_rate"]) is None else float(row["pass_rate"]),
         }
     return out
-
-
-def print_summary(summary: ScoreSummary, console: Console | None = None) -> None:
-    console = console or Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-    table = Table(title=f"scores for run {summary.run_id} ({summary.n_responses} responses)")
-    for col in ("evaluator", "route", "applicable", "mean score", "pass rate"):
-        table.add_column(col, justify="right" if col not in ("evaluator", "route") else "left")
-    for name, routes in summary.per_evaluator.items():
-        for route, s in routes.items():
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            table.add_row(name, route, f"{s['applicable']}/{s['n']}", fmt(s["mean_score"]), fmt(s["pass_rate"]))
-    console.print(table)
-
-
-def score_command(
-    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix), or `latest`.", metavar="RUN_ID")],
-    db: Annotated[Path, typer.Option("--db", help="DuckDB store.", metavar="PATH")] = Path("traces/routecheck.duckdb"),
-    evaluators: Annotated[
-        Optional[list[str]],
-        typer.Option("--evaluator", "-e", metavar="NAME[:KEY=VALUE,...]", help="Evaluator name, optionally name:key=value,... (repeatable); default: groundedness, hallucination, tool_selection, task_completion."),
-    ] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="evaluators.yaml with evaluators and their options.", metavar="PATH")] = None,
-) -> None:
-    """Score a run's responses (RUN_ID or `latest`) with the configured evaluators; writes `scores`."""
-    err = Console(stderr=True, soft_wrap=True)
-    try:
-        specs = resolve_specs(evaluators, config)
-        if not Path(db).exists():
-            raise FileNotFoundError(f"{db}: no routecheck store here (run `routecheck mirror` first or pass --db)")
-        summary = score_run(db, run_id, specs, progress=True)
-    except (EvaluatorError, LookupError, FileNotFoundError, ValueError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(2) from None
-    print_summary(summary)

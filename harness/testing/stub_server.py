@@ -4,7 +4,7 @@ Answers are deterministic so tests can predict them: a word is a token; usage co
 all message contents (prompt) and the words sent (completion). Latency, token rate, tool calls and
 injected failures are configurable.
 
-    python -m harness.stub_server --port 0 --ttft-s 0.01 --tokens-per-s 500
+    python -m harness.testing.stub_server --port 0 --ttft-s 0.01 --tokens-per-s 500
 prints `stub listening on http://127.0.0.1:PORT` once it accepts connections.
 """
 
@@ -163,7 +163,7 @@ def serve(cfg: StubConfig, host: str = "127.0.0.1", port: int = 0) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m harness.stub_server", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m harness.testing.stub_server", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
     p.add_argument("--config", help="JSON file with StubConfig fields; flags below override it")

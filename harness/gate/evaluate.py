@@ -1,0 +1,146 @@
+"""The gate stage: a CI verdict on a run from non-inferiority rules (gate.yaml).
+
+Per candidate, gated metric and cohort (plus "overall" unless switched off):
+- the one-sided test "candidate is worse" (McNemar exact / Wilcoxon / bootstrap, as in the
+  report) is Holm-corrected across the cohorts of that metric at the metric's alpha, so a
+  gate run on data with no effect fails with probability <= alpha per gated metric (the
+  per-run bound is the sum of the gated metrics' alphas; the output states it);
+- "regression" = significant after correction and non-inferiority not shown (the one-sided
+  (1 - alpha) bound of the difference reaches past -margin);
+- "pass" = non-inferiority shown (the bound stays inside the margin);
+- "inconclusive" = neither; passes unless on_inconclusive: fail;
+- "insufficient" = fewer prompts than min_samples; warns unless on_insufficient: fail.
+Exit codes: 0 pass, 1 regression (or a failing inconclusive/insufficient), 2 bad input or config.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from scipy import stats as sps
+
+from harness.report import stats
+from harness.report.compare import power_figures
+from harness.report.model import Comparison, Report
+from harness.report.policy import Policy, check_policy_metrics, load_policy, metric_spec
+from harness.report.render.text import fnum, fp
+
+@dataclass
+class GateCheck:
+    candidate: str
+    cohort: str
+    metric: str
+    n_prompts: int
+    min_samples: int
+    diff: float
+    bound: float            # one-sided (1 - alpha) bound on the worse side
+    margin: float
+    alpha: float
+    p_worse: float
+    p_adjusted: float
+    family_size: int
+    power_at_margin: float  # chance this check catches a true drop of `margin` (Bonferroni bound for Holm)
+    prompts_for_80_power: int | None
+    status: str
+    message: str
+
+
+@dataclass
+class GateResult:
+    run_id: str
+    policy_path: str
+    checks: list[GateCheck]
+    exit_code: int
+    false_alarm_bound: float
+    summary: str
+
+
+def evaluate_gate(report: Report, policy: Policy, policy_path: str = "gate.yaml") -> GateResult:
+    """Apply the policy to the report's comparisons (pre-registered cohorts only)."""
+    by_key: dict[tuple[str, str, str], Comparison] = {
+        (c.candidate, c.metric, c.cohort): c for c in report.comparisons if c.scope in ("overall", "cohort")}
+    checks: list[GateCheck] = []
+    fa_bound = 0.0
+    for cand in report.candidates:
+        for metric, rule in policy.metrics.items():
+            if not rule.enabled:
+                continue
+            alpha = rule.alpha or policy.alpha
+            fa_bound += alpha
+            scopes = [c for c in ([("(all)")] if policy.include_overall else []) + report.cohorts
+                      if (cand, metric, c) in by_key]
+            if len(report.cohorts) <= 1:
+                scopes = [s for s in scopes if s == "(all)"] or scopes
+            pending: list[tuple[GateCheck, Comparison]] = []
+            for cohort in scopes:
+                comp = by_key[(cand, metric, cohort)]
+                margin, _, _, min_samples, enabled = policy.rule(metric, None if cohort == "(all)" else cohort)
+                check = GateCheck(cand, cohort, metric, comp.n_prompts, min_samples, comp.diff, float("nan"), comp.margin,
+                                  alpha, comp.p_worse, float("nan"), 0, float("nan"), None, "", "")
+                if not enabled:
+                    check.status, check.message = "skipped", "disabled for this cohort by the policy"
+                elif comp.n_prompts < min_samples:
+                    check.status = "insufficient"
+                    check.message = f"{comp.n_prompts} prompts < min_samples {min_samples}"
+                else:
+                    pending.append((check, comp))
+                checks.append(check)
+            adjusted = stats.holm([c.p_worse for c, _ in pending], alpha)
+            m = max(1, len(pending))
+            z = sps.norm.ppf(1 - alpha)
+            for (check, comp), p_adj in zip(pending, adjusted):
+                _decide(check, comp, p_adj, alpha, m, z)
+    regressions = [c for c in checks if c.status == "regression"]
+    failing = list(regressions)
+    if policy.on_insufficient == "fail":
+        failing += [c for c in checks if c.status == "insufficient"]
+    if policy.on_inconclusive == "fail":
+        failing += [c for c in checks if c.status == "inconclusive"]
+    if failing:
+        summary = f"FAIL: {len(regressions)} regression(s), {len(failing) - len(regressions)} other failing check(s)"
+    else:
+        summary = "PASS: no regression"
+    counts = {s: sum(c.status == s for c in checks) for s in ("pass", "inconclusive", "insufficient", "skipped")}
+    summary += " (" + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ")"
+    return GateResult(report.run_id, str(policy_path), checks, 1 if failing else 0, fa_bound, summary)
+
+
+def _decide(check: GateCheck, comp: Comparison, p_adj: float, alpha: float, m: int, z: float) -> None:
+    hib = comp.higher_is_better
+    se = comp.se if not math.isnan(comp.se) else 0.0
+    worse = -comp.diff if hib else comp.diff           # positive = candidate worse
+    check.bound = comp.diff - z * se if hib else comp.diff + z * se
+    worst_case = worse + z * se                         # one-sided bound of the drop
+    ni_shown = not math.isnan(worst_case) and not math.isnan(comp.margin) and worst_case < comp.margin
+    check.p_adjusted, check.family_size = p_adj, m
+    a_each = alpha / m
+    _, needed, power = power_figures(metric_spec(comp.metric), comp.n_prompts, comp.sd_diff, comp.se, comp.test,
+                                     comp.diff, comp.margin, a_each, two_sided=False)
+    check.power_at_margin, check.prompts_for_80_power = power, needed
+    if not math.isnan(p_adj) and p_adj < alpha and worse > 0 and not ni_shown:
+        check.status = "regression"
+        check.message = f"worse by {fnum(worse)} (margin {fnum(comp.margin)}), p(Holm) {fp(p_adj)}"
+    elif ni_shown:
+        check.status = "pass"
+        check.message = f"non-inferior: worst plausible drop {fnum(worst_case)} < margin {fnum(comp.margin)}"
+    else:
+        check.status = "inconclusive"
+        need = f"; ~{check.prompts_for_80_power} prompts for 80% power" if check.prompts_for_80_power else ""
+        check.message = f"not worse at alpha, but non-inferiority not shown (drop could be {fnum(worst_case)}){need}"
+
+
+def run_gate(db: Path | str, run_id: str, policy_path: Path | str, seed: int = 0) -> tuple[GateResult, Report]:
+    """Load, report with the policy's margins, check policy against the run, evaluate. Raises ConfigError/ReportError."""
+    from harness.report.build import make_report
+
+    policy = load_policy(policy_path)
+    report = make_report(db, run_id, policy=policy, seed=seed)
+    available = sorted({c.metric for c in report.comparisons})
+    check_policy_metrics(policy, policy_path, available, report.cohorts)
+    return evaluate_gate(report, policy, str(policy_path)), report
+
+
+def result_dict(result: GateResult) -> dict:
+    return asdict(result)

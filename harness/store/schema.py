@@ -1,0 +1,156 @@
+"""The store's schema: one DuckDB file holds runs, prompts, responses, spans, scores and server metrics.
+
+Tables are keyed so that re-running a stage replaces rows instead of duplicating them; JSON columns
+hold JSON text. Column lists double as the insert order of the batch writer.
+"""
+
+from __future__ import annotations
+
+import functools
+
+SCHEMA_VERSION = 2
+
+TABLES: dict[str, str] = {
+    "runs": """
+        run_id          VARCHAR PRIMARY KEY,
+        started_at      TIMESTAMPTZ,
+        finished_at     TIMESTAMPTZ,
+        status          VARCHAR,      -- running | completed | failed | interrupted
+        corpus_path     VARCHAR,
+        corpus_sha256   VARCHAR,
+        routes          JSON,         -- routes snapshot, secrets removed
+        options         JSON,         -- CLI options of the run (samples, limit, cohorts, ...)
+        tool_version    VARCHAR,
+        n_prompts       BIGINT,
+        n_expected      BIGINT,       -- prompts x routes x samples
+        note            VARCHAR
+    """,
+    "prompts": """
+        run_id          VARCHAR,
+        prompt_id       VARCHAR,
+        cohort          VARCHAR,
+        messages        JSON,
+        context         VARCHAR,
+        tools           JSON,
+        expected        JSON,
+        metadata        JSON,
+        source_line     BIGINT,
+        PRIMARY KEY (run_id, prompt_id)
+    """,
+    "responses": """
+        run_id          VARCHAR,
+        prompt_id       VARCHAR,
+        route           VARCHAR,
+        sample          INTEGER,
+        role            VARCHAR,      -- baseline | candidate
+        cohort          VARCHAR,
+        model           VARCHAR,      -- gen_ai.request.model
+        response_model  VARCHAR,      -- gen_ai.response.model
+        response_id     VARCHAR,
+        text            VARCHAR,
+        tool_calls      JSON,         -- OpenAI tool_calls list, arguments kept as strings
+        finish_reason   VARCHAR,
+        input_tokens    BIGINT,
+        output_tokens   BIGINT,
+        total_tokens    BIGINT,
+        usage_source    VARCHAR,      -- server | counted
+        started_at      TIMESTAMPTZ,
+        latency_s       DOUBLE,       -- end to end, first byte sent to last byte received
+        ttft_s          DOUBLE,       -- time to first content or tool-call token
+        itl_mean_s      DOUBLE,       -- mean inter-token (inter-chunk) latency
+        itl_p99_s       DOUBLE,
+        attempts        INTEGER,
+        http_status     INTEGER,
+        error_type      VARCHAR,      -- NULL when the call succeeded
+        error_message   VARCHAR,
+        timed_out       BOOLEAN,
+        trace_id        VARCHAR,
+        span_id         VARCHAR,
+        PRIMARY KEY (run_id, prompt_id, route, sample)
+    """,
+    "spans": """
+        trace_id        VARCHAR,
+        span_id         VARCHAR,
+        parent_span_id  VARCHAR,
+        name            VARCHAR,
+        kind            VARCHAR,
+        service_name    VARCHAR,      -- routecheck for client spans, the server's for received spans
+        start_time      TIMESTAMPTZ,
+        end_time        TIMESTAMPTZ,
+        duration_s      DOUBLE,
+        status_code     VARCHAR,      -- UNSET | OK | ERROR
+        status_message  VARCHAR,
+        attributes      JSON,
+        run_id          VARCHAR,
+        route           VARCHAR,
+        prompt_id       VARCHAR,
+        cohort          VARCHAR,
+        sample          INTEGER,
+        input_tokens    BIGINT,
+        output_tokens   BIGINT,
+        ttft_s          DOUBLE,
+        error_type      VARCHAR,
+        -- a serving engine's per-request span, mapped by its engine (harness/serving/engines/)
+        engine          VARCHAR,      -- NULL for other spans
+        queue_s         DOUBLE,
+        prefill_s       DOUBLE,
+        decode_s        DOUBLE,
+        e2e_s           DOUBLE,
+        PRIMARY KEY (trace_id, span_id)
+    """,
+    "scores": """
+        run_id            VARCHAR,
+        prompt_id         VARCHAR,
+        route             VARCHAR,
+        sample            INTEGER,
+        evaluator         VARCHAR,
+        score             DOUBLE,     -- in [0, 1]; NULL when not applicable
+        passed            BOOLEAN,    -- NULL when not applicable
+        applicable        BOOLEAN,
+        reason            VARCHAR,
+        details           JSON,
+        evaluator_version VARCHAR,
+        scored_at         TIMESTAMPTZ,
+        PRIMARY KEY (run_id, prompt_id, route, sample, evaluator)
+    """,
+    "server_metrics": """
+        run_id          VARCHAR,
+        route           VARCHAR,
+        scraped_at      TIMESTAMPTZ,
+        phase           VARCHAR,      -- before | during | after
+        metric          VARCHAR,      -- Prometheus sample name, as the server names it
+        labels          JSON,
+        value           DOUBLE,
+        quantity        VARCHAR       -- the engine-neutral name of the sample (engines/*.py QUANTITIES), NULL if unmapped
+    """,
+}
+
+
+def columns(table: str) -> list[str]:
+    """Column names of a table, in declaration order."""
+    cols = []
+    for line in TABLES[table].splitlines():
+        line = line.split("--")[0].strip()
+        if not line or line.upper().startswith("PRIMARY KEY"):
+            continue
+        cols.append(line.split()[0])
+    return cols
+
+
+@functools.cache
+def json_columns(table: str) -> frozenset[str]:
+    cols = set()
+    for line in TABLES[table].splitlines():
+        parts = line.split("--")[0].split()
+        if len(parts) >= 2 and parts[1].rstrip(",") == "JSON":
+            cols.add(parts[0])
+    return frozenset(cols)
+
+
+
+
+# Columns added after schema version 1: a store written by an older routecheck gains them on open.
+ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "spans": [("engine", "VARCHAR"), ("queue_s", "DOUBLE"), ("prefill_s", "DOUBLE"), ("decode_s", "DOUBLE"), ("e2e_s", "DOUBLE")],
+    "server_metrics": [("quantity", "VARCHAR")],
+}
