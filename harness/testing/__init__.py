@@ -1,0 +1,1 @@
+"""Test helpers that build small artefacts (checkpoints, tokenizers) locally, without downloads."""
