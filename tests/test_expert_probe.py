@@ -105,3 +105,40 @@ def test_probe_rejects_bad_input(tiny):
         route_sequences(model, [[1] * 300])
     with pytest.raises(ValueError, match="sources"):
         probe_records(model, [[1, 2]], sources=["x", "y"])
+
+
+TESTBED_MOE = __import__("pathlib").Path(__file__).resolve().parents[1] / "testbed" / "models" / "moe"
+
+
+@pytest.mark.skipif(not (TESTBED_MOE / "model.safetensors").is_file(), reason="no testbed MoE checkpoint")
+def test_testbed_checkpoint_batched_routing_equals_one_at_a_time():
+    # A trained model with live attention: right padding + attention mask must not change routing.
+    import torch
+
+    model, tokenizer = load_moe(TESTBED_MOE)
+    rows = [
+        ([{"role": "user", "content": "What is the amount due?"}], "$142.50"),
+        ([{"role": "system", "content": "Context:\nPlan: Premium Monthly\nAmount due: $412.54"},
+          {"role": "user", "content": "Quick question: what is the payment due date? Please answer briefly."}], "2022-07-18"),
+        ([{"role": "user", "content": "Track order 88412"}], '<tool_call>\n{"name": "track_order"}\n</tool_call>'),
+    ]
+    seqs = [chat_token_ids(tokenizer, m, a) for m, a in rows]
+    assert len({len(s) for s in seqs}) == 3
+    batched = route_sequences(model, seqs, batch_size=3)
+    single = route_sequences(model, seqs, batch_size=1)
+    E, k = model.config.num_local_experts, model.config.num_experts_per_tok
+    for seq, b, s in zip(seqs, batched, single):
+        assert len(b.layers) == model.config.num_hidden_layers
+        # the probe's top-k are the experts the model's own router picks (hook on the gate, unbatched)
+        picked = []
+        hooks = [layer.mlp.gate.register_forward_hook(lambda mod, inp, out: picked.append(out[2].clone()))
+                 for layer in model.model.layers]
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([seq]))
+        for h in hooks:
+            h.remove()
+        for li in range(len(b.layers)):
+            assert b.layers[li].probs.shape == (len(seq), E) and b.layers[li].top_k_ids.shape == (len(seq), k)
+            np.testing.assert_allclose(b.layers[li].probs, s.layers[li].probs, atol=1e-5)
+            np.testing.assert_array_equal(s.layers[li].top_k_ids, picked[li].numpy())
+            np.testing.assert_array_equal(b.layers[li].top_k_ids, s.layers[li].top_k_ids)

@@ -219,3 +219,33 @@ def test_mismatched_records_and_empty_groups():
         aggregate([one(np.zeros((0, 2), dtype=int))])
     with pytest.raises(ValueError, match="same tokens"):
         response_record([(np.array([[0, 1]]), None), (np.array([[0, 1], [2, 3]]), None)], num_experts=E, top_k=K)
+
+
+def _naive_capacity(ids, num_experts, factor):
+    """The definition as a loop: token order, slot order, a slot beyond its expert's capacity dropped."""
+    T, k = len(ids), len(ids[0])
+    cap = math.ceil(factor * T * k / num_experts - 1e-9)
+    load = [0] * num_experts
+    slots = tokens = 0
+    for row in ids:
+        lost = 0
+        for e in row:
+            if load[e] < cap:
+                load[e] += 1
+            else:
+                lost += 1
+        slots += lost
+        tokens += lost == k
+    return cap, slots, tokens
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_capacity_simulation_matches_a_loop_on_random_skewed_routers(seed):
+    rng = np.random.default_rng(seed)
+    num_experts, k = int(rng.choice([4, 8])), int(rng.choice([1, 2]))
+    T = int(rng.integers(1, 60))
+    weights = rng.dirichlet(np.full(num_experts, 0.3))  # skewed
+    ids = np.array([rng.choice(num_experts, size=k, replace=False, p=weights) for _ in range(T)])
+    for f in (0.5, 1.0, 1.25, 1.5, 2.0):
+        c = simulate_capacity(ids, num_experts, f)
+        assert (c.capacity, c.dropped_slots, c.dropped_tokens) == _naive_capacity(ids.tolist(), num_experts, f)
