@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -81,14 +81,9 @@ def analyse(records: list[EvalRecord], backend: str = "lexical", threshold: floa
         claims.extend(cs)
         claim_doc.extend([d] * len(cs))
     if claims:
-        if backend == "lexical":
-            verdicts = _lexical(claims, contexts, claim_doc, threshold)
-        elif backend == "nli":
-            verdicts = _nli(claims, contexts, claim_doc, threshold, **backend_options)
-        elif backend == "llm":
-            verdicts = _llm(claims, contexts, claim_doc, **backend_options)
-        else:
-            raise ValueError(f"groundedness: unknown backend {backend!r}; use lexical, nli or llm")
+        if backend not in BACKENDS:
+            raise ValueError(f"groundedness: unknown backend {backend!r}; use {', '.join(BACKENDS)}")
+        verdicts = BACKENDS[backend].verify(claims, contexts, claim_doc, threshold, **backend_options)
         for i, (a, b) in claim_span.items():
             out[i] = verdicts[a:b]
     return out
@@ -177,7 +172,7 @@ def _windows(context: str, max_chars: int = 1500) -> list[str]:
 _VERDICT = re.compile(r"\b(?:claim\s*)?(\d+)\s*[:.)\-]\s*\**\s*(SUPPORTED|UNSUPPORTED|CONTRADICTED|NOT SUPPORTED)", re.I)
 
 
-def _llm(claims: list[Claim], contexts: list[str], claim_doc: list[int], route: str | None = None, routes: str = "routes.yaml", base_url: str | None = None, model: str | None = None) -> list[ClaimVerdict]:
+def _llm(claims: list[Claim], contexts: list[str], claim_doc: list[int], threshold: float | None = None, route: str | None = None, routes: str = "routes.yaml", base_url: str | None = None, model: str | None = None) -> list[ClaimVerdict]:
     """One judge request per record listing its claims; unparsed claims count as unsupported."""
     from evaluators.judge_client import JudgeClient, resolve_judge_route
 
@@ -210,11 +205,23 @@ def _llm(claims: list[Claim], contexts: list[str], claim_doc: list[int], route: 
     return [v for v in verdicts if v is not None]
 
 
-_BACKEND_OPTIONS = {
-    "lexical": set(),
-    "nli": {"model_dir", "batch_size", "max_length"},
-    "llm": {"route", "routes", "base_url", "model"},
+@dataclass(frozen=True)
+class Backend:
+    """A way to verify claims against contexts: `verify(claims, contexts, claim_doc, threshold, **options)`
+    returns one ClaimVerdict per claim; `options` are the evaluator options it takes."""
+
+    verify: Callable[..., list[ClaimVerdict]]
+    options: frozenset[str] = frozenset()
+    default_threshold: float = 0.5
+
+
+# The groundedness back-ends. A new one: a verify function above and one line here.
+BACKENDS: dict[str, Backend] = {
+    "lexical": Backend(_lexical, default_threshold=lexical.CLAIM_THRESHOLD),
+    "nli": Backend(_nli, frozenset({"model_dir", "batch_size", "max_length"})),
+    "llm": Backend(_llm, frozenset({"route", "routes", "base_url", "model"}), default_threshold=1.0),
 }
+_BACKEND_OPTIONS = {name: set(b.options) for name, b in BACKENDS.items()}
 
 
 class _ClaimEvaluator:
@@ -234,7 +241,7 @@ class _ClaimEvaluator:
         model: str | None = None,
     ):
         if backend not in _BACKEND_OPTIONS:
-            raise ValueError(f"unknown backend {backend!r}; use lexical, nli or llm")
+            raise ValueError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
         given = {"model_dir": model_dir, "route": route, "base_url": base_url, "model": model}
         stray = sorted(k for k, v in given.items() if v is not None and k not in _BACKEND_OPTIONS[backend])
         if stray:
@@ -265,7 +272,7 @@ class Groundedness(_ClaimEvaluator):
 
     def evaluate(self, records: list[EvalRecord]) -> list[EvalResult]:
         # llm verdicts are 0/1, so its default asks for every claim to be supported.
-        default_thr = {"lexical": lexical.CLAIM_THRESHOLD, "llm": 1.0}.get(self.backend, 0.5)
+        default_thr = BACKENDS[self.backend].default_threshold
         thr = default_thr if self.threshold is None else self.threshold
         results = []
         for verdicts in self.verdicts(records):

@@ -1,4 +1,4 @@
-"""A non-streaming OpenAI chat-completions client for judge routes, and robust score parsing.
+"""Judge routes (through the runner's OpenAI client), and robust score parsing.
 
 Judges are routes from routes.yaml (or a bare base_url + model), so any OpenAI-compatible
 server can judge: a local vLLM, or a hosted model through its api_key_env.
@@ -6,10 +6,9 @@ server can judge: a local vLLM, or a hosted model through its api_key_env.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import httpx
 
 from harness.config import RouteConfig, load_routes
+from harness.mirror.http_pool import ShardedTransport
+from harness.mirror.openai_stream import RetryPolicy, stream_chat
 
 
 @dataclass
@@ -64,44 +65,49 @@ def resolve_judge_route(route: str | None = None, routes: str | Path = "routes.y
 
 
 class JudgeClient:
+    """A judge calls its route with the runner's own client (harness.mirror.openai_stream): the same
+    streaming, timing, retry rules (RetryPolicy: connection errors, 408/409/425/429, 5xx,
+    Retry-After) and connection pool as the routes it judges; no second HTTP client."""
+
     def __init__(self, route: JudgeRoute):
         self.route = route
-        headers = {"Authorization": f"Bearer {route.api_key}"} if route.api_key else {}
-        self._http = httpx.Client(base_url=route.base_url.rstrip("/"), headers=headers, timeout=route.timeout_s)
+        self.retry = RetryPolicy(max_retries=route.max_retries)
 
     def close(self) -> None:
-        self._http.close()
+        pass
+
+    def _client(self) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.route.api_key}"} if self.route.api_key else {}
+        return httpx.AsyncClient(base_url=self.route.base_url.rstrip("/") + "/", headers=headers,
+                                 timeout=httpx.Timeout(self.route.timeout_s, connect=min(10.0, self.route.timeout_s)),
+                                 transport=ShardedTransport(self.route.max_concurrency))
+
+    def _body(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"model": self.route.model, "messages": messages, "temperature": self.route.temperature,
+                "max_tokens": self.route.max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+
+    async def _complete(self, client: httpx.AsyncClient, messages: list[dict[str, Any]], slots: asyncio.Semaphore) -> str:
+        async with slots:
+            result = await stream_chat(client, self._body(messages), {}, self.route.timeout_s, self.retry)
+        if not result.ok:
+            raise RuntimeError(f"judge route {self.route.name!r} failed: {result.error_type}: {result.error_message}")
+        return result.text
+
+    async def _many(self, conversations: list[list[dict[str, Any]]]) -> list[str | Exception]:
+        slots = asyncio.Semaphore(max(1, min(self.route.max_concurrency, 16)))
+        async with self._client() as client:
+            return await asyncio.gather(*(self._complete(client, c, slots) for c in conversations), return_exceptions=True)
 
     def complete(self, messages: list[dict[str, Any]]) -> str:
-        """One chat completion; retries transient failures (connection errors, 429, 5xx)."""
-        body = {"model": self.route.model, "messages": messages, "temperature": self.route.temperature, "max_tokens": self.route.max_tokens, "stream": False}
-        last: Exception | None = None
-        for attempt in range(self.route.max_retries + 1):
-            try:
-                resp = self._http.post("/chat/completions", json=body)
-                if resp.status_code == 429 or resp.status_code >= 500:
-                    raise httpx.HTTPStatusError(f"HTTP {resp.status_code}", request=resp.request, response=resp)
-                resp.raise_for_status()
-                return resp.json()["choices"][0]["message"].get("content") or ""
-            except (httpx.TransportError, httpx.HTTPStatusError) as e:
-                last = e
-                status = getattr(getattr(e, "response", None), "status_code", None)
-                if status is not None and status < 500 and status != 429:
-                    break
-                time.sleep(min(0.5 * 2**attempt, 5.0))
-        raise RuntimeError(f"judge route {self.route.name!r} failed: {last}")
+        """One chat completion; raises RuntimeError when the call fails after its retries."""
+        reply = self.complete_many([messages])[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def complete_many(self, conversations: list[list[dict[str, Any]]]) -> list[str | Exception]:
         """Concurrent completions (bounded by the route's max_concurrency); errors returned, not raised."""
-
-        def one(msgs: list[dict[str, Any]]) -> str | Exception:
-            try:
-                return self.complete(msgs)
-            except Exception as e:  # noqa: BLE001 - reported per record
-                return e
-
-        with ThreadPoolExecutor(max_workers=max(1, min(self.route.max_concurrency, 16))) as pool:
-            return list(pool.map(one, conversations))
+        return asyncio.run(self._many(conversations))
 
 
 _SCORE_PATTERNS = [

@@ -12,14 +12,14 @@ from harness.config import ConfigError
 from harness.report.build import make_report
 from harness.report.load import ReportError
 from harness.report.policy import check_policy_metrics, load_policy
-from harness.report.render import default_out_dir, parse_formats, write_outputs
+from harness.report.render import FORMATS, default_out_dir, parse_formats, write_outputs
 from harness.store import DEFAULT_DB
 
 
 def report_command(
     run_id: str = typer.Argument(..., help="Run id, a unique prefix, or 'latest'.", metavar="RUN_ID"),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.", metavar="PATH"),
-    formats: str = typer.Option("md,json,junit,html", "--formats", help="Files to write: any of md,json,junit,html.", metavar="LIST"),
+    formats: str = typer.Option(",".join(FORMATS), "--formats", help=f"Files to write: any of {','.join(FORMATS)}.", metavar="LIST"),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where to write the files (default reports/RUN/).", metavar="DIR"),
     policy: Optional[Path] = typer.Option(None, "--policy", help="gate.yaml whose margins and alpha the verdicts use.", metavar="PATH"),
     discover_cohorts: bool = typer.Option(False, "--discover-cohorts", help="Also cluster prompts (TF-IDF + KMeans) and search worst slices (automatic when prompts have no cohort labels)."),

@@ -1,41 +1,72 @@
 """Report outputs: terminal, Markdown, JSON, JUnit and HTML, each a function of the Report.
 
-    text.py  terminal tables and Markdown (and the number formats every output shares)
-    html.py  the self-contained HTML page
+    RENDERERS (below)  the file formats `routecheck report --formats` writes
+    text.py            terminal tables and Markdown (and the number formats every output shares)
+    html.py            the self-contained HTML page
+    junit.py           JUnit XML (shared with the gate)
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 
 from harness.report.build import make_report
 from harness.report.model import Report
 
-FORMATS = ("md", "json", "junit", "html")
+@dataclass(frozen=True)
+class Renderer:
+    """One output format: the file it writes (`report<suffix>`) and how (`render(report, paths)`,
+    where `paths` holds the files written before it, so Markdown can link the HTML page)."""
+
+    suffix: str
+    render: Callable[[Report, dict[str, Path]], str]
+
+
+def _html(report: Report, paths: dict[str, Path]) -> str:
+    from harness.report.render.html import to_html
+
+    return to_html(report)
+
+
+def _markdown(report: Report, paths: dict[str, Path]) -> str:
+    from harness.report.render.text import to_markdown
+
+    return to_markdown(report, paths["html"].name if "html" in paths else "report.html")
+
+
+def _json(report: Report, paths: dict[str, Path]) -> str:
+    return json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
+
+
+def _junit(report: Report, paths: dict[str, Path]) -> str:
+    from harness.report.render.text import to_junit
+
+    return to_junit(report)
+
+
+# The report's file outputs, in the order they are written. A new format: a function and one line here.
+RENDERERS: dict[str, Renderer] = {
+    "html": Renderer(".html", _html),
+    "md": Renderer(".md", _markdown),
+    "json": Renderer(".json", _json),
+    "junit": Renderer(".junit.xml", _junit),
+}
+FORMATS = tuple(RENDERERS)
 
 
 def write_outputs(report: Report, out_dir: Path, formats: tuple[str, ...] = FORMATS, stem: str = "report") -> dict[str, Path]:
-    from harness.report.render.text import to_junit, to_markdown
-
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    if "html" in formats:
-        from harness.report.render.html import to_html
-
-        paths["html"] = out_dir / f"{stem}.html"
-        paths["html"].write_text(to_html(report), encoding="utf-8")
-    if "md" in formats:
-        paths["md"] = out_dir / f"{stem}.md"
-        paths["md"].write_text(to_markdown(report, paths.get("html", Path(f"{stem}.html")).name), encoding="utf-8")
-    if "json" in formats:
-        paths["json"] = out_dir / f"{stem}.json"
-        paths["json"].write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-    if "junit" in formats:
-        paths["junit"] = out_dir / f"{stem}.junit.xml"
-        paths["junit"].write_text(to_junit(report), encoding="utf-8")
+    for name, renderer in RENDERERS.items():
+        if name in formats:
+            path = out_dir / f"{stem}{renderer.suffix}"
+            path.write_text(renderer.render(report, paths), encoding="utf-8")
+            paths[name] = path
     return paths
 
 
