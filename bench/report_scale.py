@@ -97,7 +97,7 @@ def main() -> None:
     for k, v in report.timings_s.items():
         print(f"  {k}: {v:.2f} s")
 
-    from harness.report.command import write_outputs
+    from harness.report.render import write_outputs
 
     for fmt in ("json", "md", "junit", "html"):
         t = time.perf_counter()
