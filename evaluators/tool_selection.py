@@ -5,6 +5,8 @@ Expected forms (in the corpus row's `expected`):
 - `{"tool": ["a", "b"], "arguments": [{...}, {...}]}`  parallel calls, order-insensitive
 - `{"tool_calls": [{"name": "a", "arguments": {...}}, ...]}`
 - `{"tool": null}` (or `"none"`, or `"tool_calls": []`): the right behaviour is not to call a tool.
+- `{"possible_answer": [{"fn": {"param": [accepted values]}}, ...]}`: BFCL ground truth, checked
+  by BFCL's AST rules (evaluators/bfcl.py): score 1 or 0, details.calls has the per-call verdicts.
 
 A call when none was expected and no call when one was expected both fail (score 0): "no call"
 is never free credit. Sub-scores in details: name_accuracy, argument_accuracy, schema_validity.
@@ -20,6 +22,7 @@ from typing import Any
 
 from jsonschema import validators
 
+from evaluators import bfcl
 from evaluators.base import EvalRecord, EvalResult, parse_json_field
 from evaluators.registry import evaluator
 
@@ -127,7 +130,16 @@ def tool_selection(records: list[EvalRecord]) -> list[EvalResult]:
     return [_score(r) for r in records]
 
 
+def _score_bfcl(rec: EvalRecord) -> EvalResult:
+    v = bfcl.check(rec.expected["possible_answer"], rec.tool_calls, rec.tools)
+    details = {"checker": "bfcl", "expected_tools": v.expected,
+               "called_tools": [(c.get("function") or c).get("name") for c in rec.tool_calls or []], "calls": v.calls}
+    return EvalResult(1.0 if v.passed else 0.0, v.passed, reason=v.reason, details=details)
+
+
 def _score(rec: EvalRecord) -> EvalResult:
+    if isinstance(rec.expected, dict) and isinstance(rec.expected.get("possible_answer"), list):
+        return _score_bfcl(rec)
     expected = _expected_calls(rec.expected)
     if expected is None:
         if not rec.tools:

@@ -96,7 +96,7 @@ class PromptRecord(BaseModel):
             "messages": [m.model_dump(exclude_none=True) for m in self.messages],
             "context": self.context,
             "tools": self.tools,
-            "expected": self.expected.model_dump(exclude_none=True) if self.expected else None,
+            "expected": self.expected.model_dump(exclude_unset=True) if self.expected else None,  # keeps an explicit {"tool": null}
             "metadata": self.metadata,
             "source_line": self.source_line,
         }

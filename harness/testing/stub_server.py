@@ -6,6 +6,11 @@ injected failures are configurable.
 
     python -m harness.testing.stub_server --port 0 --ttft-s 0.01 --tokens-per-s 500
 prints `stub listening on http://127.0.0.1:PORT` once it accepts connections.
+
+Scripted tool calls (`--tool-calls FILE`, or `scripted_tool_calls` in `--config`): a JSON object
+mapping a key to the calls to answer with, `[{"name": ..., "arguments": {...} or "<json>"}, ...]`
+(`[]` = answer in text). A request whose last user message contains `[[stub:KEY]]` gets KEY's
+calls, streamed or not, several calls as parallel tool calls.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -44,6 +50,11 @@ class StubConfig:
     fail_on: dict[str, int] = field(default_factory=dict)
     include_usage: bool = True  # False: ignore stream_options, like some servers
     record_headers: int = 1000  # keep the headers of the last N requests, for tests
+    # Marker key -> tool calls [{"name", "arguments"}]; used when the last user message has [[stub:KEY]].
+    scripted_tool_calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+_MARKER = re.compile(r"\[\[stub:([^\]]+)\]\]")
 
 
 def _words(text: str) -> list[str]:
@@ -81,9 +92,17 @@ def build_app(cfg: StubConfig) -> Starlette:
         rid = f"chatcmpl-stub-{n}"
         tools = body.get("tools") or []
         tool_call = None
-        if tools and cfg.tool_arguments is not None:
-            tool_call = {"name": tools[0]["function"]["name"], "arguments": json.dumps(cfg.tool_arguments)}
-            pieces = [tool_call["arguments"][i : i + 8] for i in range(0, len(tool_call["arguments"]), 8)]
+        scripted = _scripted(cfg, messages)
+        calls: list[dict[str, Any]] = []
+        if scripted:
+            calls = [{"name": c.get("name"), "arguments": c["arguments"] if isinstance(c.get("arguments"), str) else json.dumps(c.get("arguments") or {})}
+                     for c in scripted]
+        elif tools and cfg.tool_arguments is not None and scripted is None:
+            calls = [{"name": tools[0]["function"]["name"], "arguments": json.dumps(cfg.tool_arguments)}]
+        if calls:
+            tool_call = calls[0]
+            # (call index, piece): each call's arguments in 8-character pieces, calls one after another.
+            pieces = [(k, c["arguments"][i : i + 8]) for k, c in enumerate(calls) for i in range(0, max(len(c["arguments"]), 1), 8)]
         else:
             pieces = [w if i == 0 else " " + w for i, w in enumerate(_words(answer_for(messages)))]
         max_tokens = body.get("max_tokens") or 10**9
@@ -95,7 +114,7 @@ def build_app(cfg: StubConfig) -> Starlette:
             await asyncio.sleep(cfg.ttft_s + (len(pieces) / cfg.tokens_per_s if cfg.tokens_per_s else 0))
             message: dict[str, Any] = {"role": "assistant", "content": None if tool_call else "".join(pieces)}
             if tool_call:
-                message["tool_calls"] = [{"id": f"call_{n}", "type": "function", "function": tool_call}]
+                message["tool_calls"] = [{"id": f"call_{n}" + (f"_{k}" if k else ""), "type": "function", "function": c} for k, c in enumerate(calls)]
             return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
                                  "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage})
 
@@ -113,8 +132,11 @@ def build_app(cfg: StubConfig) -> Starlette:
                 if i and cfg.tokens_per_s:
                     await asyncio.sleep(1.0 / cfg.tokens_per_s)
                 if tool_call:
-                    fn = {"arguments": piece} if i else {"name": tool_call["name"], "arguments": piece}
-                    delta = {"tool_calls": [{"index": 0, **({"id": f"call_{n}", "type": "function"} if i == 0 else {}), "function": fn}]}
+                    k, piece = piece
+                    first = i == 0 or pieces[i - 1][0] != k
+                    fn = {"name": calls[k]["name"], "arguments": piece} if first else {"arguments": piece}
+                    call_id = f"call_{n}" + (f"_{k}" if k else "")
+                    delta = {"tool_calls": [{"index": k, **({"id": call_id, "type": "function"} if first else {}), "function": fn}]}
                 else:
                     delta = {"content": piece}
                 yield chunk(delta)
@@ -141,6 +163,15 @@ def build_app(cfg: StubConfig) -> Starlette:
         Route("/health", health),
         Route("/stub/headers", headers),
     ])
+
+
+def _scripted(cfg: StubConfig, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The scripted calls for this request's [[stub:KEY]] marker (None = no marker or unknown key)."""
+    if not cfg.scripted_tool_calls:
+        return None
+    last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    found = _MARKER.search(last_user if isinstance(last_user, str) else json.dumps(last_user))
+    return cfg.scripted_tool_calls.get(found.group(1)) if found else None
 
 
 def serve(cfg: StubConfig, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -171,8 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ttft-s", type=float)
     p.add_argument("--tokens-per-s", type=float)
     p.add_argument("--answer")
+    p.add_argument("--tool-calls", metavar="FILE", help="JSON object: marker key -> scripted tool calls (see above)")
     args = p.parse_args(argv)
     data: dict[str, Any] = json.loads(open(args.config).read()) if args.config else {}
+    if args.tool_calls:
+        data["scripted_tool_calls"] = json.loads(open(args.tool_calls).read())
     for key in ("model", "ttft_s", "tokens_per_s", "answer"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
