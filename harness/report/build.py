@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from harness import __version__
+from harness.experts.run import load_panel
 from harness.report import load, stats
 from harness.report.compare import compare_frame, quality_results, serving_results
 from harness.report.model import Comparison, Report, WorstExample
@@ -95,6 +96,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
     phases = load.load_server_spans(con, run_id)
     metrics = load.load_server_metrics(con, run_id)
     cdf = load.load_latency_cdf(con, run_id)
+    experts = [p.to_dict() for p in load_panel(con, run_id)]
     timings["serving_tables"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -129,7 +131,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
                  "input_per_mtok": r.input_per_mtok, "output_per_mtok": r.output_per_mtok, **r.extra} for r in routes],
         settings=settings, cohorts=cohorts, comparisons=comparisons, serving=_records(summary),
         server_phases=_records(phases), server_metrics=_records(metrics), latency_cdf=cdf,
-        worst_examples=examples, discovery=discovery, warnings=warnings, timings_s=timings,
+        worst_examples=examples, discovery=discovery, warnings=warnings, experts=experts, timings_s=timings,
     )
 
 

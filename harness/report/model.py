@@ -93,6 +93,7 @@ class Report:
     worst_examples: list[WorstExample]
     discovery: Discovery | None
     warnings: list[str] = field(default_factory=list)
+    experts: list[dict[str, Any]] = field(default_factory=list)  # harness.experts.panel.PanelRow dicts
     timings_s: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, int]:

@@ -123,6 +123,26 @@ TABLES: dict[str, str] = {
         value           DOUBLE,
         quantity        VARCHAR       -- the engine-neutral name of the sample (engines/*.py QUANTITIES), NULL if unmapped
     """,
+    # MoE routing per response and layer (harness/experts/), from live capture, returned ids or the probe.
+    "expert_stats": """
+        run_id            VARCHAR,
+        prompt_id         VARCHAR,
+        route             VARCHAR,
+        sample            INTEGER,
+        source            VARCHAR,    -- live | returned | probe
+        layer             INTEGER,    -- MoE layer index (position in the model's router outputs)
+        num_experts       INTEGER,
+        top_k             INTEGER,
+        tokens            BIGINT,     -- tokens routed (prompt and answer)
+        counts            BIGINT[],   -- (token, slot) assignments per expert, length num_experts
+        entropy_sum       DOUBLE,     -- sum over tokens of the router entropy (nats); NULL without probabilities
+        mass_sum          DOUBLE,     -- sum over tokens of the chosen experts' probability mass
+        capacity_factors  DOUBLE[],   -- capacity simulation (harness/experts/stats.py): factors,
+        dropped_slots     BIGINT[],   -- slots dropped at each factor,
+        dropped_tokens    BIGINT[],   -- tokens whose every slot was dropped, at each factor
+        recorded_at       TIMESTAMPTZ,
+        PRIMARY KEY (run_id, prompt_id, route, sample, source, layer)
+    """,
 }
 
 

@@ -17,8 +17,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.report.model import Comparison, Report  # noqa: E402
+from harness.experts.panel import IMBALANCE_NOTE  # noqa: E402
+from harness.experts.stats import factor_key  # noqa: E402
 from harness.report.render.text import (  # noqa: E402
-    HEADER, PHASE_COLUMNS, SERVING_COLUMNS, diff_text, fnum, fp, headline, serving_rows,
+    EXPERT_HEADER, HEADER, PHASE_COLUMNS, SERVING_COLUMNS, diff_text, expert_notes, expert_rows, fnum, fp, headline,
+    serving_rows,
 )
 
 COLORS = {"regression": "#c62828", "improvement": "#2e7d32", "no change": "#757575", "inconclusive": "#f9a825"}
@@ -111,6 +114,65 @@ def cost_quality_plot(report: Report) -> str:
     return _svg(fig, "costq")
 
 
+def _expert_groups(report: Report) -> dict[tuple[str, str], list[dict]]:
+    """(route, source) -> its cohort rows (without "(all)"), in report order."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for p in report.experts:
+        if p["cohort"] != "(all)":
+            groups.setdefault((p["route"], p["source"]), []).append(p)
+    return groups
+
+
+def expert_heatmaps(route: str, source: str, rows: list[dict]) -> str:
+    """Cohort x expert utilisation, one panel per MoE layer: a cohort that crowds a few experts shows as hot cells."""
+    layers = len(rows[0]["utilization"])
+    fig, axes = plt.subplots(1, layers, figsize=(min(3.2 * layers, 12), 0.35 * len(rows) + 1.4), squeeze=False)
+    vmax = max(max(u) for p in rows for u in p["utilization"])
+    for li, ax in enumerate(axes[0]):
+        grid = [p["utilization"][li] for p in rows]
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+        ax.set_title(f"layer {li}")
+        ax.set_xlabel("expert")
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([_mpl(p["cohort"]) for p in rows] if li == 0 else [])
+    fig.colorbar(im, ax=axes[0].tolist(), label="share of assignments")
+    fig.suptitle(_mpl(f"{route} ({source}): expert utilisation per cohort"))
+    return _svg(fig, f"heat-{route}-{source}")
+
+
+def overflow_curve(route: str, source: str, rows: list[dict]) -> str:
+    """Simulated assignment overflow against the capacity factor, one line per cohort."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for p in rows:
+        fs = p["capacity_factors"]
+        ax.plot(fs, [p["metrics"].get(f"assignment_overflow_rate@{factor_key(f)}") or 0.0 for f in fs], "o-",
+                label=_mpl(p["cohort"]))
+    ax.set_xlabel("capacity factor")
+    ax.set_ylabel("assignment overflow rate (what-if)")
+    ax.legend(fontsize=7)
+    ax.set_title(_mpl(f"{route} ({source}): overflow versus capacity factor"))
+    return _svg(fig, f"cap-{route}-{source}")
+
+
+def expert_section(report: Report) -> str:
+    if not report.experts:
+        return ('<h2>Expert telemetry</h2><section id="expert-telemetry"><p class="muted">No expert routing recorded '
+                "for this run: run <code>routecheck experts RUN --probe</code> (offline probe of the MoE checkpoint) or "
+                "mirror with <code>expert_capture: true</code> (docs/experts.md).</p></section>")
+    parts = ['<h2>Expert telemetry</h2><section id="expert-telemetry">', f'<p class="muted">{esc(IMBALANCE_NOTE)}</p>']
+    for cand in report.candidates:
+        notes = expert_notes(report, cand)
+        if notes:
+            parts.append(f"<p>Beside the regressions of {esc(cand)}:</p><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    parts.append(_table(EXPERT_HEADER, expert_rows(report), "expert-table"))
+    for (route, source), rows in _expert_groups(report).items():
+        parts.append(f'<div class="expert-heatmap">{expert_heatmaps(route, source, rows)}</div>')
+        if rows[0]["capacity_factors"]:
+            parts.append(f'<div class="overflow-curve">{overflow_curve(route, source, rows)}</div>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def _table(header: list[str], rows: list[list[str]], table_id: str, raw: bool = False) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c if raw else esc(c)}</td>" for c in r) + "</tr>" for r in rows)
@@ -198,8 +260,7 @@ def to_html(report: Report) -> str:
         parts.append(_comparison_table(d.comparisons, "discovered-comparisons"))
         parts.append(f"<h3>Worst slices ({d.slices_searched} searched)</h3>")
         parts.append(_comparison_table(d.worst_slices, "worst-slices"))
-    parts.append('<h2>Expert telemetry</h2><section id="expert-telemetry"><p class="muted">'
-                 "MoE expert-load panels per cohort appear here once expert telemetry is recorded (planned).</p></section>")
+    parts.append(expert_section(report))
     if report.warnings:
         parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{esc(w)}</li>" for w in report.warnings) + "</ul>")
     parts.append(f'<h2>Method</h2><ul class="muted">' + "".join(

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from harness.experts.panel import IMBALANCE_NOTE, explain, shown_factor
+from harness.experts.stats import factor_key
 from harness.report.model import Comparison, Report
 from harness.report.render.junit import Case, Suite, junit_xml
 
@@ -55,6 +57,43 @@ def headline(report: Report) -> str:
     return f"{len(regs)} regression(s): " + "; ".join(parts)
 
 
+def capacity_factor_of(report: Report, route: str) -> float | None:
+    for r in report.routes:
+        if r["name"] == route and r.get("capacity_factor") is not None:
+            return float(r["capacity_factor"])
+    return None
+
+
+def expert_notes(report: Report, candidate: str) -> list[str]:
+    """Beside the candidate's regressions: each regressed cohort's routing against its other cohorts."""
+    cohorts = []
+    for c in report.regressions():
+        if c.candidate == candidate and c.scope in ("cohort", "overall") and c.cohort not in cohorts:
+            cohorts.append(c.cohort)
+    cf = capacity_factor_of(report, candidate)
+    return [explain(p, cf) for cohort in cohorts for p in report.experts
+            if p["route"] == candidate and p["cohort"] == cohort and cohort != "(all)"]
+
+
+EXPERT_HEADER = ["route", "source", "cohort", "responses", "tokens", "util. entropy", "router entropy", "top-k mass",
+                 "imbalance CV", "max/mean", "overflow", "dropped tokens", "cf"]
+
+
+def expert_rows(report: Report) -> list[list[str]]:
+    """The expert panel as table cells (layer means; capacity at the route's factor, else 1.25)."""
+    out = []
+    for p in report.experts:
+        m = p["metrics"]
+        f = shown_factor(p, capacity_factor_of(report, p["route"]))
+        k = factor_key(f) if f is not None else ""
+        out.append([p["route"], p["source"], p["cohort"], str(p["responses"]), f"{p['tokens']:,}",
+                    fnum(m.get("utilization_entropy")), fnum(m.get("router_entropy")), fnum(m.get("top_k_mass")),
+                    fnum(m.get("imbalance_cv")), fnum(m.get("max_over_mean")),
+                    fnum(m.get(f"assignment_overflow_rate@{k}")), fnum(m.get(f"dropped_token_rate@{k}")),
+                    "-" if f is None else f"{f:g}"])
+    return out
+
+
 # ---------------------------------------------------------------- terminal
 
 def print_report(report: Report, console: Console | None = None, html_path: str | None = None) -> None:
@@ -75,7 +114,17 @@ def print_report(report: Report, console: Console | None = None, html_path: str 
         console.print(t)
         if hidden:
             console.print(Text(f"  {hidden} more serving rows per cohort (no verdict change) in the Markdown/HTML/JSON report", style="dim"))
+        for note in expert_notes(report, cand):
+            console.print(Text(f"  experts: {note}", style="magenta"))
     console.print(serving_table(report))
+    if report.experts:
+        t = Table(title="Expert routing per cohort (layer means; docs/experts.md)", header_style="bold")
+        for col in EXPERT_HEADER:
+            t.add_column(col, justify="left" if col in ("route", "source", "cohort") else "right")
+        for row in expert_rows(report):
+            t.add_row(*[Text(c) for c in row])
+        console.print(t)
+        console.print(Text(IMBALANCE_NOTE, style="dim"))
     if report.discovery:
         d = report.discovery
         t = Table(title=f"Exploratory: discovered cohorts (k={d.k}) and worst slices — not pre-registered; {d.correction}")
@@ -165,12 +214,20 @@ def to_markdown(report: Report, html_name: str | None = None) -> str:
             lines += ["", f"<details><summary>{hidden} more serving rows per cohort</summary>", ""]
             lines += _md_table(HEADER, _comparison_rows(rest))
             lines += ["", "</details>"]
+        notes = expert_notes(report, cand)
+        if notes:
+            lines += ["", "Expert routing in the regressed cohorts:", ""] + [f"- {md_cell(n)}" for n in notes]
         lines.append("")
     lines += ["## Serving", ""]
     cols = SERVING_COLUMNS + PHASE_COLUMNS
     lines += _md_table(["route", "n"] + [l for _, l in cols],
                        [[md_cell(r["route"]), str(r["responses"])] + [fnum(r.get(k)) for k, _ in cols] for r in serving_rows(report)])
     lines.append("")
+    if report.experts:
+        lines += ["## Expert routing", "", "Per cohort, layer means; capacity at the route's factor, else 1.25 "
+                  "(docs/experts.md). " + md_cell(IMBALANCE_NOTE), ""]
+        lines += _md_table(EXPERT_HEADER, [[md_cell(c) for c in row] for row in expert_rows(report)])
+        lines.append("")
     if report.discovery:
         d = report.discovery
         lines += [f"## Exploratory cohorts (not pre-registered)", "",
