@@ -25,10 +25,12 @@ setup: $(STAMP)
 system-deps:
 	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-# The main job: start both testbed routes, mirror the corpus, score every answer, report per cohort.
+# The main job: start both testbed routes, mirror the corpus, score every answer, replay the MoE
+# route's answers through its checkpoint for expert routing (offline probe), report per cohort.
 demo: setup
 	$(RC) mirror --corpus examples/corpus.jsonl --routes routes.yaml
 	$(RC) score latest
+	$(RC) experts latest --probe
 	$(RC) report latest
 
 test: setup system-deps
