@@ -47,7 +47,8 @@ def load_routes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[RouteInfo]:
                 name=r["name"], role=r.get("role", "candidate"), architecture=r.get("architecture") or "dense",
                 input_per_mtok=float(prices.get("input_per_mtok") or 0.0),
                 output_per_mtok=float(prices.get("output_per_mtok") or 0.0), model=r.get("model"),
-                extra={k: r.get(k) for k in ("total_params", "active_params", "num_experts", "active_experts") if r.get(k)},
+                extra={k: r.get(k) for k in ("total_params", "active_params", "num_experts", "active_experts", "capacity_factor")
+                       if r.get(k) is not None},
             )
     for name, role in seen:
         routes.setdefault(name, RouteInfo(name=name, role=role or "candidate"))
