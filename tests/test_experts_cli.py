@@ -150,3 +150,36 @@ def test_report_shows_expert_panels(probed_run, tmp_path):
     u_b = apples["rest"]["utilization_entropy"]
     assert f"utilisation entropy {u_a:.2f} vs {u_b:.2f} elsewhere" in line
     assert "overflow at cf 1.25:" in line and "dropped tokens" in line
+
+
+def test_gate_holds_expert_metrics(probed_run, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    tiny, _, db, run_id = probed_run
+    out = runner.invoke(app, ["experts", run_id, "--db", db, "--model", str(tiny.path), "--json"])
+    stats = {s["cohort"]: s for s in json.loads(out.stdout[out.stdout.index("["):])}
+    rate = {c: stats[c]["capacity"]["1.0"]["dropped_token_rate"]["mean"] for c in ("apples", "berries")}
+    lo, hi = sorted(rate.values())
+    assert lo < hi  # the two cohorts route differently, so a limit between them splits them
+    worse = max(rate, key=rate.get)
+    policy = tmp_path / "gate.yaml"
+    policy.write_text(f"min_samples: 2\ninclude_overall: false\nmetrics:\n  dropped_token_rate@1: {{max: {(lo + hi) / 2}}}\n")
+    out_dir = tmp_path / "gate"
+    out = runner.invoke(app, ["gate", run_id, "--db", db, "--policy", str(policy), "--out-dir", str(out_dir)])
+    assert out.exit_code == 1, out.output
+    suite = ET.parse(out_dir / "gate.junit.xml").getroot()
+    failed = [tc.get("name") for tc in suite.iter("testcase") if tc.find("failure") is not None]
+    assert failed == [f"{worse} :: dropped_token_rate@1"]
+
+    policy.write_text(f"min_samples: 2\nmetrics:\n  dropped_token_rate@1.0: {{max: {hi + 0.01}}}\n")
+    out = runner.invoke(app, ["gate", run_id, "--db", db, "--policy", str(policy), "--out-dir", str(out_dir)])
+    assert out.exit_code == 0, out.output
+
+    for body, msg in [
+        ("dropped_token_rate@1.25: {margin: 0.1}", "absolute limit"),
+        ("dropped_token_rate@x: {max: 0.1}", "unknown expert metric"),
+        ("latency_p99_s: {max: 3}", "'max'/'min' are for expert routing metrics"),
+    ]:
+        policy.write_text(f"metrics:\n  {body}\n")
+        out = runner.invoke(app, ["gate", run_id, "--db", db, "--policy", str(policy)])
+        assert out.exit_code == 2 and msg in out.output, (body, out.output)

@@ -10,6 +10,8 @@ Per candidate, gated metric and cohort (plus "overall" unless switched off):
 - "pass" = non-inferiority shown (the bound stays inside the margin);
 - "inconclusive" = neither; passes unless on_inconclusive: fail;
 - "insufficient" = fewer prompts than min_samples; warns unless on_insufficient: fail.
+Expert routing metrics (`dropped_token_rate@1.25: {max: 0.05}`) are absolute limits on the
+candidate's own routing per cohort (`expert_checks`): nothing to pair, so no test and no alpha.
 Exit codes: 0 pass, 1 regression (or a failing inconclusive/insufficient), 2 bad input or config.
 """
 
@@ -24,7 +26,8 @@ from scipy import stats as sps
 from harness.report import stats
 from harness.report.compare import power_figures
 from harness.report.model import Comparison, Report
-from harness.report.policy import Policy, check_policy_metrics, load_policy, metric_spec
+from harness.experts.panel import SOURCE_ORDER, is_expert_metric, lookup
+from harness.report.policy import MetricRule, Policy, check_policy_metrics, load_policy, metric_spec
 from harness.report.render.text import fnum, fp
 
 @dataclass
@@ -67,6 +70,9 @@ def evaluate_gate(report: Report, policy: Policy, policy_path: str = "gate.yaml"
         for metric, rule in policy.metrics.items():
             if not rule.enabled:
                 continue
+            if is_expert_metric(metric):
+                checks += expert_checks(report, policy, cand, metric, rule)
+                continue
             alpha = rule.alpha or policy.alpha
             fa_bound += alpha
             scopes = [c for c in ([("(all)")] if policy.include_overall else []) + report.cohorts
@@ -105,6 +111,43 @@ def evaluate_gate(report: Report, policy: Policy, policy_path: str = "gate.yaml"
     counts = {s: sum(c.status == s for c in checks) for s in ("pass", "inconclusive", "insufficient", "skipped")}
     summary += " (" + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ")"
     return GateResult(report.run_id, str(policy_path), checks, 1 if failing else 0, fa_bound, summary)
+
+
+def expert_checks(report: Report, policy: Policy, cand: str, metric: str, rule: MetricRule) -> list[GateCheck]:
+    """Absolute limits on a candidate's own routing (no baseline to pair with, so no test and no
+    alpha): per cohort, from the most trusted source recorded (live, returned, probe)."""
+    rows: dict[str, dict] = {}
+    for p in sorted((p for p in report.experts if p["route"] == cand), key=lambda p: SOURCE_ORDER.index(p["source"])):
+        rows.setdefault(p["cohort"], p)
+    scopes = (["(all)"] if policy.include_overall else []) + report.cohorts
+    out = []
+    for cohort in scopes:
+        _, _, _, min_samples, enabled = policy.rule(metric, None if cohort == "(all)" else cohort)
+        p = rows.get(cohort)
+        value = lookup(p["metrics"], metric) if p else None
+        limit = rule.max if rule.max is not None else rule.min
+        check = GateCheck(cand, cohort, metric, p["responses"] if p else 0, min_samples, float("nan") if value is None else value,
+                          float(limit), float(limit), float("nan"), float("nan"), float("nan"), 0, float("nan"), None, "", "")
+        if not enabled:
+            check.status, check.message = "skipped", "disabled for this cohort by the policy"
+        elif value is None:
+            check.status = "insufficient"
+            check.message = ("no expert statistics for this route and cohort (run `routecheck experts RUN --probe`, or "
+                             "mirror with expert_capture)" if p is None else f"{metric} is not recorded (not simulated at that factor, or no router probabilities)")
+        elif p["responses"] < min_samples:
+            check.status, check.message = "insufficient", f"{p['responses']} responses < min_samples {min_samples}"
+        else:
+            over = rule.max is not None and value > rule.max
+            under = rule.min is not None and value < rule.min
+            where = f"({p['source']}, {p['tokens']:,} tokens)"
+            if over or under:
+                check.status = "regression"
+                check.message = f"{fnum(value)} {'>' if over else '<'} {'max' if over else 'min'} {fnum(rule.max if over else rule.min)} {where}"
+            else:
+                bounds = " and ".join(f"{k} {fnum(v)}" for k, v in (("max", rule.max), ("min", rule.min)) if v is not None)
+                check.status, check.message = "pass", f"{fnum(value)} within {bounds} {where}"
+        out.append(check)
+    return out
 
 
 def _decide(check: GateCheck, comp: Comparison, p_adj: float, alpha: float, m: int, z: float) -> None:

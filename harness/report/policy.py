@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.config import ConfigError, describe_validation_error, read_yaml
+from harness.experts.panel import CAPACITY_METRICS, SCALAR_METRICS, is_expert_metric, metric_name
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class MetricRule(_Strict):
     margin_rel: float | None = Field(None, gt=0)      # share of the baseline value (latency 0.10 = +10%)
     alpha: float | None = Field(None, gt=0, lt=0.5)   # family-wise over the cohorts of this metric (Holm)
     min_samples: int | None = Field(None, ge=2)       # prompts per cohort below which the gate cannot judge
+    max: float | None = None                          # absolute limits, for expert routing metrics
+    min: float | None = None                          #   (a candidate's own routing: nothing to pair with)
     enabled: bool = True
 
     @model_validator(mode="after")
@@ -131,16 +134,38 @@ def load_policy(path: str | Path) -> Policy:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'metrics' section, got {type(data).__name__}")
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as e:
         raise ConfigError(describe_validation_error(path, e, "docs/report.md 'Gate policy'")) from None
+    problems = []
+    for name, rule in policy.metrics.items():
+        limits = rule.max is not None or rule.min is not None
+        if name.partition("@")[0] in SCALAR_METRICS + CAPACITY_METRICS and not is_expert_metric(name):
+            try:
+                metric_name(name)
+            except ValueError as e:  # a misspelt expert metric: say what is expected
+                problems.append(f"{path}: metrics.{name}: {e}")
+        elif is_expert_metric(name):
+            if not limits or rule.margin is not None or rule.margin_rel is not None or rule.alpha is not None:
+                problems.append(f"{path}: metrics.{name}: an expert routing metric takes an absolute limit "
+                                "('max' and/or 'min', e.g. {max: 0.05}), not a margin or alpha")
+        elif limits:
+            problems.append(f"{path}: metrics.{name}: 'max'/'min' are for expert routing metrics "
+                            "(e.g. dropped_token_rate@1.25); a paired metric takes 'margin' or 'margin_rel'")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return policy
+
+
+def expert_policy_metrics(policy: Policy) -> list[str]:
+    return [name for name in policy.metrics if is_expert_metric(name)]
 
 
 def check_policy_metrics(policy: Policy, path: Path | str, available: list[str], cohorts: list[str]) -> None:
     """Metrics or cohorts the run does not have are config errors, not silent passes."""
     problems = []
     for name in policy.metrics:
-        if name not in available:
+        if name not in available and not is_expert_metric(name):  # expert metrics: per route, in the gate
             problems.append(f"{path}: metrics.{name}: no such metric in this run; available: {', '.join(available)}")
     for cohort, rules in policy.cohorts.items():
         if cohort not in cohorts:
