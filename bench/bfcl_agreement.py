@@ -17,7 +17,7 @@ cases whose verdict is known by construction:
 
 The cases are mirrored to a baseline and a candidate route, both the project's stub server on
 127.0.0.1 answering with the case's scripted calls ([[stub:KEY]] marker in the prompt), stored in
-DuckDB by the real runner, scored by `evaluators.scoring.score_run(..., ["tool_selection"])`, and
+DuckDB by the real runner, scored by `harness.score.run.score_run(..., ["tool_selection"])`, and
 the stored `passed` compared with the known verdict. A peer, DeepEval's ToolCorrectnessMetric
 (deterministic: exact name + input parameters, order not considered), is run on the same stored
 calls from a separate venv (/work/peer-venv) through bench/peer_deepeval_tools.py, with the
@@ -48,7 +48,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from evaluators.bfcl import standardize_string  # noqa: E402
-from evaluators.scoring import score_run  # noqa: E402
+from harness.score.run import score_run  # noqa: E402
 from harness import store  # noqa: E402
 from harness.config import load_routes  # noqa: E402
 from harness.mirror.runner import MirrorOptions, run_mirror  # noqa: E402
