@@ -27,6 +27,7 @@ from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.corpus import CorpusStats, PromptRecord, corpus_sha256, read_corpus
 from harness.mirror.http_pool import ShardedTransport
 from harness.mirror.openai_stream import CallResult, RetryPolicy, stream_chat
+from harness.mirror.trajectory import play_trajectory
 from harness.store import BatchWriter, connect, upsert
 from harness.mirror.attributes import request_attributes, result_attributes
 from harness.serving.engines import engine_for, server_span_columns
@@ -62,6 +63,7 @@ class RouteTally:
     done: int = 0
     errors: int = 0
     output_tokens: int = 0
+    requests: int = 0  # model calls: one per response, one per step of a trajectory
 
 
 @dataclass
@@ -292,6 +294,12 @@ class Mirror:
 
     async def _call(self, route: RouteConfig, record: PromptRecord, sample: int, client: httpx.AsyncClient) -> None:
         body = _build_body(route, record, sample)
+        if record.is_trajectory:  # an agent row: the tool loop, one call span per step (harness/mirror/trajectory.py)
+            traj = await play_trajectory(self._tracer, route, self.run_id, record, sample, client, body)
+            self.writer.add("steps", traj.step_rows(self.run_id, route.name, record.id, sample))
+            self.writer.add("responses", [{**_response_row(self.run_id, route, record, sample, traj.total, traj.span), **traj.columns()}])
+            self._count(route, traj.total, len(traj.steps))
+            return
         with self._tracer.start_as_current_span(
             f"chat {route.model}", kind=SpanKind.CLIENT,
             attributes=request_attributes(route, self.run_id, record.id, record.cohort, sample, body),
@@ -304,8 +312,12 @@ class Mirror:
             if not result.ok:
                 span.set_status(Status(StatusCode.ERROR, result.error_message))
             self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span)])
+        self._count(route, result)
+
+    def _count(self, route: RouteConfig, result: CallResult, requests: int = 1) -> None:
         t = self.tally[route.name]
         t.done += 1
+        t.requests += requests
         t.errors += 0 if result.ok else 1
         t.output_tokens += result.output_tokens or 0
         if self.on_progress:
@@ -332,7 +344,7 @@ def run_mirror(routes: RoutesFile, opts: MirrorOptions, on_progress: Callable[[s
             summary = _run_loop(mirror)
             if served:
                 # Servers export their request spans in batches every few seconds: wait for them before stopping.
-                expected = sum(summary.per_route[r.name].done for r in served)
+                expected = sum(summary.per_route[r.name].requests for r in served)
                 receiver.wait_for_server_spans(expected, SERVER_SPAN_WAIT_S)
         if served:
             mirror.writer.flush()

@@ -1,4 +1,4 @@
-"""The store's schema: one DuckDB file holds runs, prompts, responses, spans, scores and server metrics.
+"""The store's schema: one DuckDB file holds runs, prompts, responses, steps, spans, scores and server metrics.
 
 Tables are keyed so that re-running a stage replaces rows instead of duplicating them; JSON columns
 hold JSON text. Column lists double as the insert order of the batch writer.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES: dict[str, str] = {
     "runs": """
@@ -35,6 +35,8 @@ TABLES: dict[str, str] = {
         expected        JSON,
         metadata        JSON,
         source_line     BIGINT,
+        tool_results    JSON,         -- agent rows: scripted tool results {tool: [{match, result}]}; NULL otherwise
+        max_steps       INTEGER,      -- agent rows: model calls allowed per trajectory
         PRIMARY KEY (run_id, prompt_id)
     """,
     "responses": """
@@ -65,8 +67,35 @@ TABLES: dict[str, str] = {
         error_message   VARCHAR,
         timed_out       BOOLEAN,
         trace_id        VARCHAR,
-        span_id         VARCHAR,
+        span_id         VARCHAR,      -- the call span; for a trajectory, the trajectory span
+        steps           INTEGER,      -- trajectories: model calls made (rows in `steps`); NULL for one call
+        stop_reason     VARCHAR,      -- trajectories: answer | max_steps | unscripted_tool | error
         PRIMARY KEY (run_id, prompt_id, route, sample)
+    """,
+    # One row per model call of an agent trajectory (harness/mirror/trajectory.py); the response row
+    # holds the totals. Read with `step <= responses.steps` (a resumed trajectory may have been shorter).
+    "steps": """
+        run_id          VARCHAR,
+        prompt_id       VARCHAR,
+        route           VARCHAR,
+        sample          INTEGER,
+        step            INTEGER,      -- 1, 2, ...: the model call's position in the trajectory
+        text            VARCHAR,
+        tool_calls      JSON,         -- the calls this step made (OpenAI list, arguments as strings)
+        tool_results    JSON,         -- per call: {tool_call_id, name, content, scripted}; scripted=false: none was scripted (stop)
+        finish_reason   VARCHAR,
+        input_tokens    BIGINT,
+        output_tokens   BIGINT,
+        total_tokens    BIGINT,
+        usage_source    VARCHAR,
+        started_at      TIMESTAMPTZ,
+        latency_s       DOUBLE,
+        ttft_s          DOUBLE,
+        error_type      VARCHAR,
+        error_message   VARCHAR,
+        trace_id        VARCHAR,
+        span_id         VARCHAR,      -- this step's call span (child of the trajectory span)
+        PRIMARY KEY (run_id, prompt_id, route, sample, step)
     """,
     "spans": """
         trace_id        VARCHAR,
@@ -173,4 +202,7 @@ def json_columns(table: str) -> frozenset[str]:
 ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "spans": [("engine", "VARCHAR"), ("queue_s", "DOUBLE"), ("prefill_s", "DOUBLE"), ("decode_s", "DOUBLE"), ("e2e_s", "DOUBLE")],
     "server_metrics": [("quantity", "VARCHAR")],
+    # version 3: agent trajectories
+    "prompts": [("tool_results", "JSON"), ("max_steps", "INTEGER")],
+    "responses": [("steps", "INTEGER"), ("stop_reason", "VARCHAR")],
 }

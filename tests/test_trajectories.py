@@ -1,0 +1,144 @@
+"""Agent trajectories mirrored through stub routes that answer with scripted tool calls per step:
+one finishes in three steps, one loops until max_steps, one calls an unscripted tool, one makes a
+wrong first call and recovers. Checks the stored steps, the spans, summed tokens and cost."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import duckdb
+import pandas as pd
+import pytest
+
+from agent_scenarios import ACCOUNT, GOOD_ANSWER, INVOICE, SCRIPTS, row
+from conftest import write_corpus, write_routes
+from harness.config import load_routes
+from harness.corpus import PromptRecord
+from harness.mirror.runner import MirrorOptions, run_mirror
+from harness.mirror.trajectory import scripted_result
+from harness.report.build import make_report
+
+PRICES = {"baseline": (1.0, 3.0), "candidate": (2.0, 5.0)}  # USD per million input / output tokens
+CASES = {"t-three": ("three", 3, "answer"), "t-loop": ("loop", 4, "max_steps"),
+         "t-unscripted": ("unscripted", 2, "unscripted_tool"), "t-recover": ("recover", 4, "answer")}
+
+
+def _mirror(tmp_path, stub_server, scripts_base=SCRIPTS, scripts_cand=SCRIPTS, rows=None):
+    a = stub_server(scripted_tool_calls=scripts_base)
+    b = stub_server(scripted_tool_calls=scripts_cand)
+    routes = write_routes(tmp_path / "routes.yaml", [
+        {"name": "base", "role": "baseline", "model": "dense", "base_url": a.base_url,
+         "prices": {"input_per_mtok": PRICES["baseline"][0], "output_per_mtok": PRICES["baseline"][1]}},
+        {"name": "cand", "role": "candidate", "model": "moe", "base_url": b.base_url, "architecture": "moe", "num_experts": 8, "active_experts": 2,
+         "prices": {"input_per_mtok": PRICES["candidate"][0], "output_per_mtok": PRICES["candidate"][1]}},
+    ])
+    rows = rows or [row(pid, key) for pid, (key, _, _) in CASES.items()]
+    corpus = write_corpus(tmp_path / "agent.jsonl", rows)
+    db = tmp_path / "store.duckdb"
+    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db))
+    assert summary.status == "completed"
+    return db, summary
+
+
+def _words(text):
+    return len((text or "").split())
+
+
+def _pieces(arguments: str) -> int:
+    """The stub streams each call's arguments in 8-character pieces, one token each."""
+    return math.ceil(max(len(arguments), 1) / 8)
+
+
+def test_trajectories_stored_traced_and_summed(tmp_path, stub_server):
+    db, summary = _mirror(tmp_path, stub_server)
+    assert summary.per_route["base"].done == 4 and summary.per_route["base"].requests == 13
+    con = duckdb.connect(str(db), read_only=True)
+    resp = con.execute("SELECT * FROM responses ORDER BY route, prompt_id").df()
+    steps = con.execute("SELECT * FROM steps ORDER BY route, prompt_id, step").df()
+    assert len(resp) == 8 and resp["error_type"].isna().all()
+    for r in resp.itertuples():
+        key, n_steps, stop = CASES[r.prompt_id]
+        assert (r.steps, r.stop_reason) == (n_steps, stop), r.prompt_id
+        mine = steps[(steps.route == r.route) & (steps.prompt_id == r.prompt_id)]
+        assert list(mine.step) == list(range(1, n_steps + 1))
+        # the response row is the whole trajectory: tokens and latency summed over the steps
+        assert r.input_tokens == mine.input_tokens.sum() and r.output_tokens == mine.output_tokens.sum()
+        assert r.total_tokens == mine.total_tokens.sum()
+        assert r.latency_s == pytest.approx(mine.latency_s.sum())
+        assert r.ttft_s == pytest.approx(mine.ttft_s.iloc[0])
+        assert r.text == (GOOD_ANSWER if stop == "answer" else "")
+
+    # The stub's token rule, step by step: input = words of every message so far, output = call pieces or words.
+    three = steps[(steps.route == "base") & (steps.prompt_id == "t-three")]
+    user = row("t-three", "three")["prompt"]
+    tool_words = [sum(_words(t["content"]) for t in json.loads(s)) for s in three.tool_results]
+    assert list(three.input_tokens) == [_words(user), _words(user) + tool_words[0], _words(user) + tool_words[0] + tool_words[1]]
+    calls = [json.loads(c) for c in three.tool_calls]
+    assert [c[0]["function"]["name"] for c in calls[:2]] == ["lookup_account", "get_invoice"] and calls[2] == []
+    assert list(three.output_tokens) == [_pieces(calls[0][0]["function"]["arguments"]),
+                                         _pieces(calls[1][0]["function"]["arguments"]), _words(GOOD_ANSWER)]
+    # scripted results answer each call, with the call's id
+    results = [json.loads(t) for t in three.tool_results]
+    assert [(r[0]["tool_call_id"], json.loads(r[0]["content"]), r[0]["scripted"]) for r in results[:2]] == [
+        (calls[0][0]["id"], ACCOUNT, True), (calls[1][0]["id"], INVOICE, True)]
+    assert results[2] == [] and list(three.finish_reason) == ["tool_calls", "tool_calls", "stop"]
+
+    # the recovering agent: its wrong first call got the script's default, then it went the right way
+    rec = steps[(steps.route == "base") & (steps.prompt_id == "t-recover")]
+    first = json.loads(rec.tool_results.iloc[0])[0]
+    assert json.loads(first["content"]) == {"error": "no such account"} and first["scripted"]
+    # the unscripted call is recorded, with no result, and the loop stopped there
+    last = json.loads(steps[(steps.route == "base") & (steps.prompt_id == "t-unscripted")].tool_results.iloc[-1])[0]
+    assert (last["name"], last["content"], last["scripted"]) == ("refund_invoice", None, False)
+    loop = steps[(steps.route == "base") & (steps.prompt_id == "t-loop")]
+    assert all(json.loads(c)[0]["function"]["name"] == "lookup_account" for c in loop.tool_calls)
+
+    # Spans: mirror group -> one trajectory span per route -> one call span per step, one trace per group.
+    spans = con.execute("SELECT * FROM spans").df()
+    groups = spans[spans.name == "mirror"].set_index("span_id")
+    trajs = spans[spans.name == "trajectory"].set_index("span_id")
+    calls_sp = spans[spans.kind == "CLIENT"]
+    assert len(groups) == 4 and len(trajs) == 8 and len(calls_sp) == 26
+    assert trajs.parent_span_id.isin(groups.index).all()
+    assert calls_sp.parent_span_id.isin(trajs.index).all()
+    assert (trajs.loc[calls_sp.parent_span_id, "trace_id"].values == calls_sp.trace_id.values).all()
+    # responses point at their trajectory span, steps at their call spans
+    assert set(zip(resp.trace_id, resp.span_id)) == {(t, s) for s, t in trajs.trace_id.items()}
+    assert set(zip(steps.trace_id, steps.span_id)) == set(zip(calls_sp.trace_id, calls_sp.span_id))
+    for sid, t in trajs.iterrows():
+        attrs = json.loads(t.attributes)
+        r = resp[resp.span_id == sid].iloc[0]
+        assert (attrs["routecheck.steps"], attrs["routecheck.stop_reason"]) == (r.steps, r.stop_reason)
+        assert attrs["routecheck.trajectory.input_tokens"] == r.input_tokens
+        assert pd.isna(t.input_tokens)  # no gen_ai.usage on it: span sums count steps once
+        kids = calls_sp[calls_sp.parent_span_id == sid]
+        assert sorted(json.loads(a)["routecheck.step"] for a in kids.attributes) == list(range(1, r.steps + 1))
+        assert kids.input_tokens.sum() == r.input_tokens
+    prompts = con.execute("SELECT prompt_id, tool_results, max_steps FROM prompts").df()
+    assert set(prompts.max_steps) == {4}
+    assert json.loads(prompts.tool_results.iloc[0])["get_invoice"][0] == {"match": {"account_id": "A-1"}, "result": INVOICE}
+    con.close()
+
+    # Cost per trace = the steps' tokens at the route's prices, summed over steps (report serving table).
+    report = make_report(db, "latest")
+    for route, (p_in, p_out) in (("base", PRICES["baseline"]), ("cand", PRICES["candidate"])):
+        mine = steps[steps.route == route]
+        per_trace = (mine.input_tokens * p_in + mine.output_tokens * p_out).groupby(mine.prompt_id).sum() / 1e6
+        overall = next(s for s in report.serving if s["route"] == route and s["scope"] == "overall")
+        assert overall["cost_per_trace_usd"] == pytest.approx(per_trace.mean())
+
+
+def test_script_lookup_rules():
+    rules = PromptRecord.model_validate({"id": "x", "prompt": "p", "tool_results": {
+        "get_invoice": [{"match": {"account_id": "A-\\d+", "year": 2024}, "result": "found"}, {"result": "default"}],
+        "ping": "pong", "*": {"error": "unknown tool"}}}).tool_results
+    assert scripted_result(rules, "get_invoice", '{"account_id": "A-12", "year": 2024.0}') == (True, "found")
+    assert scripted_result(rules, "get_invoice", '{"account_id": "A-12x", "year": 2024}') == (True, "default")  # fullmatch
+    assert scripted_result(rules, "get_invoice", "not json") == (True, "default")
+    assert scripted_result(rules, "ping", "{}") == (True, "pong")
+    assert scripted_result(rules, "other", "{}") == (True, {"error": "unknown tool"})
+    strict = PromptRecord.model_validate({"id": "x", "prompt": "p", "tool_results": {
+        "get_invoice": [{"match": {"account_id": "A-1"}, "result": "ok"}]}}).tool_results
+    assert scripted_result(strict, "get_invoice", '{"account_id": "B-2"}') == (False, None)
+    assert scripted_result(strict, "lookup", "{}") == (False, None)
