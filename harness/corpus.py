@@ -44,9 +44,31 @@ class Expected(BaseModel):
     answer: str | None = None
     tool: str | list[str] | None = None
     arguments: dict[str, Any] | list[dict[str, Any]] | None = None
+    # Agent rows: the tool-calling steps expected before the final answer, each in BFCL's
+    # possible-answer form ([{function: {param: [accepted values]}}, ...]; one dict = one call).
+    steps: list[list[dict[str, dict[str, list[Any]]]]] | None = None
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _one_call_steps(cls, steps: Any) -> Any:
+        if not isinstance(steps, list):
+            return steps
+        out = [[s] if isinstance(s, dict) else s for s in steps]
+        for i, step in enumerate(out):
+            for call in step if isinstance(step, list) else []:
+                if isinstance(call, dict) and len(call) != 1:
+                    raise ValueError(f"steps[{i}]: each call is {{function_name: {{param: [accepted values]}}}}, "
+                                     f"one function per entry; got keys {sorted(call)}")
+        return out
 
 
 DEFAULT_MAX_STEPS = 6
+# Why an agent trajectory ended (responses.stop_reason), shared by the runner and the evaluators.
+STOP_ANSWER = "answer"               # the model answered in text
+STOP_MAX_STEPS = "max_steps"         # still calling tools after max_steps model calls
+STOP_UNSCRIPTED = "unscripted_tool"  # a call the script has no result for (name or arguments unforeseen)
+STOP_ERROR = "error"                 # a model call failed (its step row has the error)
+STOP_REASONS = (STOP_ANSWER, STOP_MAX_STEPS, STOP_UNSCRIPTED, STOP_ERROR)
 
 
 class ToolRule(BaseModel):

@@ -142,3 +142,49 @@ def test_script_lookup_rules():
         "get_invoice": [{"match": {"account_id": "A-1"}, "result": "ok"}]}}).tool_results
     assert scripted_result(strict, "get_invoice", '{"account_id": "B-2"}') == (False, None)
     assert scripted_result(strict, "lookup", "{}") == (False, None)
+
+
+# (step_accuracy, first_wrong_step (step, score), step_count, task_completion passed) per scenario;
+# the expected trajectory is look-up, invoice, answer: 2 tool steps, 3 model calls.
+METRICS = {
+    "t-three": (1.0, (None, 1.0), 1.0, True),
+    "t-loop": (1 / 4, (2, 1 / 3), 3 / 4, False),
+    "t-unscripted": (1 / 2, (2, 1 / 3), 2 / 3, False),
+    "t-recover": (2 / 3, (1, 0.0), 3 / 4, True),
+    "t-early": (1 / 2, (2, 1 / 3), 2 / 3, False),
+}
+
+
+def test_trajectory_metrics(tmp_path, stub_server):
+    from harness.score import score_run
+
+    rows = [row(pid, key) for pid, (key, _, _) in CASES.items()] + [row("t-early", "early")]
+    db, _ = _mirror(tmp_path, stub_server, rows=rows)
+    score_run(db, "latest", progress=False)  # the defaults include the trajectory evaluators
+    con = duckdb.connect(str(db), read_only=True)
+    scores = con.execute("SELECT * FROM scores WHERE route = 'base'").df()
+    con.close()
+    by = {(r.prompt_id, r.evaluator): r for r in scores.itertuples()}
+    for pid, (acc, (wrong, wrong_score), count, done) in METRICS.items():
+        sa, fw, sc, tc = (by[(pid, e)] for e in ("step_accuracy", "first_wrong_step", "step_count", "task_completion"))
+        assert sa.score == pytest.approx(acc) and sa.passed == (acc == 1.0), (pid, sa.reason)
+        assert json.loads(fw.details)["first_wrong_step"] == wrong and fw.score == pytest.approx(wrong_score), (pid, fw.reason)
+        assert sc.score == pytest.approx(count) and sc.passed == (count == 1.0), (pid, sc.reason)
+        assert tc.passed == done, (pid, tc.reason)
+    # what the reasons and details say
+    loop = json.loads(by[("t-loop", "step_count")].details)
+    assert (loop["steps_taken"], loop["repeated_call_steps"], loop["stop_reason"]) == (4, 3, "max_steps")
+    assert "loop" in loop["verdict"]
+    assert json.loads(by[("t-early", "step_count")].details)["verdict"] == "too few steps (early stop)"
+    assert "without a final answer (unscripted_tool)" in by[("t-unscripted", "task_completion")].reason
+    recover = json.loads(by[("t-recover", "step_accuracy")].details)["steps"]
+    assert [s["ok"] for s in recover] == [False, True, True]
+    assert recover[0]["reason"].startswith("expected step 1 ['lookup_account']: ") and "get_invoice" in recover[0]["reason"]
+    assert "wrong" not in by[("t-three", "first_wrong_step")].reason
+    assert by[("t-unscripted", "first_wrong_step")].reason.startswith("first wrong step 2 of 3: step 2:")
+    # the final answer is grounded in the scripted results the agent was sent; the early one is not
+    assert by[("t-three", "groundedness")].passed and by[("t-recover", "groundedness")].passed
+    assert not by[("t-early", "hallucination")].passed
+    assert not by[("t-loop", "groundedness")].applicable
+    # the single-call tool_selection stays out of trajectories (no expected.tool)
+    assert not scores[scores.evaluator == "tool_selection"].applicable.any()

@@ -26,16 +26,10 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from harness.config import RouteConfig
-from harness.corpus import DEFAULT_MAX_STEPS, PromptRecord, ToolRule
+from harness.corpus import (DEFAULT_MAX_STEPS, STOP_ANSWER, STOP_ERROR, STOP_MAX_STEPS, STOP_UNSCRIPTED, PromptRecord,
+                            ToolRule)
 from harness.mirror.attributes import request_attributes, result_attributes
 from harness.mirror.openai_stream import CallResult, RetryPolicy, stream_chat
-
-STOP_ANSWER = "answer"            # the model answered in text
-STOP_MAX_STEPS = "max_steps"      # still calling tools after max_steps model calls
-STOP_UNSCRIPTED = "unscripted_tool"  # a call the script has no result for (name or arguments unforeseen)
-STOP_ERROR = "error"              # a model call failed (the step row has the error)
-STOP_REASONS = (STOP_ANSWER, STOP_MAX_STEPS, STOP_UNSCRIPTED, STOP_ERROR)
-
 
 # -- the script ---------------------------------------------------------------------------------------
 
