@@ -97,6 +97,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
     metrics = load.load_server_metrics(con, run_id)
     cdf = load.load_latency_cdf(con, run_id)
     experts = [p.to_dict() for p in load_panel(con, run_id)]
+    trajectories = _records(load.load_trajectories(con, run_id, routes))
     timings["serving_tables"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -131,7 +132,8 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
                  "input_per_mtok": r.input_per_mtok, "output_per_mtok": r.output_per_mtok, **r.extra} for r in routes],
         settings=settings, cohorts=cohorts, comparisons=comparisons, serving=_records(summary),
         server_phases=_records(phases), server_metrics=_records(metrics), latency_cdf=cdf,
-        worst_examples=examples, discovery=discovery, warnings=warnings, experts=experts, timings_s=timings,
+        worst_examples=examples, discovery=discovery, warnings=warnings, experts=experts, trajectories=trajectories,
+        timings_s=timings,
     )
 
 

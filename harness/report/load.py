@@ -230,10 +230,28 @@ def load_serving_summary(con: duckdb.DuckDBPyConnection, run_id: str, routes: li
           .rename(columns={"calls": "responses"}))
     df["scope"] = np.where(df["cohort"].isna(), "overall", "cohort")
     df["cohort"] = df["cohort"].fillna("(all)")
+    df["cost_per_trace_usd"] = cost_per_trace(df, routes)
+    return df
+
+
+def cost_per_trace(df: pd.DataFrame, routes: list[RouteInfo]) -> pd.Series:
+    """USD per trace from a frame's `route`, `input_tokens_mean` and `output_tokens_mean` (a
+    trajectory's tokens are summed over its steps) at each route's prices."""
     price_in = df["route"].map({r.name: r.input_per_mtok for r in routes}).fillna(0.0)
     price_out = df["route"].map({r.name: r.output_per_mtok for r in routes}).fillna(0.0)
-    df["cost_per_trace_usd"] = (df["input_tokens_mean"] * price_in + df["output_tokens_mean"] * price_out) / 1e6
-    return df
+    return (df["input_tokens_mean"] * price_in + df["output_tokens_mean"] * price_out) / 1e6
+
+
+def load_trajectories(con: duckdb.DuckDBPyConnection, run_id: str, routes: list[RouteInfo]) -> pd.DataFrame:
+    """The trajectory panel: per route and cohort ("(all)" = every cohort), steps, stop reasons,
+    step accuracy, tokens and cost per trace."""
+    df = views.trajectory_summary(con, run_id)
+    if df.empty:
+        return df
+    df["scope"] = np.where(df["cohort"].isna(), "overall", "cohort")
+    df["cohort"] = df["cohort"].fillna("(all)")
+    df["cost_per_trace_usd"] = cost_per_trace(df, routes)
+    return df.drop(columns=["input_tokens_mean", "output_tokens_mean"])
 
 
 def load_server_spans(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:

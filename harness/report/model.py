@@ -94,6 +94,7 @@ class Report:
     discovery: Discovery | None
     warnings: list[str] = field(default_factory=list)
     experts: list[dict[str, Any]] = field(default_factory=list)  # harness.experts.panel.PanelRow dicts
+    trajectories: list[dict[str, Any]] = field(default_factory=list)  # agent runs: load.load_trajectories rows
     timings_s: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, int]:

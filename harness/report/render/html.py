@@ -21,7 +21,7 @@ from harness.experts.panel import IMBALANCE_NOTE  # noqa: E402
 from harness.experts.stats import factor_key  # noqa: E402
 from harness.report.render.text import (  # noqa: E402
     EXPERT_HEADER, HEADER, PHASE_COLUMNS, SERVING_COLUMNS, diff_text, expert_notes, expert_rows, fnum, fp, headline,
-    serving_rows,
+    serving_rows, TRAJECTORY_HEADER, trajectory_rows,
 )
 
 COLORS = {"regression": "#c62828", "improvement": "#2e7d32", "no change": "#757575", "inconclusive": "#f9a825"}
@@ -238,6 +238,10 @@ def to_html(report: Report) -> str:
                               fnum(m.get("peak_during"))] for m in report.server_metrics], "server-metrics"))
     else:
         parts.append('<p class="muted">No vLLM /metrics samples recorded for this run.</p>')
+    if report.trajectories:
+        parts.append("<h2>Agent trajectories</h2><p class=\"muted\">Per cohort: steps taken, why trajectories stopped, "
+                     "mean step accuracy, and tokens and cost per trace summed over the steps.</p>")
+        parts.append(_table(TRAJECTORY_HEADER, trajectory_rows(report), "trajectories"))
     parts.append('<h2>Cost versus quality</h2><div id="cost-quality">' + cost_quality_plot(report) + "</div>")
     parts.append('<h2>Worst examples in regressed cohorts</h2>')
     if report.worst_examples:

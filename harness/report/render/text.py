@@ -117,6 +117,13 @@ def print_report(report: Report, console: Console | None = None, html_path: str 
         for note in expert_notes(report, cand):
             console.print(Text(f"  experts: {note}", style="magenta"))
     console.print(serving_table(report))
+    if report.trajectories:
+        t = Table(title="Agent trajectories per cohort (tokens and cost summed over each trajectory's steps)", header_style="bold")
+        for col in TRAJECTORY_HEADER:
+            t.add_column(col, justify="left" if col in ("route", "cohort") else "right")
+        for row in trajectory_rows(report):
+            t.add_row(*[Text(c) for c in row])
+        console.print(t)
     if report.experts:
         t = Table(title="Expert routing per cohort (layer means; docs/experts.md)", header_style="bold")
         for col in EXPERT_HEADER:
@@ -163,6 +170,21 @@ def serving_rows(report: Report, overall_only: bool = True) -> list[dict]:
             row[key] = ph.get(key)
         out.append(row)
     return sorted(out, key=lambda r: (r["cohort"] != "(all)", r["cohort"], r["route"] != report.baseline, r["route"]))
+
+
+TRAJECTORY_COLUMNS = (
+    ("trajectories", "n"), ("steps_mean", "steps"), ("answered", "answered"), ("max_steps", "max_steps"),
+    ("unscripted_tool", "unscripted"), ("error", "failed"), ("step_accuracy", "step acc"),
+    ("tokens_per_trace", "tok/trace"), ("cost_per_trace_usd", "USD/trace"),
+)
+TRAJECTORY_HEADER = ["route", "cohort"] + [label for _, label in TRAJECTORY_COLUMNS]
+
+
+def trajectory_rows(report: Report) -> list[list[str]]:
+    """The trajectory panel's rows: all cohorts first, then per cohort; the baseline first in each."""
+    rows = sorted(report.trajectories, key=lambda r: (r["cohort"] != "(all)", r["cohort"], r["route"] != report.baseline, r["route"]))
+    return [[str(r["route"]), str(r["cohort"])] + [str(r[k]) if isinstance(r.get(k), int) else fnum(r.get(k)) for k, _ in TRAJECTORY_COLUMNS]
+            for r in rows]
 
 
 def serving_table(report: Report) -> Table:
@@ -223,6 +245,11 @@ def to_markdown(report: Report, html_name: str | None = None) -> str:
     lines += _md_table(["route", "n"] + [l for _, l in cols],
                        [[md_cell(r["route"]), str(r["responses"])] + [fnum(r.get(k)) for k, _ in cols] for r in serving_rows(report)])
     lines.append("")
+    if report.trajectories:
+        lines += ["## Agent trajectories", "", "Per cohort: steps taken, why trajectories stopped, mean step accuracy, "
+                  "and tokens and cost per trace summed over the steps.", ""]
+        lines += _md_table(TRAJECTORY_HEADER, [[md_cell(c) for c in row] for row in trajectory_rows(report)])
+        lines.append("")
     if report.experts:
         lines += ["## Expert routing", "", "Per cohort, layer means; capacity at the route's factor, else 1.25 "
                   "(docs/experts.md). " + md_cell(IMBALANCE_NOTE), ""]
