@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -188,3 +189,45 @@ def test_trajectory_metrics(tmp_path, stub_server):
     assert not by[("t-loop", "groundedness")].applicable
     # the single-call tool_selection stays out of trajectories (no expected.tool)
     assert not scores[scores.evaluator == "tool_selection"].applicable.any()
+
+
+def test_bundled_agent_corpus_is_generated_and_valid(tmp_path):
+    """examples/agent_corpus.jsonl is what testbed.agent_corpus writes, and every row is an agent row
+    whose right calls get the scripted account and invoice."""
+    from harness.corpus import read_corpus
+    from testbed.agent_corpus import write_agent_corpus
+
+    path = tmp_path / "agent.jsonl"
+    assert write_agent_corpus(path) == 40
+    bundled = Path(__file__).resolve().parents[1] / "examples/agent_corpus.jsonl"
+    assert path.read_text() == bundled.read_text()
+    for rec in read_corpus(bundled):
+        assert rec.is_trajectory and len(rec.expected.steps) == 2
+        email, account = rec.metadata["email"], rec.metadata["account_id"]
+        found, acc = scripted_result(rec.tool_results, "lookup_account", json.dumps({"email": email.upper()}))
+        assert found and acc["account_id"] == account
+        found, inv = scripted_result(rec.tool_results, "get_invoice", json.dumps({"account_id": account}))
+        assert found and inv[{"amount_due": "amount_due", "due_date": "due_date"}[rec.cohort]] == rec.expected.answer
+        assert scripted_result(rec.tool_results, "get_invoice", '{"account_id": "ACC-0"}')[1] == {"error": "no such account id"}
+        assert scripted_result(rec.tool_results, "track_order", "{}") == (False, None)
+
+
+def test_a_failed_step_ends_the_trajectory_as_an_error(tmp_path, stub_server):
+    """The stub fails any request holding "explode": only the second step does (the scripted look-up
+    result carries it), so the trajectory stops there with the error on its step and its row."""
+    a = stub_server(scripted_tool_calls=SCRIPTS, fail_on={"explode": 400})
+    routes = write_routes(tmp_path / "routes.yaml", [
+        {"name": "base", "role": "baseline", "model": "d", "base_url": a.base_url, "max_retries": 0},
+        {"name": "cand", "role": "candidate", "model": "m", "base_url": a.base_url, "max_retries": 0}])
+    r = row("t-err", "three")
+    r["tool_results"] = {**r["tool_results"], "lookup_account": [{"result": {"account_id": "A-1", "note": "explode"}}]}
+    db = tmp_path / "store.duckdb"
+    run_mirror(load_routes(routes), MirrorOptions(corpus=write_corpus(tmp_path / "c.jsonl", [r]), db=db))
+    con = duckdb.connect(str(db), read_only=True)
+    resp = con.execute("SELECT steps, stop_reason, error_type FROM responses").fetchall()
+    steps = con.execute("SELECT step, error_type FROM steps WHERE route = 'base' ORDER BY step").fetchall()
+    status = con.execute("SELECT status_code FROM spans WHERE name = 'trajectory'").fetchall()
+    con.close()
+    assert resp == [(2, "error", "http_400")] * 2
+    assert steps == [(1, None), (2, "http_400")]
+    assert status == [("ERROR",)] * 2
