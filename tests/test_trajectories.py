@@ -231,3 +231,27 @@ def test_a_failed_step_ends_the_trajectory_as_an_error(tmp_path, stub_server):
     assert resp == [(2, "error", "http_400")] * 2
     assert steps == [(1, None), (2, "http_400")]
     assert status == [("ERROR",)] * 2
+
+
+def test_the_hand_converted_bfcl_trajectory_in_the_docs():
+    """docs/evaluators.md's simple_python_0 trajectory row loads and scores as the docs say."""
+    from evaluators import EvalRecord, get_evaluator
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/evaluators.md").read_text()
+    start = doc.index('{"id": "simple_python_0-agent"')
+    rec_row = PromptRecord.model_validate(json.loads(doc[start:doc.index("```", start)]))
+    expected = rec_row.store_row("x")["expected"]
+    names = ("step_accuracy", "first_wrong_step", "step_count", "task_completion", "groundedness", "hallucination")
+
+    def scored(args):
+        found, result = scripted_result(rec_row.tool_results, "calculate_triangle_area", json.dumps(args))
+        steps = [{"step": 1, "tool_calls": [{"function": {"name": "calculate_triangle_area", "arguments": json.dumps(args)}}],
+                  "tool_results": [{"scripted": found, "content": json.dumps(result)}]}, {"step": 2, "tool_calls": []}]
+        rec = EvalRecord(messages=[m.model_dump() for m in rec_row.messages], tools=rec_row.tools, expected=expected,
+                         text="The area is 25.", steps=steps, stop_reason="answer")
+        return {n: get_evaluator(n).evaluate([rec])[0].passed for n in names}
+
+    assert all(scored({"base": 10, "height": 5}).values())
+    assert scored({"base": 10, "height": 5, "unit": "cm"}) == {**dict.fromkeys(names, True), "step_accuracy": False,
+                                                               "first_wrong_step": False}
+    assert not scored({"base": 0, "height": 5})["groundedness"]
