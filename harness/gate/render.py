@@ -1,4 +1,6 @@
-"""Gate outputs: Markdown (also the GitHub step summary), JUnit XML, and the terminal table."""
+"""Gate outputs: Markdown (also the GitHub step summary), JUnit XML, and the terminal table.
+
+Names and messages go through harness/report/render/escape.py (md_cell, term, the JUnit writer)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,15 @@ from rich.text import Text
 
 from harness.gate.evaluate import GateResult
 from harness.report.render.junit import Case, Suite, junit_xml
+from harness.report.render.escape import term
 from harness.report.render.text import fnum, fp, md_cell
 
 STATUS_STYLE = {"pass": "green", "regression": "bold red", "inconclusive": "yellow", "insufficient": "yellow", "skipped": "dim"}
 
 
 def gate_markdown(result: GateResult) -> str:
-    lines = [f"# routecheck gate: run `{md_cell(result.run_id)}`", "",
-             f"**{md_cell(result.summary)}** — policy `{md_cell(result.policy_path)}`, exit code {result.exit_code}.", "",
+    lines = [f"# routecheck gate: run {md_cell(result.run_id)}", "",
+             f"**{md_cell(result.summary)}** — policy {md_cell(result.policy_path)}, exit code {result.exit_code}.", "",
              f"One-sided tests of \"candidate worse\", Holm-corrected across cohorts per metric; "
              f"per-run false-alarm bound (sum of gated metrics' alpha): {result.false_alarm_bound:.3g}.", "",
              "| candidate | cohort | metric | n | diff | bound | margin | p (Holm) | power at margin | status | detail |",
@@ -41,14 +44,14 @@ def gate_junit(result: GateResult) -> str:
 
 
 def print_gate(result: GateResult, console: Console) -> None:
-    t = Table(title=f"routecheck gate {result.run_id} ({result.policy_path})", header_style="bold")
+    t = Table(title=term(f"routecheck gate {result.run_id} ({result.policy_path})"), header_style="bold")
     for col in ("candidate", "cohort", "metric", "n", "diff", "margin", "p (Holm)", "power", "status", "detail"):
         t.add_column(col, overflow="fold")
     for c in result.checks:
-        t.add_row(Text(c.candidate), Text(c.cohort), Text(c.metric), str(c.n_prompts), fnum(c.diff, True), fnum(c.margin),
-                  fp(c.p_adjusted), fnum(c.power_at_margin), Text(c.status, style=STATUS_STYLE[c.status]), Text(c.message, style="dim"))
+        t.add_row(term(c.candidate), term(c.cohort), term(c.metric), str(c.n_prompts), fnum(c.diff, True), fnum(c.margin),
+                  fp(c.p_adjusted), fnum(c.power_at_margin), Text(c.status, style=STATUS_STYLE[c.status]), term(c.message, style="dim"))
     console.print(t)
     console.print(Text(f"per-run false-alarm bound: {result.false_alarm_bound:.3g}", style="dim"))
-    console.print(Text(result.summary, style="bold red" if result.exit_code else "bold green"))
+    console.print(term(result.summary, style="bold red" if result.exit_code else "bold green"))
 
 

@@ -1,12 +1,12 @@
 """One self-contained HTML file: inline SVG plots (matplotlib), tables, worst examples.
 
 Nothing is fetched over the network (no scripts at all, no CDN, no web fonts); every string
-from the store (model text, prompt text, cohort and route names) goes through html.escape.
+from the store (model text, prompt text, cohort and route names) goes through escape.html, plot
+labels through escape.mpl (harness/report/render/escape.py).
 """
 
 from __future__ import annotations
 
-import html
 import io
 import math
 import re
@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.report.model import Comparison, Report  # noqa: E402
+from harness.report.render import escape  # noqa: E402
 from harness.experts.panel import IMBALANCE_NOTE  # noqa: E402
 from harness.experts.stats import factor_key  # noqa: E402
 from harness.report.render.text import (  # noqa: E402
@@ -28,13 +29,12 @@ COLORS = {"regression": "#c62828", "improvement": "#2e7d32", "no change": "#7575
 plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
 
 
-def esc(x: object) -> str:
-    return html.escape("" if x is None else str(x), quote=True)
+esc = escape.html
+_mpl = escape.mpl
 
 
-def _mpl(s: object) -> str:
-    """Literal text for matplotlib: a `$` would otherwise start mathtext."""
-    return str(s).replace("$", r"\$")
+def _pre(text: object) -> str:
+    return f"<pre>{escape.html(text, multiline=True)}</pre>"
 
 
 def _svg(fig, salt: str) -> str:
@@ -244,8 +244,7 @@ def to_html(report: Report) -> str:
         parts.append(_table(["candidate", "cohort", "metric", "prompt", "baseline", "candidate", "prompt text",
                              "baseline response", "candidate response"],
                             [[esc(w.candidate), esc(w.cohort), esc(w.metric), esc(w.prompt_id), fnum(w.baseline_value),
-                              fnum(w.candidate_value), f"<pre>{esc(w.prompt_text)}</pre>", f"<pre>{esc(w.baseline_text)}</pre>",
-                              f"<pre>{esc(w.candidate_text)}</pre>"] for w in report.worst_examples],
+                              fnum(w.candidate_value), _pre(w.prompt_text), _pre(w.baseline_text), _pre(w.candidate_text)] for w in report.worst_examples],
                             "worst-examples", raw=True))
     else:
         parts.append('<p class="muted" id="worst-examples">No quality regression, so no examples.</p>')
