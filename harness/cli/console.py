@@ -9,8 +9,12 @@ markup or emoji codes either, so a str that slips through is still printed as it
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import NoReturn
+import traceback
+from typing import Callable, NoReturn, TypeVar
+
+import click
 
 import typer
 from rich.console import Console
@@ -23,12 +27,34 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160, markup
 err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3  # a bug, never 1 (1 is the gate's "regression")
+
+F = TypeVar("F", bound=Callable)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print `error: message` on stderr and end the command with `code` (2: bad input)."""
     err.print(Text.assemble(("error:", "bold red"), " ", visible(message, multiline=True)), highlight=False)
     raise typer.Exit(code)
+
+
+def guarded(command: F) -> F:
+    """End an unexpected exception as exit 3 with one `internal error` line (the traceback after it,
+    on stderr), so a crash can never read as the gate's 1 ("regression") or as 0."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - the point: no exception escapes with an ambiguous code
+            err.print(visible(traceback.format_exc(), multiline=True), highlight=False)
+            err.print(Text.assemble(("internal error:", "bold red"), " ", visible(f"{type(e).__name__}: {e}", multiline=True),
+                                    f" (a bug in routecheck; exit code {EXIT_INTERNAL})"), highlight=False)
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return run  # type: ignore[return-value]
 
 
 def fmt(value: object) -> str:

@@ -8,12 +8,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.gate.evaluate import GateResult
+from harness.gate.evaluate import STATUSES, GateResult
 from harness.report.render.junit import Case, Suite, junit_xml
 from harness.report.render.escape import term
 from harness.report.render.text import fnum, fp, md_cell
 
-STATUS_STYLE = {"pass": "green", "regression": "bold red", "inconclusive": "yellow", "insufficient": "yellow", "skipped": "dim"}
+STATUS_STYLE = {"pass": "green", "regression": "bold red", "no data": "bold red", "inconclusive": "yellow",
+                "insufficient": "yellow", "skipped": "dim"}
+ORDER = {s: i for i, s in enumerate(STATUSES)}
 
 
 def gate_markdown(result: GateResult) -> str:
@@ -23,9 +25,10 @@ def gate_markdown(result: GateResult) -> str:
              f"per-run false-alarm bound (sum of gated metrics' alpha): {result.false_alarm_bound:.3g}.", "",
              "| candidate | cohort | metric | n | diff | bound | margin | p (Holm) | power at margin | status | detail |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = {"regression": 0, "insufficient": 1, "inconclusive": 2, "pass": 3, "skipped": 4}
-    for c in sorted(result.checks, key=lambda c: (order[c.status], c.candidate, c.metric, c.cohort != "(all)", c.cohort)):
-        status = "**REGRESSION**" if c.status == "regression" else c.status
+    if result.no_data:
+        lines[4:] = [f"**No data**: {md_cell(result.no_data)}. Nothing was gated (exit code 2)."]
+    for c in sorted(result.checks, key=lambda c: (ORDER[c.status], c.candidate, c.metric, c.cohort != "(all)", c.cohort)):
+        status = {"regression": "**REGRESSION**", "no data": "**NO DATA**"}.get(c.status, c.status)
         lines.append(f"| {md_cell(c.candidate)} | {md_cell(c.cohort)} | {md_cell(c.metric)} | {c.n_prompts} | {fnum(c.diff, True)} | "
                      f"{fnum(c.bound, True)} | {fnum(c.margin)} | {fp(c.p_adjusted)} | {fnum(c.power_at_margin)} | {status} | {md_cell(c.message)} |")
     return "\n".join(lines) + "\n"
@@ -35,15 +38,22 @@ def gate_junit(result: GateResult) -> str:
     suite = Suite(f"routecheck gate {result.run_id}")
     for c in result.checks:
         case = Case(f"routecheck.gate.{c.candidate}", f"{c.cohort} :: {c.metric}", "passed", output=f"{c.status}: {c.message}")
-        if c.status == "regression":
+        if c.status in ("regression", "no data"):
             case.outcome, case.message, case.text = "failed", c.message, c.message
+            case.failure_type = "regression" if c.status == "regression" else "no_data"
         elif c.status in ("skipped", "insufficient", "inconclusive"):
             case.outcome, case.message = "skipped", f"{c.status}: {c.message}"
         suite.cases.append(case)
+    if result.no_data:
+        suite.cases.append(Case("routecheck.gate", "data", "error", message=f"no data: {result.no_data}",
+                                text=result.no_data, failure_type="no_data"))
     return junit_xml("routecheck.gate", [suite])
 
 
 def print_gate(result: GateResult, console: Console) -> None:
+    if result.no_data:
+        console.print(term(result.summary, style="bold red"))
+        return
     t = Table(title=term(f"routecheck gate {result.run_id} ({result.policy_path})"), header_style="bold")
     for col in ("candidate", "cohort", "metric", "n", "diff", "margin", "p (Holm)", "power", "status", "detail"):
         t.add_column(col, overflow="fold")

@@ -19,9 +19,13 @@ from harness.report.model import Comparison, Report
 from harness.report.render.escape import markdown as md_cell, term
 from harness.report.render.junit import Case, Suite, junit_xml
 
-VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "no change": "dim", "inconclusive": "yellow"}
-VERDICT_MARK = {"regression": "REGRESSION", "improvement": "improvement", "no change": "no change", "inconclusive": "inconclusive"}
-SEVERITY = {"regression": 0, "improvement": 1, "inconclusive": 2, "no change": 3}
+VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "no change": "dim", "inconclusive": "yellow",
+                 "insufficient": "yellow"}
+VERDICT_MARK = {"regression": "REGRESSION", "improvement": "improvement", "no change": "no change", "inconclusive": "inconclusive",
+                "insufficient": "insufficient"}
+SEVERITY = {"regression": 0, "insufficient": 1, "improvement": 2, "inconclusive": 3, "no change": 4}
+# The report's one-word outcome (terminal, Markdown, HTML): never PASS for a run without data.
+OUTCOME_STYLE = {"NO DATA": "bold red", "FAIL": "bold red", "INSUFFICIENT": "bold yellow", "PASS": "bold green"}
 
 
 def fnum(v: float | None, signed: bool = False) -> str:
@@ -53,10 +57,30 @@ def shown_rows(report: Report, candidate: str) -> tuple[list[Comparison], int]:
     return keep, len(rows) - len(keep)
 
 
+def outcome(report: Report) -> str:
+    """NO DATA (nothing to judge), FAIL (a regression), INSUFFICIENT (no pre-registered comparison
+    had min_samples prompts), else PASS."""
+    if report.no_data:
+        return "NO DATA"
+    if report.regressions():
+        return "FAIL"
+    judged = [c for c in report.comparisons if c.scope in ("overall", "cohort")]
+    if not judged or all(c.verdict == "insufficient" for c in judged):
+        return "INSUFFICIENT"
+    return "PASS"
+
+
 def headline(report: Report) -> str:
+    if report.no_data:
+        return f"{report.no_data[0].upper()}{report.no_data[1:]}."
     regs = report.regressions()
+    short = [c for c in report.comparisons if c.scope in ("overall", "cohort") and c.verdict == "insufficient"]
     if not regs:
-        return f"No regression found for {', '.join(report.candidates)} vs baseline {report.baseline}."
+        if outcome(report) == "INSUFFICIENT":
+            return (f"Too few prompts to judge {', '.join(report.candidates)} vs baseline {report.baseline}: every "
+                    f"comparison is below min_samples ({report.settings.get('min_samples', '?')}).")
+        text = f"No regression found for {', '.join(report.candidates)} vs baseline {report.baseline}."
+        return text + (f" {len(short)} comparison(s) had too few prompts to judge (insufficient)." if short else "")
     parts = [f"{c.candidate} / {c.cohort} / {c.metric} ({fnum(c.diff, True)})" for c in regs]
     return f"{len(regs)} regression(s): " + "; ".join(parts)
 
@@ -140,8 +164,7 @@ def print_report(report: Report, console: Console | None = None, html_path: str 
         console.print(t)
     for w in report.warnings:
         console.print(term(f"warning: {w}", style="yellow"))
-    style = "bold red" if report.regressions() else "bold green"
-    console.print(term(headline(report), style=style))
+    console.print(term(f"{outcome(report)}: {headline(report)}", style=OUTCOME_STYLE[outcome(report)]))
     if html_path:
         console.print(term(f"HTML report: {html_path}"))
 
@@ -199,9 +222,8 @@ HEADER = ["cohort", "metric", "n", "baseline", "candidate", "diff [95% CI]", "p 
 
 def to_markdown(report: Report, html_name: str | None = None) -> str:
     s = report.settings
-    regs = report.regressions()
     lines = [f"# routecheck report: run {md_cell(report.run_id)}", ""]
-    lines += [("**FAIL** — " if regs else "**PASS** — ") + md_cell(headline(report)), ""]
+    lines += [f"**{outcome(report)}** — " + md_cell(headline(report)), ""]
     lines += [f"Baseline **{md_cell(report.baseline)}**; candidates: {', '.join(f'**{md_cell(c)}**' for c in report.candidates)}. "
               f"alpha = {s['alpha']}, p-values corrected with {s['correction']} ({s['families']}). "
               f"Unit: {s['unit']}. Verdict: {s['verdict_rule']}.", ""]
@@ -253,8 +275,11 @@ def to_junit(report: Report, suite_name: str = "routecheck.report") -> str:
             case = Case(f"routecheck.{cand}.{c.scope}", f"{c.cohort} :: {c.metric}", "passed", output=f"{c.verdict}: {detail}")
             if c.verdict == "regression":
                 case.outcome, case.message, case.text = "failed", f"regression: {detail}", detail
-            elif c.verdict == "inconclusive":
-                case.outcome, case.message = "skipped", f"inconclusive: {c.note or detail}"
+            elif c.verdict in ("inconclusive", "insufficient"):
+                case.outcome, case.message = "skipped", f"{c.verdict}: {c.note or detail}"
             suite.cases.append(case)
         suites.append(suite)
+    if report.no_data:
+        suites.insert(0, Suite("run", [Case("routecheck.run", "data", "error", message=f"no data: {report.no_data}",
+                                            text=report.no_data, failure_type="no_data")]))
     return junit_xml(suite_name, suites)
