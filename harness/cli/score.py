@@ -8,18 +8,17 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from evaluators import EvaluatorError, resolve_specs
 from evaluators.config import DEFAULT_EVALUATORS
-from harness.cli.console import fail, out
+from harness.cli.console import fail, out, term
 from harness.score import ScoreSummary, score_run
 from harness.store import DEFAULT_DB
 
 
 def print_summary(summary: ScoreSummary, console: Console | None = None) -> None:
     console = console or out
-    table = Table(title=Text(f"scores for run {summary.run_id} ({summary.n_responses} responses)"))
+    table = Table(title=term(f"scores for run {summary.run_id} ({summary.n_responses} responses)"))
     for col in ("evaluator", "route", "applicable", "mean score", "pass rate"):
         table.add_column(col, justify="right" if col not in ("evaluator", "route") else "left")
     idle = [name for name, routes in summary.per_evaluator.items() if not any(s["applicable"] for s in routes.values())]
@@ -28,7 +27,7 @@ def print_summary(summary: ScoreSummary, console: Console | None = None) -> None
             continue
         for route, s in routes.items():
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            table.add_row(Text(name), Text(route), f"{s['applicable']}/{s['n']}", fmt(s["mean_score"]), fmt(s["pass_rate"]))
+            table.add_row(term(name), term(route), f"{s['applicable']}/{s['n']}", fmt(s["mean_score"]), fmt(s["pass_rate"]))
     console.print(table)
     if idle and len(idle) < len(summary.per_evaluator):
         console.print(Text(f"not applicable to any response of this run: {', '.join(idle)}", style="dim"))

@@ -158,6 +158,36 @@ def evaluator_kinds(quality: pd.DataFrame, keep: frozenset[str] = frozenset()) -
             for ev in sorted(g.groups)}
 
 
+SCORE_COVERAGE_SQL = """
+SELECT s.route, coalesce(h.cohort, 'default') AS cohort, s.evaluator,
+       count(DISTINCT s.prompt_id) FILTER (WHERE {applicable} AND s.passed IS NOT NULL) AS pass_prompts,
+       count(DISTINCT s.prompt_id) FILTER (WHERE {applicable} AND s.score IS NOT NULL)  AS score_prompts,
+       count(*) AS rows
+FROM scores s LEFT JOIN {cohorts} h ON h.prompt_id = s.prompt_id
+WHERE s.run_id = $run
+GROUP BY GROUPING SETS ((s.route, coalesce(h.cohort, 'default'), s.evaluator), (s.route, s.evaluator))
+ORDER BY 1, 2, 3
+"""
+
+
+def score_coverage(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
+    """Per route, cohort ("(all)" for the route as a whole) and evaluator: the prompts with an
+    applicable pass/fail and score. Says which route lacks the data when a comparison has none."""
+    applicable = "coalesce(s.applicable, s.score IS NOT NULL OR s.passed IS NOT NULL)"
+    rows = con.execute(SCORE_COVERAGE_SQL.format(applicable=applicable, cohorts=_cohort_source(con, run_id)),
+                       {"run": run_id}).fetchall()
+    return [{"route": r, "cohort": "(all)" if g is None else g, "evaluator": ev, "pass_prompts": int(p),
+             "score_prompts": int(sc), "rows": int(n)} for r, g, ev, p, sc, n in rows]
+
+
+def error_types(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
+    """Failed calls per route and error type, most frequent first."""
+    rows = con.execute("""SELECT route, error_type, count(*) FROM responses
+                          WHERE run_id = ? AND error_type IS NOT NULL GROUP BY ALL ORDER BY 1, 3 DESC, 2""",
+                       [run_id]).fetchall()
+    return [{"route": r, "error_type": e, "calls": int(n)} for r, e, n in rows]
+
+
 def samples_per_prompt(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
     return int(con.execute("SELECT coalesce(max(sample), 0) + 1 FROM responses WHERE run_id = ?", [run_id]).fetchone()[0])
 

@@ -130,7 +130,7 @@ def score_run(
         summary = ScoreSummary(run_id=run_id, n_responses=len(records), rows_written=0)
         console = Console(stderr=True)
         with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, disable=not progress or not records, transient=False,
         ) as bar:
             for ev in bound:
