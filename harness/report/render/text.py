@@ -150,7 +150,7 @@ def print_report(report: Report, console: Console | None = None, html_path: str 
         for col in TRAJECTORY_HEADER:
             t.add_column(col, justify="left" if col in ("route", "cohort") else "right")
         for row in trajectory_rows(report):
-            t.add_row(*[Text(c) for c in row])
+            t.add_row(*[term(c) for c in row])
         console.print(t)
     if report.experts:
         t = Table(title="Expert routing per cohort (layer means; docs/experts.md)", header_style="bold")
@@ -270,7 +270,7 @@ def to_markdown(report: Report, html_name: str | None = None) -> str:
     if report.trajectories:
         lines += ["## Agent trajectories", "", "Per cohort: steps taken, why trajectories stopped, mean step accuracy, "
                   "and tokens and cost per trace summed over the steps.", ""]
-        lines += _md_table(TRAJECTORY_HEADER, [[md_cell(c) for c in row] for row in trajectory_rows(report)])
+        lines += _md_table(TRAJECTORY_HEADER, [[md_cell(c) for c in row[:2]] + row[2:] for row in trajectory_rows(report)])
         lines.append("")
     if report.experts:
         lines += ["## Expert routing", "", "Per cohort, layer means; capacity at the route's factor, else 1.25 "
