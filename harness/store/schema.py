@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES: dict[str, str] = {
     "runs": """
@@ -66,6 +66,7 @@ TABLES: dict[str, str] = {
         timed_out       BOOLEAN,
         trace_id        VARCHAR,
         span_id         VARCHAR,
+        warmup          BOOLEAN,      -- a warm-up call (sent before measurement, sample < 0): stored, never reported
         PRIMARY KEY (run_id, prompt_id, route, sample)
     """,
     "spans": """
@@ -169,8 +170,9 @@ def json_columns(table: str) -> frozenset[str]:
 
 
 
-# Columns added after schema version 1: a store written by an older routecheck gains them on open.
+# Columns added after schema version 1 (version 2: spans' engine columns, quantity; 3: warmup): a store written by an older routecheck gains them on open.
 ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "spans": [("engine", "VARCHAR"), ("queue_s", "DOUBLE"), ("prefill_s", "DOUBLE"), ("decode_s", "DOUBLE"), ("e2e_s", "DOUBLE")],
     "server_metrics": [("quantity", "VARCHAR")],
+    "responses": [("warmup", "BOOLEAN")],  # version 3
 }
