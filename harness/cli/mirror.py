@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -13,9 +14,12 @@ from rich.text import Text
 from harness.cli.console import err, fail, out, visible
 from harness.cli.runs import print_route_summary
 from harness.config import ConfigError, load_routes
+from harness.mirror.order import DEFAULT_WARMUP, ORDERS
 from harness.mirror.runner import MirrorOptions, RouteTally, new_run_id, run_mirror
 from harness.store import DEFAULT_DB, connect
 from harness.store.views import resolve_run_id
+
+OrderChoice = Enum("OrderChoice", {o: o for o in ORDERS}, type=str)  # typer lists the choices in --help
 
 DB_OPTION = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.")
 
@@ -40,6 +44,11 @@ def mirror(
     rate: Optional[float] = typer.Option(None, "--rate", min=0.001, help="Global cap on request starts per second."),
     otlp_endpoint: Optional[str] = typer.Option(None, "--otlp-endpoint", help="Also export spans over OTLP/HTTP (default: $OTEL_EXPORTER_OTLP_ENDPOINT)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Finish an interrupted run: only calls without a successful row are sent."),
+    order: OrderChoice = typer.Option("shuffle", "--order",
+                              help="Sending order: shuffle (seeded, default), file, or interleave-cohorts (cohorts in turn)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Shuffle seed (default: a fresh one, recorded in the run)."),
+    warmup: int = typer.Option(DEFAULT_WARMUP, "--warmup", min=0,
+                               help="Warm-up calls per route before measurement: stored as warm-up, left out of every figure."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress per route."),
 ) -> None:
     """Send every prompt to all routes at once and record responses and spans."""
@@ -51,7 +60,8 @@ def mirror(
     except (ConfigError, LookupError) as e:
         fail(str(e))
     opts = MirrorOptions(corpus=corpus, db=db, samples=samples, limit=limit, cohorts=cohort or None, skip_invalid=skip_invalid,
-                         rate=rate, otlp_endpoint=otlp_endpoint, run_id=resume or new_run_id(), resume=bool(resume))
+                         rate=rate, otlp_endpoint=otlp_endpoint, run_id=resume or new_run_id(), resume=bool(resume),
+                         order=order.value, seed=seed, warmup=warmup)
     total = _count_rows(corpus)
     if total is not None and not cohort:
         total = min(total, limit or total) * samples

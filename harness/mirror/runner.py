@@ -26,6 +26,7 @@ from harness import __version__
 from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.corpus import CorpusStats, PromptRecord, corpus_sha256, read_corpus
 from harness.mirror.http_pool import ShardedTransport
+from harness.mirror.order import DEFAULT_WARMUP, new_seed, ordered, peek
 from harness.mirror.openai_stream import CallResult, RetryPolicy, stream_chat
 from harness.mirror.trajectory import play_trajectory
 from harness.store import BatchWriter, connect, upsert
@@ -52,10 +53,14 @@ class MirrorOptions:
     otlp_endpoint: str | None = None
     run_id: str | None = None  # None: a new id is made
     resume: bool = False  # finish run `run_id` instead of starting it
+    order: str = "shuffle"  # shuffle | file | interleave-cohorts (harness/mirror/order.py)
+    seed: int | None = None  # shuffle seed; None: a fresh one, recorded in the run
+    warmup: int = DEFAULT_WARMUP  # warm-up calls per route before measurement (stored, never reported)
 
     def stored(self) -> dict[str, Any]:
         """The options a resumed run must keep, so it finishes the same work."""
-        return {"samples": self.samples, "limit": self.limit, "cohorts": self.cohorts, "skip_invalid": self.skip_invalid, "rate": self.rate}
+        return {"samples": self.samples, "limit": self.limit, "cohorts": self.cohorts, "skip_invalid": self.skip_invalid, "rate": self.rate,
+                "order": self.order, "seed": self.seed, "warmup": self.warmup}
 
 
 @dataclass
@@ -118,7 +123,8 @@ def _build_body(route: RouteConfig, record: PromptRecord, sample: int) -> dict[s
     return body
 
 
-def _response_row(run_id: str, route: RouteConfig, record: PromptRecord, sample: int, r: CallResult, span: trace.Span) -> dict[str, Any]:
+def _response_row(run_id: str, route: RouteConfig, record: PromptRecord, sample: int, r: CallResult, span: trace.Span,
+                  warmup: bool = False) -> dict[str, Any]:
     ctx = span.get_span_context()
     return {
         "run_id": run_id,
@@ -149,6 +155,7 @@ def _response_row(run_id: str, route: RouteConfig, record: PromptRecord, sample:
         "timed_out": r.timed_out,
         "trace_id": f"{ctx.trace_id:032x}",
         "span_id": f"{ctx.span_id:016x}",
+        "warmup": warmup,
     }
 
 
@@ -192,6 +199,8 @@ class Mirror:
                     "SELECT prompt_id, route, sample FROM responses WHERE run_id = ? AND error_type IS NULL", [self.run_id]
                 ).fetchall()
                 return {(p, r, s) for p, r, s in done}
+            if self.opts.seed is None:
+                self.opts.seed = new_seed()
             upsert(con, "runs", [{
                 "run_id": self.run_id, "started_at": datetime.now(timezone.utc), "status": "running",
                 "corpus_path": str(self.opts.corpus), "corpus_sha256": sha, "routes": snapshot,
@@ -231,11 +240,11 @@ class Mirror:
         group_slots = asyncio.Semaphore(max(r.max_concurrency for r in self.routes))
         flusher = asyncio.create_task(self._flush_periodically())
         try:
-            for record in read_corpus(self.opts.corpus, self.opts.skip_invalid, stats):
-                if self.opts.cohorts and record.cohort not in self.opts.cohorts:
-                    continue
-                if self.opts.limit is not None and n_prompts >= self.opts.limit:
-                    break
+            records = ordered(self._selected(read_corpus(self.opts.corpus, self.opts.skip_invalid, stats)),
+                              self.opts.order, self.opts.seed)
+            head, records = peek(records, self.opts.warmup)
+            await self._warm_up(head, clients)
+            for record in records:
                 n_prompts += 1
                 self.writer.add("prompts", [record.store_row(self.run_id)])
                 for sample in range(self.opts.samples):
@@ -269,12 +278,32 @@ class Mirror:
         return MirrorSummary(self.run_id, status, n_prompts, n_calls, stats.skipped, n_skipped_done,
                              time.monotonic() - t0, self.tally)
 
+    def _selected(self, records):
+        """--cohort and --limit (the first N rows of the file after --cohort), before ordering."""
+        n = 0
+        for record in records:
+            if self.opts.cohorts and record.cohort not in self.opts.cohorts:
+                continue
+            if self.opts.limit is not None and n >= self.opts.limit:
+                break
+            n += 1
+            yield record
+
+    async def _warm_up(self, head: list[PromptRecord], clients: dict[str, httpx.AsyncClient]) -> None:
+        """`warmup` mirror groups on the first prompts of the order, samples -1, -2, ...: the servers'
+        first calls (compilation, caches, page faults) land here, not in the first cohort's figures."""
+        if not head:
+            return
+        await asyncio.gather(*(self._group(head[i % len(head)], -1 - i, self.routes, clients, warmup=True)
+                               for i in range(self.opts.warmup)))
+
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             await asyncio.to_thread(self.writer.flush)  # the event loop keeps streaming meanwhile
 
-    async def _group(self, record: PromptRecord, sample: int, todo: list[RouteConfig], clients: dict[str, httpx.AsyncClient]) -> None:
+    async def _group(self, record: PromptRecord, sample: int, todo: list[RouteConfig], clients: dict[str, httpx.AsyncClient],
+                     warmup: bool = False) -> None:
         # Fixed acquisition order (route order) means two groups can never deadlock on slots.
         for r in todo:
             await self._slots[r.name].acquire()
@@ -285,14 +314,15 @@ class Mirror:
                 "mirror", kind=SpanKind.INTERNAL,
                 attributes={"routecheck.run_id": self.run_id, "routecheck.prompt_id": record.id,
                             "routecheck.cohort": record.cohort, "routecheck.sample": sample,
-                            "routecheck.routes": [r.name for r in todo]},
+                            "routecheck.routes": [r.name for r in todo], "routecheck.warmup": warmup},
             ):
-                await asyncio.gather(*(self._call(r, record, sample, clients[r.name]) for r in todo))
+                await asyncio.gather(*(self._call(r, record, sample, clients[r.name], warmup) for r in todo))
         finally:
             for r in todo:
                 self._slots[r.name].release()
 
-    async def _call(self, route: RouteConfig, record: PromptRecord, sample: int, client: httpx.AsyncClient) -> None:
+    async def _call(self, route: RouteConfig, record: PromptRecord, sample: int, client: httpx.AsyncClient,
+                    warmup: bool = False) -> None:
         body = _build_body(route, record, sample)
         if record.is_trajectory:  # an agent row: the tool loop, one call span per step (harness/mirror/trajectory.py)
             traj = await play_trajectory(self._tracer, route, self.run_id, record, sample, client, body)
@@ -311,10 +341,16 @@ class Mirror:
             span.set_attributes(result_attributes(result))
             if not result.ok:
                 span.set_status(Status(StatusCode.ERROR, result.error_message))
+<<<<<<< HEAD
             self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span)])
         self._count(route, result)
 
     def _count(self, route: RouteConfig, result: CallResult, requests: int = 1) -> None:
+=======
+            self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span, warmup)])
+        if warmup:
+            return
+>>>>>>> replicate
         t = self.tally[route.name]
         t.done += 1
         t.requests += requests
@@ -344,7 +380,11 @@ def run_mirror(routes: RoutesFile, opts: MirrorOptions, on_progress: Callable[[s
             summary = _run_loop(mirror)
             if served:
                 # Servers export their request spans in batches every few seconds: wait for them before stopping.
+<<<<<<< HEAD
                 expected = sum(summary.per_route[r.name].requests for r in served)
+=======
+                expected = sum(summary.per_route[r.name].done + opts.warmup for r in served)
+>>>>>>> replicate
                 receiver.wait_for_server_spans(expected, SERVER_SPAN_WAIT_S)
         if served:
             mirror.writer.flush()

@@ -35,7 +35,7 @@ class RouteInfo:
 def load_routes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[RouteInfo]:
     """Routes of the run: the runs.routes snapshot, else the roles seen in responses."""
     row = con.execute("SELECT routes FROM runs WHERE run_id = ?", [run_id]).fetchone()
-    seen = con.execute("SELECT route, any_value(role) FROM responses WHERE run_id = ? GROUP BY route ORDER BY route",
+    seen = con.execute(f"SELECT route, any_value(role) FROM {views.MEASURED_RESPONSES} WHERE run_id = ? GROUP BY route ORDER BY route",
                        [run_id]).fetchall()
     if row is None and not seen:
         raise ReportError(f"no run {run_id!r} in the store (`routecheck runs` lists them)")
@@ -66,7 +66,7 @@ def split_roles(routes: list[RouteInfo]) -> tuple[RouteInfo, list[RouteInfo]]:
 
 
 def distinct_cohorts(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
-    rows = con.execute("SELECT DISTINCT coalesce(cohort, 'default') FROM responses WHERE run_id = ? ORDER BY 1", [run_id]).fetchall()
+    rows = con.execute(f"SELECT DISTINCT coalesce(cohort, 'default') FROM {views.MEASURED_RESPONSES} WHERE run_id = ? ORDER BY 1", [run_id]).fetchall()
     return [r[0] for r in rows]
 
 
@@ -75,7 +75,7 @@ def _cohort_source(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
     has_prompts = con.execute("SELECT count(*) > 0 FROM prompts WHERE run_id = ?", [run_id]).fetchone()[0]
     if has_prompts:
         return "(SELECT prompt_id, cohort FROM prompts WHERE run_id = $run)"
-    return "(SELECT prompt_id, any_value(cohort) AS cohort FROM responses WHERE run_id = $run GROUP BY prompt_id)"
+    return f"(SELECT prompt_id, any_value(cohort) AS cohort FROM {views.MEASURED_RESPONSES} WHERE run_id = $run GROUP BY prompt_id)"
 
 
 # One row per (evaluator, prompt) with both routes' per-prompt means; strings come back as codes
@@ -189,7 +189,7 @@ def error_types(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, A
 
 
 def samples_per_prompt(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
-    return int(con.execute("SELECT coalesce(max(sample), 0) + 1 FROM responses WHERE run_id = ?", [run_id]).fetchone()[0])
+    return int(con.execute(f"SELECT coalesce(max(sample), 0) + 1 FROM {views.MEASURED_RESPONSES} WHERE run_id = ?", [run_id]).fetchone()[0])
 
 
 def _serving_pairs_sql(k: int) -> str:
@@ -211,7 +211,7 @@ def _serving_pairs_sql(k: int) -> str:
     return f"""
         SELECT list_position($cohorts, coalesce(any_value(cohort), 'default')) - 1 AS cohort_code,
                {', '.join(means + per_sample)}
-        FROM responses WHERE run_id = $run AND route IN ($baseline, $candidate)
+        FROM {views.MEASURED_RESPONSES} WHERE run_id = $run AND route IN ($baseline, $candidate)
         GROUP BY prompt_id
         HAVING count(*) FILTER (WHERE route = $baseline) > 0 AND count(*) FILTER (WHERE route = $candidate) > 0
     """
@@ -242,9 +242,9 @@ def load_serving_pairs(con: duckdb.DuckDBPyConnection, run_id: str, baseline: Ro
     return ServingPairs(df, times)
 
 
-LATENCY_CDF_SQL = """
+LATENCY_CDF_SQL = f"""
 SELECT route, quantile_cont(latency_s, $probs) AS q
-FROM responses WHERE run_id = $run AND error_type IS NULL AND latency_s IS NOT NULL GROUP BY route
+FROM {views.MEASURED_RESPONSES} WHERE run_id = $run AND error_type IS NULL AND latency_s IS NOT NULL GROUP BY route
 """
 
 
@@ -313,7 +313,7 @@ def prompt_texts(con: duckdb.DuckDBPyConnection, run_id: str, prompt_ids: list[s
 
 def response_texts(con: duckdb.DuckDBPyConnection, run_id: str, prompt_ids: list[str], routes: list[str]) -> pd.DataFrame:
     return con.execute(
-        """SELECT prompt_id, route, text, error_type FROM responses
+        f"""SELECT prompt_id, route, text, error_type FROM {views.MEASURED_RESPONSES}
            WHERE run_id = $run AND sample = 0 AND list_contains($ids, prompt_id) AND list_contains($routes, route)""",
         {"run": run_id, "ids": list(prompt_ids), "routes": list(routes)},
     ).df()

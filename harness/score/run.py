@@ -19,13 +19,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from evaluators import BoundEvaluator, EvalRecord, EvalResult, EvaluatorError, parse_json_field
 from evaluators.config import EvaluatorSpec, parse_cli_spec, resolve_specs
 from harness import store
-from harness.store.views import resolve_run_id
+from harness.store.views import MEASURED_RESPONSES, resolve_run_id
 
-_QUERY = """
+_QUERY = f"""
 SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort AS r_cohort, r.text, r.tool_calls,
        r.error_type, r.error_message, r.steps, r.stop_reason,
        p.cohort AS p_cohort, p.messages, p.context, p.tools, p.expected, p.metadata
-FROM responses r
+FROM {MEASURED_RESPONSES} r
 LEFT JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id
 WHERE r.run_id = ?
 ORDER BY r.prompt_id, r.route, r.sample
