@@ -327,8 +327,10 @@ class Mirror:
         if record.is_trajectory:  # an agent row: the tool loop, one call span per step (harness/mirror/trajectory.py)
             traj = await play_trajectory(self._tracer, route, self.run_id, record, sample, client, body)
             self.writer.add("steps", traj.step_rows(self.run_id, route.name, record.id, sample))
-            self.writer.add("responses", [{**_response_row(self.run_id, route, record, sample, traj.total, traj.span), **traj.columns()}])
-            self._count(route, traj.total, len(traj.steps))
+            self.writer.add("responses", [{**_response_row(self.run_id, route, record, sample, traj.total, traj.span, warmup),
+                                           **traj.columns()}])
+            if not warmup:
+                self._count(route, traj.total, len(traj.steps))
             return
         with self._tracer.start_as_current_span(
             f"chat {route.model}", kind=SpanKind.CLIENT,
@@ -341,16 +343,11 @@ class Mirror:
             span.set_attributes(result_attributes(result))
             if not result.ok:
                 span.set_status(Status(StatusCode.ERROR, result.error_message))
-<<<<<<< HEAD
-            self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span)])
-        self._count(route, result)
+            self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span, warmup)])
+        if not warmup:
+            self._count(route, result)
 
     def _count(self, route: RouteConfig, result: CallResult, requests: int = 1) -> None:
-=======
-            self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span, warmup)])
-        if warmup:
-            return
->>>>>>> replicate
         t = self.tally[route.name]
         t.done += 1
         t.requests += requests
@@ -380,11 +377,7 @@ def run_mirror(routes: RoutesFile, opts: MirrorOptions, on_progress: Callable[[s
             summary = _run_loop(mirror)
             if served:
                 # Servers export their request spans in batches every few seconds: wait for them before stopping.
-<<<<<<< HEAD
-                expected = sum(summary.per_route[r.name].requests for r in served)
-=======
-                expected = sum(summary.per_route[r.name].done + opts.warmup for r in served)
->>>>>>> replicate
+                expected = sum(summary.per_route[r.name].requests + opts.warmup for r in served)
                 receiver.wait_for_server_spans(expected, SERVER_SPAN_WAIT_S)
         if served:
             mirror.writer.flush()

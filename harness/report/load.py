@@ -182,7 +182,7 @@ def score_coverage(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str
 
 def error_types(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
     """Failed calls per route and error type, most frequent first."""
-    rows = con.execute("""SELECT route, error_type, count(*) FROM responses
+    rows = con.execute(f"""SELECT route, error_type, count(*) FROM {views.MEASURED_RESPONSES}
                           WHERE run_id = ? AND error_type IS NOT NULL GROUP BY ALL ORDER BY 1, 3 DESC, 2""",
                        [run_id]).fetchall()
     return [{"route": r, "error_type": e, "calls": int(n)} for r, e, n in rows]

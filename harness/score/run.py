@@ -33,9 +33,9 @@ ORDER BY r.prompt_id, r.route, r.sample
 
 
 # The steps of the run's trajectories; a resumed trajectory may have left longer stale rows.
-_STEPS_QUERY = """
+_STEPS_QUERY = f"""
 SELECT s.prompt_id, s.route, s.sample, s.step, s.text, s.tool_calls, s.tool_results, s.finish_reason
-FROM steps s JOIN responses r USING (run_id, prompt_id, route, sample)
+FROM steps s JOIN {MEASURED_RESPONSES} r USING (run_id, prompt_id, route, sample)
 WHERE s.run_id = ? AND s.step <= r.steps
 ORDER BY s.prompt_id, s.route, s.sample, s.step
 """

@@ -67,14 +67,10 @@ TABLES: dict[str, str] = {
         error_message   VARCHAR,
         timed_out       BOOLEAN,
         trace_id        VARCHAR,
-<<<<<<< HEAD
         span_id         VARCHAR,      -- the call span; for a trajectory, the trajectory span
         steps           INTEGER,      -- trajectories: model calls made (rows in `steps`); NULL for one call
         stop_reason     VARCHAR,      -- trajectories: answer | max_steps | unscripted_tool | error
-=======
-        span_id         VARCHAR,
         warmup          BOOLEAN,      -- a warm-up call (sent before measurement, sample < 0): stored, never reported
->>>>>>> replicate
         PRIMARY KEY (run_id, prompt_id, route, sample)
     """,
     # One row per model call of an agent trajectory (harness/mirror/trajectory.py); the response row
@@ -207,11 +203,7 @@ def json_columns(table: str) -> frozenset[str]:
 ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "spans": [("engine", "VARCHAR"), ("queue_s", "DOUBLE"), ("prefill_s", "DOUBLE"), ("decode_s", "DOUBLE"), ("e2e_s", "DOUBLE")],
     "server_metrics": [("quantity", "VARCHAR")],
-<<<<<<< HEAD
-    # version 3: agent trajectories
+    # version 3: agent trajectories, warm-up calls
     "prompts": [("tool_results", "JSON"), ("max_steps", "INTEGER")],
-    "responses": [("steps", "INTEGER"), ("stop_reason", "VARCHAR")],
-=======
-    "responses": [("warmup", "BOOLEAN")],  # version 3
->>>>>>> replicate
+    "responses": [("steps", "INTEGER"), ("stop_reason", "VARCHAR"), ("warmup", "BOOLEAN")],
 }

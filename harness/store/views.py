@@ -254,7 +254,7 @@ def server_panel(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
 # steps): how many, steps taken, why they stopped, tokens per trace (summed over steps), and the
 # mean step_accuracy score where scored. Cost per trace is these tokens at the route's prices
 # (harness/report/load.py, `cost_per_trace`).
-TRAJECTORY_SUMMARY_SQL = """
+TRAJECTORY_SUMMARY_SQL = f"""
 SELECT r.route, coalesce(r.cohort, 'default') AS cohort,
        count(*)                                                   AS trajectories,
        avg(r.steps)                                               AS steps_mean,
@@ -267,7 +267,7 @@ SELECT r.route, coalesce(r.cohort, 'default') AS cohort,
        avg(coalesce(r.total_tokens, coalesce(r.input_tokens, 0) + coalesce(r.output_tokens, 0))) AS tokens_per_trace,
        avg(coalesce(r.input_tokens, 0))                           AS input_tokens_mean,
        avg(coalesce(r.output_tokens, 0))                          AS output_tokens_mean
-FROM responses r
+FROM {MEASURED_RESPONSES} r
 LEFT JOIN scores s ON s.run_id = r.run_id AND s.prompt_id = r.prompt_id AND s.route = r.route AND s.sample = r.sample
                   AND s.evaluator = 'step_accuracy' AND s.applicable
 WHERE r.run_id = $run AND r.steps IS NOT NULL
@@ -288,10 +288,5 @@ def trajectory_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFr
 # Views kept in the file, for `routecheck sql` and other DuckDB clients.
 VIEWS: dict[str, str] = {"measured_responses": MEASURED_RESPONSES_SQL, "response_timings": RESPONSE_TIMINGS_SQL}
 
-<<<<<<< HEAD
-__all__: list[Any] = ["list_runs", "resolve_run_id", "route_summary", "route_cohort_summary", "server_timings",
-                      "server_phases", "metric_deltas", "server_summary", "server_panel", "trajectory_summary", "VIEWS"]
-=======
 __all__: list[Any] = ["MEASURED_RESPONSES", "list_runs", "resolve_run_id", "route_summary", "route_cohort_summary", "server_timings",
-                      "server_phases", "metric_deltas", "server_summary", "server_panel", "VIEWS"]
->>>>>>> replicate
+                      "server_phases", "metric_deltas", "server_summary", "server_panel", "trajectory_summary", "VIEWS"]
