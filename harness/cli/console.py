@@ -59,7 +59,11 @@ def guarded(command: F) -> F:
 
 def fmt(value: object) -> str:
     """A table cell: '-' for missing, thousands separators for large numbers, 3 decimals otherwise."""
-    if value is None or value != value:  # None or NaN
+    try:
+        missing = value is None or bool(value != value)  # None or NaN
+    except TypeError:  # pandas.NA (a NULL in a nullable integer column) has no truth value
+        missing = True
+    if missing:
         return "-"
     if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
         return f"{int(value):,}"
