@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES: dict[str, str] = {
     "runs": """
@@ -54,6 +54,8 @@ TABLES: dict[str, str] = {
         output_tokens   BIGINT,
         total_tokens    BIGINT,
         usage_source    VARCHAR,      -- server | counted
+        usage_raw       VARCHAR,      -- the server's usage as sent, when it could not be used (flag usage_invalid)
+        flags           VARCHAR[],    -- what was kept but marked: partial, usage_invalid, id_coerced, ... (mirror/assemble.py)
         started_at      TIMESTAMPTZ,
         latency_s       DOUBLE,       -- end to end, first byte sent to last byte received
         ttft_s          DOUBLE,       -- time to first content or tool-call token
@@ -173,4 +175,6 @@ def json_columns(table: str) -> frozenset[str]:
 ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "spans": [("engine", "VARCHAR"), ("queue_s", "DOUBLE"), ("prefill_s", "DOUBLE"), ("decode_s", "DOUBLE"), ("e2e_s", "DOUBLE")],
     "server_metrics": [("quantity", "VARCHAR")],
+    # version 3
+    "responses": [("usage_raw", "VARCHAR"), ("flags", "VARCHAR[]")],
 }
