@@ -19,18 +19,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from harness import __version__
 from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.corpus import CorpusStats, PromptRecord, corpus_sha256, read_corpus
 from harness.mirror.http_pool import ShardedTransport
 from harness.mirror.order import DEFAULT_WARMUP, new_seed, ordered, peek
-from harness.mirror.openai_stream import CallResult, RetryPolicy, stream_chat
+from harness.mirror.openai_stream import CallResult
+from harness.mirror.call import traced_chat
 from harness.mirror.trajectory import play_trajectory
 from harness.store import BatchWriter, connect, upsert
-from harness.mirror.attributes import request_attributes, result_attributes
+from harness.mirror.attributes import request_attributes
 from harness.serving.engines import engine_for, server_span_columns
 from harness.serving.metrics import MetricsScraper
 from harness.serving.pool import serving
@@ -334,18 +335,9 @@ class Mirror:
             if not warmup:
                 self._count(route, traj.total, len(traj.steps))
             return
-        with self._tracer.start_as_current_span(
-            f"chat {route.model}", kind=SpanKind.CLIENT,
-            attributes=request_attributes(route, self.run_id, record.id, record.cohort, sample, body),
-            record_exception=False, set_status_on_exception=False,
-        ) as span:
-            headers: dict[str, str] = {}
-            propagate.inject(headers)  # W3C traceparent: server-side spans join this trace
-            result = await stream_chat(client, body, headers, route.timeout_s, RetryPolicy(max_retries=route.max_retries))
-            span.set_attributes(result_attributes(result))
-            if not result.ok:
-                span.set_status(Status(StatusCode.ERROR, result.error_message))
-            self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span, warmup)])
+        result, span = await traced_chat(self._tracer, route, client, body,
+                                         request_attributes(route, self.run_id, record.id, record.cohort, sample, body))
+        self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span, warmup)])
         if not warmup:
             self._count(route, result)
 
