@@ -11,6 +11,11 @@ Scripted tool calls (`--tool-calls FILE`, or `scripted_tool_calls` in `--config`
 mapping a key to the calls to answer with, `[{"name": ..., "arguments": {...} or "<json>"}, ...]`
 (`[]` = answer in text). A request whose last user message contains `[[stub:KEY]]` gets KEY's
 calls, streamed or not, several calls as parallel tool calls.
+
+Faults (`--faults`, then `[[fault:NAME]]` in a prompt; or `--fault NAME` for every request): the
+catalogue in harness/testing/faults.py, each a way a server breaks a completion (bad chunks,
+invalid UTF-8, bad headers, undecodable bodies, wrong usage or ids, truncated streams, valid but
+unusual SSE framing, an echoed API key).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from harness.testing import faults as fault_catalogue
+
 
 @dataclass
 class StubConfig:
@@ -52,6 +59,9 @@ class StubConfig:
     record_headers: int = 1000  # keep the headers of the last N requests, for tests
     # Marker key -> tool calls [{"name", "arguments"}]; used when the last user message has [[stub:KEY]].
     scripted_tool_calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Server faults (harness/testing/faults.py): `faults` honours [[fault:NAME]] markers; `fault` breaks every request.
+    faults: bool = False
+    fault: str | None = None
 
 
 _MARKER = re.compile(r"\[\[stub:([^\]]+)\]\]")
@@ -64,6 +74,7 @@ def _words(text: str) -> list[str]:
 def build_app(cfg: StubConfig) -> Starlette:
     counter = itertools.count()
     seen_headers: list[dict[str, str]] = []
+    seen_bodies: dict[str, int] = {}  # request body -> times seen, for faults that break only the first try
 
     def answer_for(messages: list[dict[str, Any]]) -> str:
         last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
@@ -109,6 +120,15 @@ def build_app(cfg: StubConfig) -> Starlette:
         finish = "tool_calls" if tool_call else ("length" if len(pieces) > max_tokens else "stop")
         pieces = pieces[:max_tokens]
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces), "total_tokens": prompt_tokens + len(pieces)}
+
+        fault = fault_catalogue.select(last, cfg.fault) if (cfg.faults or cfg.fault) else None
+        if fault:
+            key = json.dumps([model, messages])
+            seen = seen_bodies.get(key, 0)
+            seen_bodies[key] = seen + 1
+            answer = fault_catalogue.Answer(rid, model, [p for p in pieces if isinstance(p, str)], usage, finish,
+                                            request.headers.get("authorization", ""), seen)
+            return _fault_response(fault_catalogue.FAULTS[fault][1](answer))
 
         if not body.get("stream"):
             await asyncio.sleep(cfg.ttft_s + (len(pieces) / cfg.tokens_per_s if cfg.tokens_per_s else 0))
@@ -165,6 +185,13 @@ def build_app(cfg: StubConfig) -> Starlette:
     ])
 
 
+def _fault_response(reply: "fault_catalogue.Reply") -> Response:
+    async def parts():
+        for part in reply.parts:
+            yield part
+    return StreamingResponse(parts(), status_code=reply.status, headers=reply.headers)
+
+
 def _scripted(cfg: StubConfig, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """The scripted calls for this request's [[stub:KEY]] marker (None = no marker or unknown key)."""
     if not cfg.scripted_tool_calls:
@@ -203,11 +230,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens-per-s", type=float)
     p.add_argument("--answer")
     p.add_argument("--tool-calls", metavar="FILE", help="JSON object: marker key -> scripted tool calls (see above)")
+    p.add_argument("--faults", action="store_true", default=None, help="honour [[fault:NAME]] markers in prompts")
+    p.add_argument("--fault", choices=sorted(fault_catalogue.FAULTS), help="inject this fault into every request")
     args = p.parse_args(argv)
     data: dict[str, Any] = json.loads(open(args.config).read()) if args.config else {}
     if args.tool_calls:
         data["scripted_tool_calls"] = json.loads(open(args.tool_calls).read())
-    for key in ("model", "ttft_s", "tokens_per_s", "answer"):
+    for key in ("model", "ttft_s", "tokens_per_s", "answer", "faults", "fault"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     serve(StubConfig(**data), args.host, args.port)
