@@ -6,7 +6,8 @@ JSON columns get JSON text. Values that cannot be stored are set to NULL and the
 A `responses` row with such a value becomes an error row (`error_type = 'invalid_row'` unless
 the call had failed already, the message naming each column), so the call is visible and
 `--resume` sends it again; other tables keep the row with NULL there. A row whose key cannot be
-stored is dropped and counted. Known secrets are redacted in the same pass (redact.py).
+stored is dropped and counted. Text with unpaired surrogates is stored with U+FFFD in their place
+(and noted the same way). Known secrets are redacted in the same pass (redact.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ INT_RANGE = {"BIGINT": (-(2**63), 2**63 - 1), "INTEGER": (-(2**31), 2**31 - 1)}
 
 
 class BadValue(ValueError):
-    pass
+    """A value the column cannot take; `replacement` (if any) is stored instead of NULL."""
+
+    def __init__(self, message: str, replacement: Any = None):
+        super().__init__(message)
+        self.replacement = replacement
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -52,7 +57,12 @@ def repair_unicode(text: str) -> tuple[str, bool]:
 
 
 def _fix_text(v: str) -> str:
-    return v if valid_unicode(v) else repair_unicode(v)[0]
+    if valid_unicode(v):
+        return v
+    repaired, lossy = repair_unicode(v)
+    if lossy:
+        raise BadValue("unpaired UTF-16 surrogates replaced by U+FFFD", replacement=repaired)
+    return repaired
 
 
 def _text(v: Any) -> str:
@@ -188,7 +198,9 @@ def clean_rows(table: str, rows: Sequence[dict[str, Any]], redactor: Redactor | 
                     v = check(v)
                 except BadValue as e:
                     bad.append(f"{col}: {e}")
-                    continue
+                    if e.replacement is None:
+                        continue
+                    v = e.replacement
             if redact is not None:
                 if type(v) is str:
                     v = redact(v)
