@@ -15,13 +15,14 @@ from harness.cli.console import err, fail, out, visible
 from harness.cli.runs import print_route_summary
 from harness.config import ConfigError, load_routes
 from harness.mirror.order import DEFAULT_WARMUP, ORDERS
-from harness.mirror.runner import MirrorOptions, RouteTally, new_run_id, run_mirror
+from harness.mirror.runner import MirrorOptions, MirrorSummary, RouteTally, RunFailed, new_run_id, run_mirror
 from harness.store import DEFAULT_DB, connect
 from harness.store.views import resolve_run_id
 
 OrderChoice = Enum("OrderChoice", {o: o for o in ORDERS}, type=str)  # typer lists the choices in --help
 
 DB_OPTION = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.")
+EXIT_RUN_FAILED = 3  # the run could not store what it measured (not a regression, not bad input)
 
 
 def _count_rows(corpus: Path) -> int | None:
@@ -81,13 +82,26 @@ def mirror(
             summary = run_mirror(routes_file, opts, on_progress=on_progress)
     except ConfigError as e:
         fail(str(e))
+    except RunFailed as e:
+        _print_summary(e.summary)
+        fail(f"{e}; finish it with: routecheck mirror --resume {opts.run_id} --corpus {corpus} --routes {routes}", EXIT_RUN_FAILED)
     except KeyboardInterrupt:
         err.print(visible(f"interrupted; finish it with: routecheck mirror --resume {opts.run_id} --corpus {corpus} --routes {routes}"),
                   markup=False, highlight=False)
         raise typer.Exit(130)
-    out.print(Text.assemble("run ", (visible(summary.run_id), "bold"), f": {summary.status}, {summary.prompts} prompts, {summary.calls} calls "
-                  f"in {summary.duration_s:.1f} s" + (f", {summary.skipped_rows} invalid rows skipped" if summary.skipped_rows else "")
-                  + (f", {summary.resumed_skipped_calls} calls already done" if summary.resumed_skipped_calls else "")))
+    _print_summary(summary)
     print_route_summary(db, summary.run_id)
+
+
+def _print_summary(summary: MirrorSummary) -> None:
+    out.print(Text.assemble("run ", (visible(summary.run_id), "bold"), f": {summary.status}, {summary.prompts} prompts, {summary.calls} calls, "
+                  f"{summary.rows_written} responses written in {summary.duration_s:.1f} s"
+                  + (f", {summary.skipped_rows} invalid rows skipped" if summary.skipped_rows else "")
+                  + (f", {summary.resumed_skipped_calls} calls already done" if summary.resumed_skipped_calls else "")
+                  + (f", {summary.spans_restored} call spans restored" if summary.spans_restored else "")))
+    if summary.rows_repaired or summary.rows_rejected:
+        err.print(Text(f"warning: {summary.rows_repaired} rows stored with values the store could not take set to NULL "
+                       f"(marked), {summary.rows_rejected} rows not stored; for example: "
+                       + "; ".join(visible(p) for p in summary.store_problems[:3])))
 
 

@@ -18,9 +18,10 @@ fault's kind) or is kept and marked with a flag on the row. The flags:
 from __future__ import annotations
 
 import json
-import re
 from time import perf_counter
 from typing import Any
+
+from harness.store.validate import repair_unicode, valid_unicode
 
 MAX_TOKENS = 2**31 - 1  # a usage count above this is not a real count
 _SNIPPET = 300
@@ -52,25 +53,6 @@ def snippet(value: Any, limit: int = _SNIPPET) -> str:
 def as_text(value: Any) -> str:
     """An id or model of the wrong type, as text."""
     return (value if isinstance(value, str) else json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))[:512]
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def repair_unicode(text: str) -> str:
-    """Pairs split over JSON escapes joined again; unpaired surrogates replaced by U+FFFD."""
-    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return _SURROGATE.sub("\ufffd", text)
-
-
-def valid_unicode(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class Assembly:
@@ -177,7 +159,6 @@ class Assembly:
     def completion(self, body: bytes) -> None:
         """A whole `chat.completion` JSON object (a server that ignored stream=true)."""
         self.events += 1
-        self.flags.append("non_streamed")
         try:
             obj = json.loads(body.decode())
         except UnicodeDecodeError as e:
@@ -186,6 +167,7 @@ class Assembly:
             raise StreamFault("bad_json", f"the reply is neither an SSE stream nor one JSON object ({e}): {snippet(body)}") from None
         if type(obj) is not dict:
             raise _bad("the reply", obj, "a JSON object")
+        self.flags.append("non_streamed")
         if "error" in obj:
             raise StreamFault("server_error", "the server replied with an error: " + snippet(obj["error"]))
         self._ids(obj)
@@ -237,8 +219,9 @@ class Assembly:
     def text(self) -> str:
         text = "".join(self.text_parts)
         if not valid_unicode(text):
-            text = repair_unicode(text)
-            self.flags.append("bad_unicode")
+            text, lossy = repair_unicode(text)
+            if lossy:
+                self.flags.append("bad_unicode")
         return text
 
     def calls(self) -> list[dict[str, Any]]:
@@ -247,8 +230,8 @@ class Assembly:
             fn = call["function"]
             for key in ("name", "arguments"):
                 if not valid_unicode(fn[key]):
-                    fn[key] = repair_unicode(fn[key])
-                    if "bad_unicode" not in self.flags:
+                    fn[key], lossy = repair_unicode(fn[key])
+                    if lossy and "bad_unicode" not in self.flags:
                         self.flags.append("bad_unicode")
         return out
 
