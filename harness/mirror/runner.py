@@ -29,7 +29,7 @@ from harness.mirror.http_pool import ShardedTransport
 from harness.mirror.order import DEFAULT_WARMUP, new_seed, ordered, peek
 from harness.mirror.openai_stream import CallResult, RetryPolicy, stream_chat
 from harness.mirror.trajectory import play_trajectory
-from harness.store import BatchWriter, connect, upsert
+from harness.store import BatchWriter, connect, shared, upsert
 from harness.mirror.attributes import request_attributes, result_attributes
 from harness.serving.engines import engine_for, server_span_columns
 from harness.serving.metrics import MetricsScraper
@@ -170,7 +170,8 @@ class Mirror:
         self.on_progress = on_progress
         self.tally = {r.name: RouteTally() for r in self.routes}
         self.run_id = opts.run_id or new_run_id()
-        self.con = connect(opts.db)
+        self.owner = f"routecheck mirror, run {self.run_id}"  # what a second process on the store is told
+        self.con = connect(opts.db, owner=self.owner)
         self.writer = BatchWriter(self.con)
         self._slots = {r.name: asyncio.Semaphore(r.max_concurrency) for r in self.routes}
         self._limiter = _RateLimiter(opts.rate) if opts.rate else None
@@ -221,6 +222,7 @@ class Mirror:
         missing = [name for name, url in self.base_urls.items() if not url]
         if missing:
             raise ConfigError(f"routes {missing} have no base_url (serve: routes must be started first)")
+        keys = {r.name: r.api_key() for r in self.routes}  # an unset api_key_env fails before the run row exists
         done = self._start_run()
         provider = make_tracer_provider(self.writer, self.opts.otlp_endpoint)
         self._tracer = tracer(provider)
@@ -229,7 +231,7 @@ class Mirror:
         clients = {
             r.name: httpx.AsyncClient(
                 base_url=self.base_urls[r.name].rstrip("/") + "/",
-                headers={"Authorization": f"Bearer {key}"} if (key := r.api_key()) else {},
+                headers={"Authorization": f"Bearer {keys[r.name]}"} if keys[r.name] else {},
                 timeout=httpx.Timeout(r.timeout_s, connect=min(10.0, r.timeout_s)),
                 transport=ShardedTransport(r.max_concurrency),
             )
@@ -367,6 +369,7 @@ def run_mirror(routes: RoutesFile, opts: MirrorOptions, on_progress: Callable[[s
     mirror = Mirror(routes, opts, on_progress)
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(shared(opts.db, mirror.writer, mirror.owner))  # readers get snapshots meanwhile
             if served:
                 receiver = stack.enter_context(OTLPReceiver(mirror.writer, span_columns=server_span_columns))
                 log_dir = opts.db.parent / "logs" / mirror.run_id
