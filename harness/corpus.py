@@ -329,8 +329,13 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
     # Undecodable bytes become lone surrogates, reported per row by _check_values (with the row's line).
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
+        try:
+            reader.fieldnames  # noqa: B018 - reads the header, so line numbers below are the rows'
+        except csv.Error as e:
+            raise CorpusError(f"{path}:1: not valid CSV in the header ({e})") from None
         last_error = -1
         while True:
+            start = reader.line_num + 1  # where the next row begins (a quoted field may span lines)
             try:
                 row = next(reader)
             except StopIteration:
@@ -340,9 +345,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 if "field larger than field limit" in msg:
                     msg = f"a field is larger than the {MAX_CSV_FIELD / 2**20:g} MiB limit"
                 if reader.line_num == last_error:  # no progress: the reader cannot get past it
-                    raise CorpusError(f"{path}:{reader.line_num}: not valid CSV ({msg})") from None
+                    raise CorpusError(f"{path}:{start}: not valid CSV ({msg})") from None
                 last_error = reader.line_num
-                yield reader.line_num, ValueError(f"not valid CSV ({msg})")
+                yield start, ValueError(f"not valid CSV ({msg})")
                 continue
             if None in row:
                 yield reader.line_num, ValueError(f"{len(row[None])} more field(s) than the header has")

@@ -54,14 +54,14 @@ def runs(
     except StoreError as e:
         fail(str(e))
     with con:
-        if detail:
+        if detail is not None:
             try:
                 run_id = resolve_run_id(con, detail)
             except LookupError as e:
                 fail(str(e))
         else:
             df = list_runs(con)
-    if detail:
+    if detail is not None:
         print_route_summary(db, run_id)
         _print_server_view(db, run_id)
         return
