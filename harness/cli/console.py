@@ -84,16 +84,13 @@ def guarded(command: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def _missing(value: object) -> bool:
-    try:
-        return bool(value != value)
-    except TypeError:  # pandas NA (a running run's duration): its truth value is ambiguous
-        return True
-
-
 def fmt(value: object) -> str:
     """A table cell: '-' for missing, thousands separators for large numbers, 3 decimals otherwise."""
-    if value is None or _missing(value):  # None, NaN, pandas NA or NaT
+    try:
+        missing = value is None or bool(value != value)  # None or NaN
+    except TypeError:  # pandas.NA (a NULL in a nullable integer column) has no truth value
+        missing = True
+    if missing:
         return "-"
     if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
         return f"{int(value):,}"

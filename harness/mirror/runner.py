@@ -143,6 +143,8 @@ def _response_row(run_id: str, route: RouteConfig, record: PromptRecord, sample:
         "output_tokens": r.output_tokens,
         "total_tokens": r.total_tokens,
         "usage_source": r.usage_source,
+        "usage_raw": r.usage_raw,
+        "flags": r.flags or None,
         "started_at": datetime.fromtimestamp(r.started_at, tz=timezone.utc),
         "latency_s": r.latency_s,
         "ttft_s": r.ttft_s,
