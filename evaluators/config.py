@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from evaluators.registry import BoundEvaluator, EvaluatorError, get_evaluator
-from harness.config import ConfigError, path_exists, read_yaml
+from harness.config import ConfigError, key_text, path_exists, read_yaml
 
 # The trajectory evaluators are not applicable (and not shown) on a run without agent rows.
 DEFAULT_EVALUATORS = ["groundedness", "hallucination", "tool_selection", "task_completion",
@@ -65,9 +65,9 @@ def load_evaluator_config(path: str | Path) -> list[EvaluatorSpec]:
     except ConfigError as e:
         raise EvaluatorError(str(e)) from None
     if isinstance(data, dict):
-        unknown = sorted(map(str, set(data) - {"evaluators"}))
+        unknown = sorted(set(data) - {"evaluators"}, key=repr)
         if unknown:
-            raise EvaluatorError(f"{path}: {unknown[0]}: unknown key; the file holds an 'evaluators' list")
+            raise EvaluatorError(f"{path}: {key_text(unknown[0])}: unknown key; the file holds an 'evaluators' list")
         items = data.get("evaluators")
     else:
         items = data
@@ -82,9 +82,9 @@ def load_evaluator_config(path: str | Path) -> list[EvaluatorSpec]:
             continue
         if not isinstance(item, dict) or "name" not in item:
             raise EvaluatorError(f"{where}: expected an evaluator name or a mapping with 'name', got {_kind(item)}")
-        unknown = sorted(map(str, set(item) - {"name", "options", "as"}))
+        unknown = sorted(set(item) - {"name", "options", "as"}, key=repr)
         if unknown:
-            raise EvaluatorError(f"{where}.{unknown[0]}: unknown key; allowed: name, options, as")
+            raise EvaluatorError(f"{where}.{key_text(unknown[0])}: unknown key; allowed: name, options, as")
         for key in ("name", "as"):
             if key in item and not (isinstance(item[key], str) and item[key].strip()):
                 raise EvaluatorError(f"{where}.{key}: expected a non-empty string, got {_kind(item[key])}")

@@ -182,7 +182,9 @@ def read_yaml(path: Path, what: str) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         position = getattr(e, "position", None)  # a ReaderError (a control character) has no mark
-        where = f":{mark.line + 1}" if mark else (f":{text.count(chr(10), 0, position) + 1}" if isinstance(position, int) else "")
+        # Lines as an editor counts them (YAML also breaks lines at NEL, U+2028 and U+2029).
+        at = mark.index if mark is not None else position
+        where = f":{text.count(chr(10), 0, at) + 1}" if isinstance(at, int) else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
     except RecursionError:
@@ -219,6 +221,14 @@ def path_exists(path: Path) -> bool:
         return False
 
 
+def key_text(part: Any) -> str:
+    """A key of a location as written in an error: plain when it is a plain name, else repr() (so a
+    key holding a newline, a control character or nothing at all cannot break the one-line message)."""
+    if isinstance(part, str) and part and part.isprintable() and part.strip() == part and len(part) <= 80:
+        return part
+    return repr(part) if len(repr(part)) <= 80 else repr(part)[:77] + "..."
+
+
 def describe_validation_error(path: Path, err: ValidationError, docs: str, data: Any = None) -> str:
     """One line per problem: `file: key.path (route 'name'): what was wrong`; `docs` names where keys are documented."""
     lines = []
@@ -226,12 +236,12 @@ def describe_validation_error(path: Path, err: ValidationError, docs: str, data:
         loc = e["loc"]
         key = ""
         for part in loc:
-            key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+            key += f"[{part}]" if isinstance(part, int) else (f".{key_text(part)}" if key else key_text(part))
         # Name the route, not just its index, where we can.
         if len(loc) >= 2 and loc[0] == "routes" and isinstance(loc[1], int):
             try:
                 name = data["routes"][loc[1]].get("name")
-                key += f" (route {name!r})" if name else ""
+                key += f" (route {repr(name)[:60]})" if name else ""
             except (KeyError, IndexError, AttributeError, TypeError):
                 pass
         msg = e["msg"].removeprefix("Value error, ")

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.config import ConfigError
+from harness.config import ConfigError, key_text
 
 CONTEXT_PREAMBLE = "Answer using only the context below.\n\nContext:\n"
 
@@ -254,7 +254,7 @@ def check_corpus(path: str | Path, skip_invalid: bool = False, cohorts: list[str
     missing = sorted(set(cohorts or ()) - set(stats.by_cohort))
     if missing:
         raise CorpusError(f"{path}: no rows in cohort(s) {', '.join(map(repr, missing))} (--cohort); "
-                          f"the corpus has: {', '.join(sorted(stats.by_cohort))}")
+                          f"the corpus has: {', '.join(map(key_text, sorted(stats.by_cohort)))}")
     return stats
 
 
@@ -379,11 +379,11 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _check_values(row: dict[str, Any]) -> None:
     """No value nested deeper than MAX_DEPTH, and no lone surrogate (text the store cannot encode)."""
-    stack: list[tuple[Any, str, int]] = [(v, str(k), 1) for k, v in row.items()]
+    stack: list[tuple[Any, str, int]] = [(v, key_text(k), 1) for k, v in row.items()]
     while stack:
         value, where, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise ValueError(f"{where.split('.')[0]}: nested deeper than {MAX_DEPTH} levels")
+            raise ValueError(f"{where.split('.')[0].split('[')[0]}: nested deeper than {MAX_DEPTH} levels")
         if isinstance(value, str):
             m = _SURROGATE.search(value)
             if m:
@@ -394,7 +394,7 @@ def _check_values(row: dict[str, Any]) -> None:
             for k, v in value.items():
                 if isinstance(k, str) and _SURROGATE.search(k):
                     raise ValueError(f"{where}: a key is not valid text (a lone surrogate)")
-                stack.append((v, f"{where}.{k}", depth + 1))
+                stack.append((v, f"{where}.{key_text(k) if isinstance(k, str) else k}", depth + 1))
         elif isinstance(value, (list, tuple)):
             stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
 
@@ -421,7 +421,7 @@ def _explain(err: Exception) -> str:
         return str(err)
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "row"
+        loc = ".".join(key_text(p) if isinstance(p, str) else str(p) for p in e["loc"]) or "row"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (expected id, cohort, messages|prompt, context, tools, expected, metadata, tool_results, max_steps)"
