@@ -51,8 +51,8 @@ def mirror(
         routes_file.check_api_keys(routes)
         # A resumed run keeps its own --skip-invalid (restored from the store): only file-level problems here.
         stats = check_corpus(corpus, skip_invalid=skip_invalid or bool(resume), cohorts=cohort)
-        if resume:
-            with connect(db) as con:
+        with connect(db) as con:  # a busy, foreign or damaged store fails here, before the progress bars
+            if resume:
                 resume = resolve_run_id(con, resume)
     except (ConfigError, LookupError, StoreError) as e:
         fail(str(e))
