@@ -344,7 +344,7 @@ def test_bad_db_for_writing_commands(tmp_path, store, routes, kind):
 def test_db_whose_folder_is_a_file(tmp_path, routes):
     (tmp_path / "afile").write_text("x")
     corpus = write_corpus(tmp_path / "c.jsonl", good_rows())
-    assert_bad_input(mirror(corpus, routes, tmp_path / "afile" / "s.duckdb"), "cannot create the store's folder")
+    assert_bad_input(mirror(corpus, routes, tmp_path / "afile" / "s.duckdb"), "s.duckdb: cannot create the store's folder", "afile is a file, not a folder")
 
 
 def test_store_from_a_newer_routecheck(tmp_path, store):

@@ -54,7 +54,9 @@ def connect(path: str | Path = DEFAULT_DB, read_only: bool = False, owner: str |
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise StoreError(f"{path}: cannot create the store's folder {path.parent}: {e.strerror}") from None
+        blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else e.strerror
+        raise StoreError(f"{path}: cannot create the store's folder {path.parent}: {why}") from None
     try:
         con = duckdb.connect(str(path))
     except duckdb.Error as e:
