@@ -170,6 +170,9 @@ ROUTES_CASES = {
     "control character": ("routes:\n  - name: a\x01b\n", ["routes.yaml:2: not valid YAML: unacceptable character"]),
     "not utf-8": (b"routes:\n  - name: caf\xe9\n", ["routes.yaml:2: not UTF-8 text (byte 0xe9)"]),
     "gzip": (gzip.compress(b"routes: []\n"), ["routes.yaml: gzip-compressed"]),
+    "unknown engine": ("routes:\n  - {name: a, role: baseline, model: m, serve: {engine: nope, model: x}}\n"
+                       "  - {name: b, role: candidate, model: m, base_url: 'http://127.0.0.1:9/v1'}\n",
+                       ["routes.yaml: routes[0].serve.engine (route 'a'): unknown serving engine 'nope'; known: vllm"]),
 }
 
 

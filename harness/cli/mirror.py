@@ -13,16 +13,24 @@ from rich.text import Text
 
 from harness.cli.console import err, fail, out, visible
 from harness.cli.runs import print_route_summary
-from harness.config import ConfigError, load_routes
+from harness.config import ConfigError, RoutesFile, load_routes
 from harness.corpus import check_corpus
 from harness.mirror.order import DEFAULT_WARMUP, ORDERS
 from harness.mirror.runner import MirrorOptions, RouteTally, new_run_id, run_mirror
+from harness.serving.engines import engine_named
 from harness.store import DEFAULT_DB, StoreError, connect
 from harness.store.views import resolve_run_id
 
 OrderChoice = Enum("OrderChoice", {o: o for o in ORDERS}, type=str)  # typer lists the choices in --help
 
 DB_OPTION = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.")
+
+
+def check_engines(routes_file: RoutesFile, path: Path) -> None:
+    """Every serve: route names a known engine: said with the file and key, before anything starts."""
+    for i, r in enumerate(routes_file.routes):
+        if r.serve is not None:
+            engine_named(r.serve.engine, f"{path}: routes[{i}].serve.engine (route {r.name!r})")
 
 
 def mirror(
@@ -49,6 +57,7 @@ def mirror(
     try:
         routes_file = load_routes(routes)
         routes_file.check_api_keys(routes)
+        check_engines(routes_file, routes)
         # A resumed run keeps its own --skip-invalid (restored from the store): only file-level problems here.
         stats = check_corpus(corpus, skip_invalid=skip_invalid or bool(resume), cohorts=cohort)
         with connect(db) as con:  # a busy, foreign or damaged store fails here, before the progress bars
