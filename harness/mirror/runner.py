@@ -31,7 +31,7 @@ from harness.mirror.openai_stream import CallResult
 from harness.mirror.call import traced_chat
 from harness.mirror.restore import missing_call_spans
 from harness.mirror.trajectory import play_trajectory
-from harness.store import BatchWriter, connect, upsert
+from harness.store import BatchWriter, connect, shared, upsert
 from harness.store.redact import Redactor
 from harness.store.writer import StoreWriteError
 from harness.mirror.attributes import request_attributes
@@ -192,7 +192,8 @@ class Mirror:
         self.run_id = opts.run_id or new_run_id()
         # Keys in use are redacted from everything stored (a server may echo one back).
         self.redactor = Redactor((r.api_key_env, r.api_key()) for r in self.routes if r.api_key_env)
-        self.con = connect(opts.db)
+        self.owner = f"routecheck mirror, run {self.run_id}"  # what a second process on the store is told
+        self.con = connect(opts.db, owner=self.owner)
         self.writer = BatchWriter(self.con, self.redactor)
         self._slots = {r.name: asyncio.Semaphore(r.max_concurrency) for r in self.routes}
         self._limiter = _RateLimiter(opts.rate) if opts.rate else None
@@ -253,6 +254,7 @@ class Mirror:
             raise ConfigError(f"routes {missing} have no base_url (serve: routes must be started first)")
         self._n_prompts = 0
         self._warmup_rows = 0  # warm-up responses handed to the writer: not calls of the run, so not in rows_written
+        keys = {r.name: r.api_key() for r in self.routes}  # an unset api_key_env fails before the run row exists
         done = self._start_run()
         provider = make_tracer_provider(self.writer, self.opts.otlp_endpoint)
         self._tracer = tracer(provider)
@@ -261,7 +263,7 @@ class Mirror:
         clients = {
             r.name: httpx.AsyncClient(
                 base_url=self.base_urls[r.name].rstrip("/") + "/",
-                headers={"Authorization": f"Bearer {key}"} if (key := r.api_key()) else {},
+                headers={"Authorization": f"Bearer {keys[r.name]}"} if keys[r.name] else {},
                 timeout=httpx.Timeout(r.timeout_s, connect=min(10.0, r.timeout_s)),
                 transport=ShardedTransport(r.max_concurrency),
             )
@@ -444,6 +446,7 @@ def run_mirror(routes: RoutesFile, opts: MirrorOptions, on_progress: Callable[[s
     mirror = Mirror(routes, opts, on_progress)
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(shared(opts.db, mirror.writer, mirror.owner))  # readers get snapshots meanwhile
             if served:
                 receiver = stack.enter_context(OTLPReceiver(mirror.writer, span_columns=server_span_columns))
                 log_dir = opts.db.parent / "logs" / mirror.run_id
