@@ -95,6 +95,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     experts: list[dict[str, Any]] = field(default_factory=list)  # harness.experts.panel.PanelRow dicts
     timings_s: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # how serving CIs were made; A/A runs (harness/report/calibration.py)
 
     def summary(self) -> dict[str, int]:
         counts = {v: 0 for v in VERDICTS}
