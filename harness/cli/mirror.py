@@ -15,7 +15,7 @@ from harness.cli.console import err, fail, out
 from harness.cli.runs import print_route_summary
 from harness.config import ConfigError, load_routes
 from harness.mirror.order import DEFAULT_WARMUP, ORDERS
-from harness.mirror.runner import MirrorOptions, RouteTally, new_run_id, run_mirror
+from harness.mirror.runner import MirrorOptions, RouteTally, new_run_id, run_mirrors
 from harness.store import DEFAULT_DB, connect
 from harness.store.views import resolve_run_id
 
@@ -49,6 +49,8 @@ def mirror(
     seed: Optional[int] = typer.Option(None, "--seed", help="Shuffle seed (default: a fresh one, recorded in the run)."),
     warmup: int = typer.Option(DEFAULT_WARMUP, "--warmup", min=0,
                                help="Warm-up calls per route before measurement: stored as warm-up, left out of every figure."),
+    repeat: int = typer.Option(1, "--repeat", min=1,
+                               help="Runs back to back on the same servers (repeated A/A calibration, docs/report.md)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress per route."),
 ) -> None:
     """Send every prompt to all routes at once and record responses and spans."""
@@ -78,16 +80,17 @@ def mirror(
 
     try:
         with bars:
-            summary = run_mirror(routes_file, opts, on_progress=on_progress)
+            summaries = run_mirrors(routes_file, opts, repeat, on_progress=on_progress)
     except ConfigError as e:
         fail(str(e))
     except KeyboardInterrupt:
         err.print(f"interrupted; finish it with: routecheck mirror --resume {opts.run_id} --corpus {corpus} --routes {routes}",
                   markup=False, highlight=False)
         raise typer.Exit(130)
-    out.print(Text.assemble("run ", (summary.run_id, "bold"), f": {summary.status}, {summary.prompts} prompts, {summary.calls} calls "
-                  f"in {summary.duration_s:.1f} s" + (f", {summary.skipped_rows} invalid rows skipped" if summary.skipped_rows else "")
-                  + (f", {summary.resumed_skipped_calls} calls already done" if summary.resumed_skipped_calls else "")))
-    print_route_summary(db, summary.run_id)
+    for summary in summaries:
+        out.print(Text.assemble("run ", (summary.run_id, "bold"), f": {summary.status}, {summary.prompts} prompts, {summary.calls} calls "
+                      f"in {summary.duration_s:.1f} s" + (f", {summary.skipped_rows} invalid rows skipped" if summary.skipped_rows else "")
+                      + (f", {summary.resumed_skipped_calls} calls already done" if summary.resumed_skipped_calls else "")))
+        print_route_summary(db, summary.run_id)
 
 

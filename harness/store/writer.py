@@ -80,6 +80,11 @@ class BatchWriter:
                 n = upsert(self._con, table, rows)
                 self.written[table] = self.written.get(table, 0) + n
 
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The connection itself, for its owner (opening and closing it); others use `locked()`."""
+        return self._con
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """The shared connection, with no flush running until the block ends."""
