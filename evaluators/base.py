@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from harness.corpus import STOP_ANSWER
+
 
 @dataclass
 class EvalRecord:
@@ -28,6 +30,29 @@ class EvalRecord:
     text: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Agent trajectories (None for a single call): the `steps` rows in order, as dicts with
+    # step, text, tool_calls and tool_results (parsed), finish_reason; and why the loop ended.
+    steps: list[dict[str, Any]] | None = None
+    stop_reason: str | None = None
+
+    @property
+    def is_trajectory(self) -> bool:
+        return self.steps is not None
+
+    @property
+    def answered(self) -> bool:
+        """A single call, or a trajectory that ended with a text answer (not max_steps, an
+        unscripted call or an error): `text` is then its final answer."""
+        return self.steps is None or self.stop_reason == STOP_ANSWER
+
+    @property
+    def evidence(self) -> str | None:
+        """What the answer may rest on: the row's context and, in a trajectory, the scripted
+        tool results the model was sent."""
+        parts = [self.context] if self.context else []
+        for step in self.steps or []:
+            parts += [r["content"] for r in step.get("tool_results") or [] if r.get("scripted") and r.get("content")]
+        return "\n".join(parts) if parts else None
 
     @property
     def conversation(self) -> str:

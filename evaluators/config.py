@@ -25,7 +25,9 @@ import yaml
 from evaluators.registry import BoundEvaluator, EvaluatorError, get_evaluator
 from harness.config import ConfigError, read_yaml
 
-DEFAULT_EVALUATORS = ["groundedness", "hallucination", "tool_selection", "task_completion"]
+# The trajectory evaluators are not applicable (and not shown) on a run without agent rows.
+DEFAULT_EVALUATORS = ["groundedness", "hallucination", "tool_selection", "task_completion",
+                      "step_accuracy", "first_wrong_step", "step_count"]
 
 
 @dataclass

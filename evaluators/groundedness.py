@@ -47,8 +47,11 @@ class ClaimVerdict:
 
 
 def _inputs(record: EvalRecord) -> tuple[str | None, str | None]:
-    """(answer, context) or a reason it is not applicable."""
-    if not (record.context or "").strip():
+    """(answer, context) or a reason it is not applicable. The context is `record.evidence`: the
+    row's context and, in an agent trajectory, the scripted tool results the model was sent."""
+    if not record.answered:
+        return None, f"the trajectory ended without a final answer ({record.stop_reason})"
+    if not (record.evidence or "").strip():
         return None, "no context to check against"
     if not (record.text or "").strip():
         return None, "no answer text"
@@ -72,7 +75,7 @@ def analyse(records: list[EvalRecord], backend: str = "lexical", threshold: floa
         if not cs:
             out[i] = "answer has no checkable claim"
             continue
-        ctx = rec.context or ""
+        ctx = rec.evidence or ""
         # The llm backend sends one request per answer, so its answers keep their own entry.
         d = context_index.setdefault(ctx, len(contexts)) if backend != "llm" else len(contexts)
         if d == len(contexts):

@@ -26,8 +26,8 @@ def build_prompt(rec: EvalRecord, rubric: str, lo: float, hi: float) -> list[dic
     parts = [f"Rubric: {rubric}", f"Scale: {lo:g} (worst) to {hi:g} (best)."]
     if rec.question:
         parts.append(f"User request:\n{rec.question}")
-    if rec.context:
-        parts.append(f"Context:\n{rec.context}")
+    if rec.evidence:  # the context, and in a trajectory the tool results the model was sent
+        parts.append(f"Context:\n{rec.evidence}")
     if isinstance(rec.expected, dict) and rec.expected.get("answer") is not None:
         parts.append(f"Reference answer:\n{rec.expected['answer']}")
     parts.append(f"Response:\n{rec.text or ''}")

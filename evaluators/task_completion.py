@@ -3,7 +3,8 @@
 Per row (`expected`): `answer` (a string or a list of acceptable strings), optional `match`
 (exact | normalized | token_f1 | regex | contains; the evaluator's `match` option is the
 default, itself defaulting to normalized), and/or `json_schema` (the response must be JSON valid
-against it; a ```json fence is allowed).
+against it; a ```json fence is allowed). For an agent trajectory the response is its final answer;
+a trajectory that ended without one (max_steps, an unscripted call) fails.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def _score(rec: EvalRecord, default_match: str, f1_threshold: float) -> EvalResu
     schema = exp.get("json_schema")
     if answers is None and schema is None:
         return EvalResult.not_applicable("no expected answer or json_schema")
+    if not rec.answered:  # an agent trajectory that never gave its final answer
+        return EvalResult(0.0, False, reason=f"the trajectory ended without a final answer ({rec.stop_reason})",
+                          details={"stop_reason": rec.stop_reason, "steps": len(rec.steps or [])})
     if rec.text is None or not rec.text.strip():
         if rec.tool_calls:
             return EvalResult.not_applicable("response is a tool call, not an answer")

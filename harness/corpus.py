@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -43,6 +44,52 @@ class Expected(BaseModel):
     answer: str | None = None
     tool: str | list[str] | None = None
     arguments: dict[str, Any] | list[dict[str, Any]] | None = None
+    # Agent rows: the tool-calling steps expected before the final answer, each in BFCL's
+    # possible-answer form ([{function: {param: [accepted values]}}, ...]; one dict = one call).
+    steps: list[list[dict[str, dict[str, list[Any]]]]] | None = None
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _one_call_steps(cls, steps: Any) -> Any:
+        if not isinstance(steps, list):
+            return steps
+        out = [[s] if isinstance(s, dict) else s for s in steps]
+        for i, step in enumerate(out):
+            for call in step if isinstance(step, list) else []:
+                if isinstance(call, dict) and len(call) != 1:
+                    raise ValueError(f"steps[{i}]: each call is {{function_name: {{param: [accepted values]}}}}, "
+                                     f"one function per entry; got keys {sorted(call)}")
+        return out
+
+
+DEFAULT_MAX_STEPS = 6
+# Why an agent trajectory ended (responses.stop_reason), shared by the runner and the evaluators.
+STOP_ANSWER = "answer"               # the model answered in text
+STOP_MAX_STEPS = "max_steps"         # still calling tools after max_steps model calls
+STOP_UNSCRIPTED = "unscripted_tool"  # a call the script has no result for (name or arguments unforeseen)
+STOP_ERROR = "error"                 # a model call failed (its step row has the error)
+STOP_REASONS = (STOP_ANSWER, STOP_MAX_STEPS, STOP_UNSCRIPTED, STOP_ERROR)
+
+
+class ToolRule(BaseModel):
+    """One scripted tool result: returned when every `match` argument fits (a string pattern is a
+    regular expression the whole argument must match; other values must be equal). No `match`:
+    the tool's default."""
+
+    model_config = ConfigDict(extra="forbid")
+    match: dict[str, Any] = Field(default_factory=dict)
+    result: Any
+
+    @field_validator("match")
+    @classmethod
+    def _patterns_compile(cls, match: dict[str, Any]) -> dict[str, Any]:
+        for arg, pattern in match.items():
+            if isinstance(pattern, str):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise ValueError(f"match.{arg}: {pattern!r} is not a regular expression ({e})") from None
+        return match
 
 
 class PromptRecord(BaseModel):
@@ -57,7 +104,30 @@ class PromptRecord(BaseModel):
     tools: list[dict[str, Any]] | None = None
     expected: Expected | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # Agent rows: the runner plays the tool loop (harness/mirror/trajectory.py) with these results.
+    # Tool name (or "*", for tools not named) -> a result for every call, or a list of ToolRules.
+    tool_results: dict[str, list[ToolRule]] | None = None
+    max_steps: int | None = Field(None, ge=1, le=100)
     source_line: int = 0
+
+    @field_validator("tool_results", mode="before")
+    @classmethod
+    def _tool_results_shape(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if not isinstance(v, dict):
+            raise ValueError(f"must be a mapping of tool name -> result (or a list of {{match, result}} rules), got {type(v).__name__}")
+        out = {}
+        for name, spec in v.items():
+            if isinstance(spec, list):
+                bad = next((i for i, r in enumerate(spec) if not isinstance(r, dict) or "result" not in r), None)
+                if bad is not None:
+                    raise ValueError(f"{name}[{bad}]: a list holds rules {{\"match\": {{arg: pattern}}, \"result\": ...}}; "
+                                     f"a result that is itself a list is written [{{\"result\": [...]}}]")
+                out[name] = spec
+            else:
+                out[name] = [{"result": spec}]
+        return out
 
     @field_validator("id", "cohort", mode="before")
     @classmethod
@@ -82,7 +152,14 @@ class PromptRecord(BaseModel):
         if self.prompt:
             self.messages = [Message(role="user", content=self.prompt)]
             self.prompt = None
+        if self.max_steps is not None and self.tool_results is None:
+            raise ValueError("max_steps applies to agent rows: give tool_results too (may be {})")
         return self
+
+    @property
+    def is_trajectory(self) -> bool:
+        """An agent row: the runner answers tool calls with `tool_results` until a final answer."""
+        return self.tool_results is not None
 
     def request_messages(self) -> list[dict[str, Any]]:
         """The chat messages sent to a route: the context, when present, goes into the system turn."""
@@ -99,6 +176,9 @@ class PromptRecord(BaseModel):
             "expected": self.expected.model_dump(exclude_unset=True) if self.expected else None,  # keeps an explicit {"tool": null}
             "metadata": self.metadata,
             "source_line": self.source_line,
+            "tool_results": None if self.tool_results is None else
+            {k: [r.model_dump(exclude_defaults=True) for r in rules] for k, rules in self.tool_results.items()},
+            "max_steps": (self.max_steps or DEFAULT_MAX_STEPS) if self.is_trajectory else None,
         }
 
 
@@ -110,7 +190,7 @@ class CorpusStats:
 
 
 # Columns that hold JSON when the corpus is CSV (or Parquet strings).
-_JSON_COLUMNS = ("messages", "tools", "expected", "metadata")
+_JSON_COLUMNS = ("messages", "tools", "expected", "metadata", "tool_results")
 
 
 def read_corpus(path: str | Path, skip_invalid: bool = False, stats: CorpusStats | None = None) -> Iterator[PromptRecord]:
@@ -203,7 +283,7 @@ def _explain(err: Exception) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "row"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (expected id, cohort, messages|prompt, context, tools, expected, metadata)"
+            msg = "unknown field (expected id, cohort, messages|prompt, context, tools, expected, metadata, tool_results, max_steps)"
         elif e["type"] == "missing":
             msg = "required field is missing"
         elif "input" in e and e["type"].endswith("_type"):

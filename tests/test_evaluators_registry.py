@@ -124,7 +124,8 @@ def test_yaml_config_and_cli_specs(tmp_path):
     assert (spec.name, spec.options) == ("task_completion", {"match": "contains", "f1_threshold": 0.7})
     merged = resolve_specs(["groundedness:threshold=0.5"], cfg)
     assert [(s.name, s.options) for s in merged] == [("task_completion", {"match": "token_f1", "f1_threshold": 0.6}), ("groundedness", {"threshold": 0.5})]
-    assert [s.name for s in resolve_specs(None, None)] == ["groundedness", "hallucination", "tool_selection", "task_completion"]
+    assert [s.name for s in resolve_specs(None, None)] == ["groundedness", "hallucination", "tool_selection", "task_completion",
+                                                       "step_accuracy", "first_wrong_step", "step_count"]
 
 
 def test_bad_config_errors_name_file_and_entry(tmp_path):

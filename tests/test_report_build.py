@@ -111,7 +111,11 @@ def test_samples_are_averaged_within_prompt(tmp_path):
 
 def test_inconclusive_states_minimal_detectable_effect(tmp_path):
     db = deterministic_store(tmp_path / "s.duckdb", cohorts={"a": 12, "b": 12}, failing={"a": 1})
-    r = _report(db)
+    # 12 prompts are under the default min_samples (30): insufficient, never a verdict.
+    assert _get(_report(db), "task_completion.pass_rate", "a").verdict == "insufficient"
+    from harness.report.policy import Policy
+
+    r = _report(db, policy=Policy.model_validate({"min_samples": 10, "metrics": {"task_completion.pass_rate": {}}}))
     c = _get(r, "task_completion.pass_rate", "a")
     assert c.verdict == "inconclusive"
     assert c.mde > c.margin and c.prompts_needed and c.prompts_needed > 12

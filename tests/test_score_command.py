@@ -139,7 +139,9 @@ def test_mirror_then_score_every_response(tmp_path, stub_server):
     db = tmp_path / "store.duckdb"
     run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db))
     summary = score_run(db, "latest", None)
-    assert summary.n_responses == 6 and summary.rows_written == 24
+    from evaluators.config import DEFAULT_EVALUATORS
+
+    assert summary.n_responses == 6 and summary.rows_written == 6 * len(DEFAULT_EVALUATORS)
 
     df = scores(db, summary.run_id).set_index(["prompt_id", "route", "evaluator"])
     assert df.loc[("rag", "dense", "groundedness")].passed == True  # noqa: E712

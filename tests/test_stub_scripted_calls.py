@@ -52,3 +52,30 @@ def test_runner_stream_client_assembles_parallel_calls(stub_server):
     result = asyncio.run(go())
     assert result.error_type is None, result.error_message
     assert [c["function"]["name"] for c in result.tool_calls] == ["get_weather", "get_time"]
+
+
+def test_per_step_script_follows_the_tool_turns_already_taken(stub_server):
+    """{"steps": [...]}: the answer depends on how many assistant tool-call turns the request holds."""
+    s = stub_server(scripted_tool_calls={
+        "agent": {"steps": [[{"name": "lookup", "arguments": {"q": "a"}}], [{"name": "fetch", "arguments": {"id": 1}}], "done: 42"]},
+        "loop": {"steps": [[{"name": "lookup", "arguments": {}}]]},
+    })
+    user = {"role": "user", "content": "go [[stub:agent]]"}
+
+    def turn(k):  # the messages after k tool-call turns, each answered by a tool message
+        msgs = [user]
+        for i in range(k):
+            msgs += [{"role": "assistant", "content": None, "tool_calls": [{"id": f"c{i}", "type": "function", "function": {"name": "x", "arguments": "{}"}}]},
+                     {"role": "tool", "tool_call_id": f"c{i}", "content": "result"}]
+        return msgs
+
+    def answer(msgs):
+        return httpx.post(s.base_url + "/chat/completions", json={"model": "m", "messages": msgs}).json()["choices"][0]
+
+    assert answer(turn(0))["message"]["tool_calls"][0]["function"]["name"] == "lookup"
+    assert json.loads(answer(turn(1))["message"]["tool_calls"][0]["function"]["arguments"]) == {"id": 1}
+    final = answer(turn(2))
+    assert final["message"]["content"] == "done: 42" and final["finish_reason"] == "stop"
+    assert answer(turn(5))["message"]["content"] == "done: 42"  # past the end the last step repeats
+    user["content"] = "again [[stub:loop]]"
+    assert all(answer(turn(k))["message"]["tool_calls"][0]["function"]["name"] == "lookup" for k in (0, 1, 7))

@@ -9,9 +9,8 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rich.text import Text
 
-from harness.cli.console import err, fail, fmt, out
+from harness.cli.console import err, fail, fmt, out, term, visible
 from harness.experts.run import ExpertsError, load_cohort_stats, probe_run, probe_targets
 from harness.experts.stats import DEFAULT_CAPACITY_FACTORS
 from harness.store import DEFAULT_DB, connect
@@ -49,12 +48,12 @@ def experts_command(
             run_id = resolve_run_id(con, run_id)
             if probe or model:
                 for name, path in probe_targets(con, run_id, route, model):
-                    with Progress(TextColumn(f"probe {name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    with Progress(TextColumn(f"probe {visible(name)}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                   console=err) as bar:
                         task = bar.add_task("probe", total=None)
                         summary = probe_run(con, run_id, name, path, factors, batch_size,
                                             progress=lambda done, total: bar.update(task, completed=done, total=total))
-                    err.print(Text(f"probed {summary.responses} responses of {name} ({summary.tokens} tokens) in "
+                    err.print(term(f"probed {summary.responses} responses of {name} ({summary.tokens} tokens) in "
                                    f"{summary.seconds:.1f} s: {summary.tokens_per_s:,.0f} tokens/s"))
             stats = load_cohort_stats(con, run_id, route)
         except (LookupError, ExpertsError) as e:
@@ -66,13 +65,13 @@ def experts_command(
         out.print_json(json.dumps([{"route": r, "cohort": c, **s.to_json()} for (r, c, _src), s in stats.items()]))
         return
     factor = 1.25 if 1.25 in factors else factors[0]
-    table = Table(title=Text(f"expert routing in run {run_id} (layer means; capacity what-if at factor {factor:g})"))
+    table = Table(title=term(f"expert routing in run {run_id} (layer means; capacity what-if at factor {factor:g})"))
     for col in ("route", "cohort", "source", "responses", "tokens", "utilisation entropy", "router entropy",
                 "top-k mass", "imbalance CV", "max/mean", "overflow", "dropped tokens"):
         table.add_column(col, justify="left" if col in ("route", "cohort", "source") else "right")
     for (r, c, src), s in stats.items():
         cap = s.capacity_at(factor) if any(x.factor == factor for x in s.capacity) else None
-        table.add_row(Text(r), Text(c), Text(src), str(s.responses), f"{s.tokens:,}", fmt(s.utilization_entropy.mean),
+        table.add_row(term(r), term(c), term(src), str(s.responses), f"{s.tokens:,}", fmt(s.utilization_entropy.mean),
                       fmt(s.router_entropy.mean), fmt(s.top_k_mass.mean), fmt(s.imbalance_cv.mean), fmt(s.max_over_mean.mean),
                       fmt(cap.assignment_overflow_rate.mean if cap else None), fmt(cap.dropped_token_rate.mean if cap else None))
     out.print(table)

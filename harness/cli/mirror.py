@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from harness.cli.console import err, fail, out
+from harness.cli.console import err, fail, out, visible
 from harness.cli.runs import print_route_summary
 from harness.config import ConfigError, load_routes
 from harness.mirror.order import DEFAULT_WARMUP, ORDERS
@@ -69,10 +69,10 @@ def mirror(
         total = min(total, limit or total) * samples
     else:
         total = None
-    bars = Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+    bars = Progress(TextColumn("{task.description:<20}", markup=False), BarColumn(), MofNCompleteColumn(),
                     TextColumn("errors {task.fields[errors]}"), TextColumn("{task.fields[tps]:>8.1f} tok/s"),
                     TimeElapsedColumn(), console=err, disable=not progress)
-    tasks = {r.name: bars.add_task(r.name, total=total, errors=0, tps=0.0) for r in routes_file.routes}
+    tasks = {r.name: bars.add_task(visible(r.name), total=total, errors=0, tps=0.0) for r in routes_file.routes}
     t0 = time.monotonic()
 
     def on_progress(route: str, tally: RouteTally) -> None:
@@ -84,11 +84,11 @@ def mirror(
     except ConfigError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        err.print(f"interrupted; finish it with: routecheck mirror --resume {opts.run_id} --corpus {corpus} --routes {routes}",
+        err.print(visible(f"interrupted; finish it with: routecheck mirror --resume {opts.run_id} --corpus {corpus} --routes {routes}"),
                   markup=False, highlight=False)
         raise typer.Exit(130)
     for summary in summaries:
-        out.print(Text.assemble("run ", (summary.run_id, "bold"), f": {summary.status}, {summary.prompts} prompts, {summary.calls} calls "
+        out.print(Text.assemble("run ", (visible(summary.run_id), "bold"), f": {summary.status}, {summary.prompts} prompts, {summary.calls} calls "
                       f"in {summary.duration_s:.1f} s" + (f", {summary.skipped_rows} invalid rows skipped" if summary.skipped_rows else "")
                       + (f", {summary.resumed_skipped_calls} calls already done" if summary.resumed_skipped_calls else "")))
         print_route_summary(db, summary.run_id)

@@ -7,9 +7,8 @@ from typing import Optional
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
-from harness.cli.console import cell, fail, out
+from harness.cli.console import cell, fail, out, term
 from harness.store import DEFAULT_DB, connect
 from harness.store.views import list_runs, resolve_run_id, route_summary, server_phases, server_summary
 
@@ -17,9 +16,9 @@ DB_OPTION = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.")
 
 
 def _table(df, title: str | None = None, left: tuple[str, ...] = ("route", "role")) -> Table:
-    table = Table(title=Text(title) if title else None)
+    table = Table(title=term(title) if title else None)
     for col in df.columns:
-        table.add_column(str(col), justify="left" if col in left else "right")
+        table.add_column(term(col), justify="left" if col in left else "right")
     for row in df.itertuples(index=False):
         table.add_row(*(cell(v) for v in row))
     return table
@@ -40,7 +39,7 @@ def _print_server_view(db: Path, run_id: str) -> None:
     phases = phases[["route", "server_spans", "client_latency_mean_s", "server_e2e_mean_s", "queue_mean_s", "prefill_mean_s", "decode_mean_s"]]
     for title, df in (("server metrics (Prometheus, after - before)", metrics), ("server spans (per request), means", phases)):
         if df.empty:
-            out.print(Text(f"{title}: none recorded (only serve: routes are scraped and traced)"))
+            out.print(term(f"{title}: none recorded (only serve: routes are scraped and traced)"))
             continue
         out.print(_table(df, title, left=("route",)))
 

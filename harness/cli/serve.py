@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from harness.cli.console import err, fail, out
+from harness.cli.console import err, fail, out, term
 from harness.config import ConfigError, load_routes
 from harness.serving.pool import ServerPool
 from harness.serving.process import ServeError, signals_raise
@@ -46,7 +46,7 @@ def serve_command(
             table = Table("route", "model", "base_url", "ready after", "log")
             for r in chosen:
                 h = pool.handles[r.name]
-                table.add_row(r.name, r.model, urls[r.name], f"{h.ready_s:.0f} s", str(h.log_path))
+                table.add_row(term(r.name), term(r.model), term(urls[r.name]), f"{h.ready_s:.0f} s", term(h.log_path))
             out.print(table)  # stdout: the URLs, for whoever reads them
             console.print("serving; press Ctrl-C to stop")
             while True:

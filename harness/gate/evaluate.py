@@ -9,10 +9,18 @@ Per candidate, gated metric and cohort (plus "overall" unless switched off):
   (1 - alpha) bound of the difference reaches past -margin);
 - "pass" = non-inferiority shown (the bound stays inside the margin);
 - "inconclusive" = neither; passes unless on_inconclusive: fail;
-- "insufficient" = fewer prompts than min_samples; warns unless on_insufficient: fail.
+- "insufficient" = fewer prompts than min_samples; warns unless on_insufficient: fail;
+- "no data" = no paired prompt at all, because a route has no data for the metric in that scope
+  (its calls failed, it was not scored): a failure unless on_no_data: insufficient. Never a pass;
+- "skipped" = disabled by the policy, or a quality metric that applies to no prompt of a cohort on
+  either route.
+Every cohort of the run is checked (a missing comparison is "no data", not left out), and the
+candidate's error and timeout rates are always gated (policy.ALWAYS_GATED, added by load_policy).
+A run with no usable data at all (Report.no_data) gives no checks and exit 2.
 Expert routing metrics (`dropped_token_rate@1.25: {max: 0.05}`) are absolute limits on the
 candidate's own routing per cohort (`expert_checks`): nothing to pair, so no test and no alpha.
-Exit codes: 0 pass, 1 regression (or a failing inconclusive/insufficient), 2 bad input or config.
+Exit codes: 0 pass, 1 regression (or a failing no data/inconclusive/insufficient check), 2 bad
+input, config, or a run without data (EXIT_*; the CLI adds 3 for an internal error).
 """
 
 from __future__ import annotations
@@ -25,10 +33,16 @@ from scipy import stats as sps
 
 from harness.report import stats
 from harness.report.compare import power_figures
+from harness.report.coverage import known_metrics, missing_data
 from harness.report.model import Comparison, Report
 from harness.experts.panel import SOURCE_ORDER, is_expert_metric, lookup
 from harness.report.policy import MetricRule, Policy, check_policy_metrics, load_policy, metric_spec
 from harness.report.render.text import fnum, fp
+
+EXIT_PASS, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_NO_DATA = 2
+STATUSES = ("regression", "no data", "insufficient", "inconclusive", "pass", "skipped")
+
 
 @dataclass
 class GateCheck:
@@ -58,10 +72,14 @@ class GateResult:
     exit_code: int
     false_alarm_bound: float
     summary: str
+    no_data: str | None = None   # the run has nothing to judge (exit 2): why
 
 
 def evaluate_gate(report: Report, policy: Policy, policy_path: str = "gate.yaml") -> GateResult:
     """Apply the policy to the report's comparisons (pre-registered cohorts only)."""
+    if report.no_data:
+        return GateResult(report.run_id, str(policy_path), [], EXIT_NO_DATA, 0.0,
+                          f"NO DATA: {report.no_data}; nothing was gated", no_data=report.no_data)
     by_key: dict[tuple[str, str, str], Comparison] = {
         (c.candidate, c.metric, c.cohort): c for c in report.comparisons if c.scope in ("overall", "cohort")}
     checks: list[GateCheck] = []
@@ -75,18 +93,25 @@ def evaluate_gate(report: Report, policy: Policy, policy_path: str = "gate.yaml"
                 continue
             alpha = rule.alpha or policy.alpha
             fa_bound += alpha
-            scopes = [c for c in ([("(all)")] if policy.include_overall else []) + report.cohorts
-                      if (cand, metric, c) in by_key]
-            if len(report.cohorts) <= 1:
-                scopes = [s for s in scopes if s == "(all)"] or scopes
+            # Every cohort the run has (one cohort: the run as a whole), whether compared or not.
+            scopes = ((["(all)"] if policy.include_overall else []) + report.cohorts) if len(report.cohorts) > 1 else ["(all)"]
             pending: list[tuple[GateCheck, Comparison]] = []
             for cohort in scopes:
-                comp = by_key[(cand, metric, cohort)]
+                comp = by_key.get((cand, metric, cohort))
                 margin, _, _, min_samples, enabled = policy.rule(metric, None if cohort == "(all)" else cohort)
-                check = GateCheck(cand, cohort, metric, comp.n_prompts, min_samples, comp.diff, float("nan"), comp.margin,
-                                  alpha, comp.p_worse, float("nan"), 0, float("nan"), None, "", "")
+                nan = float("nan")
+                check = GateCheck(cand, cohort, metric, comp.n_prompts if comp else 0, min_samples,
+                                  comp.diff if comp else nan, nan, comp.margin if comp else nan, alpha,
+                                  comp.p_worse if comp else nan, nan, 0, nan, None, "", "")
                 if not enabled:
                     check.status, check.message = "skipped", "disabled for this cohort by the policy"
+                elif comp is None or comp.n_prompts == 0:
+                    missing = missing_data(report, cand, metric, cohort)
+                    if missing.kind == "not applicable":
+                        check.status, check.message = "skipped", missing.message
+                    else:
+                        check.status = "no data" if policy.on_no_data == "fail" else "insufficient"
+                        check.message = missing.message
                 elif comp.n_prompts < min_samples:
                     check.status = "insufficient"
                     check.message = f"{comp.n_prompts} prompts < min_samples {min_samples}"
@@ -99,18 +124,20 @@ def evaluate_gate(report: Report, policy: Policy, policy_path: str = "gate.yaml"
             for (check, comp), p_adj in zip(pending, adjusted):
                 _decide(check, comp, p_adj, alpha, m, z)
     regressions = [c for c in checks if c.status == "regression"]
-    failing = list(regressions)
+    failing = regressions + [c for c in checks if c.status == "no data"]
     if policy.on_insufficient == "fail":
         failing += [c for c in checks if c.status == "insufficient"]
     if policy.on_inconclusive == "fail":
         failing += [c for c in checks if c.status == "inconclusive"]
+    counts = {s: sum(c.status == s for c in checks) for s in STATUSES}
     if failing:
         summary = f"FAIL: {len(regressions)} regression(s), {len(failing) - len(regressions)} other failing check(s)"
+    elif not checks or counts["pass"] + counts["inconclusive"] == 0:
+        summary = "PASS with nothing shown: no check had enough data to judge"
     else:
         summary = "PASS: no regression"
-    counts = {s: sum(c.status == s for c in checks) for s in ("pass", "inconclusive", "insufficient", "skipped")}
     summary += " (" + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ")"
-    return GateResult(report.run_id, str(policy_path), checks, 1 if failing else 0, fa_bound, summary)
+    return GateResult(report.run_id, str(policy_path), checks, EXIT_REGRESSION if failing else EXIT_PASS, fa_bound, summary)
 
 
 def expert_checks(report: Report, policy: Policy, cand: str, metric: str, rule: MetricRule) -> list[GateCheck]:
@@ -180,8 +207,9 @@ def run_gate(db: Path | str, run_id: str, policy_path: Path | str, seed: int = 0
 
     policy = load_policy(policy_path)
     report = make_report(db, run_id, policy=policy, seed=seed)
-    available = sorted({c.metric for c in report.comparisons})
-    check_policy_metrics(policy, policy_path, available, report.cohorts)
+    if not report.no_data:  # no data: exit 2 for that reason, not for the names
+        available = sorted({c.metric for c in report.comparisons})
+        check_policy_metrics(policy, policy_path, available, report.cohorts, known_metrics(report))
     return evaluate_gate(report, policy, str(policy_path)), report
 
 

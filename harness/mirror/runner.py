@@ -29,6 +29,7 @@ from harness.corpus import CorpusStats, PromptRecord, corpus_sha256, read_corpus
 from harness.mirror.http_pool import ShardedTransport
 from harness.mirror.order import DEFAULT_WARMUP, new_seed, ordered, peek
 from harness.mirror.openai_stream import CallResult, RetryPolicy, stream_chat
+from harness.mirror.trajectory import play_trajectory
 from harness.store import BatchWriter, connect, upsert
 from harness.mirror.attributes import request_attributes, result_attributes
 from harness.serving.engines import engine_for, server_span_columns
@@ -68,6 +69,7 @@ class RouteTally:
     done: int = 0
     errors: int = 0
     output_tokens: int = 0
+    requests: int = 0  # model calls: one per response, one per step of a trajectory
 
 
 @dataclass
@@ -142,6 +144,8 @@ def _response_row(run_id: str, route: RouteConfig, record: PromptRecord, sample:
         "output_tokens": r.output_tokens,
         "total_tokens": r.total_tokens,
         "usage_source": r.usage_source,
+        "usage_raw": r.usage_raw,
+        "flags": r.flags or None,
         "started_at": datetime.fromtimestamp(r.started_at, tz=timezone.utc),
         "latency_s": r.latency_s,
         "ttft_s": r.ttft_s,
@@ -323,6 +327,14 @@ class Mirror:
     async def _call(self, route: RouteConfig, record: PromptRecord, sample: int, client: httpx.AsyncClient,
                     warmup: bool = False) -> None:
         body = _build_body(route, record, sample)
+        if record.is_trajectory:  # an agent row: the tool loop, one call span per step (harness/mirror/trajectory.py)
+            traj = await play_trajectory(self._tracer, route, self.run_id, record, sample, client, body)
+            self.writer.add("steps", traj.step_rows(self.run_id, route.name, record.id, sample))
+            self.writer.add("responses", [{**_response_row(self.run_id, route, record, sample, traj.total, traj.span, warmup),
+                                           **traj.columns()}])
+            if not warmup:
+                self._count(route, traj.total, len(traj.steps))
+            return
         with self._tracer.start_as_current_span(
             f"chat {route.model}", kind=SpanKind.CLIENT,
             attributes=request_attributes(route, self.run_id, record.id, record.cohort, sample, body),
@@ -335,10 +347,13 @@ class Mirror:
             if not result.ok:
                 span.set_status(Status(StatusCode.ERROR, result.error_message))
             self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span, warmup)])
-        if warmup:
-            return
+        if not warmup:
+            self._count(route, result)
+
+    def _count(self, route: RouteConfig, result: CallResult, requests: int = 1) -> None:
         t = self.tally[route.name]
         t.done += 1
+        t.requests += requests
         t.errors += 0 if result.ok else 1
         t.output_tokens += result.output_tokens or 0
         if self.on_progress:
@@ -382,7 +397,7 @@ def run_mirrors(routes: RoutesFile, opts: MirrorOptions, repeat: int = 1,
                     summary = _run_loop(mirror)
                 summaries.append(summary)
                 # Servers export their request spans in batches every few seconds: wait for them before going on.
-                expected += sum(summary.per_route[r.name].done + mirror.opts.warmup for r in served)
+                expected += sum(summary.per_route[r.name].requests + mirror.opts.warmup for r in served)
                 receiver.wait_for_server_spans(expected, SERVER_SPAN_WAIT_S)
         if served:
             writer.flush()

@@ -15,8 +15,9 @@ from harness.experts.run import load_panel
 from harness.report import load, stats
 from harness.report.calibration import aa_candidates, aa_note, server_phase_warnings
 from harness.report.compare import SERVING_CI_METHOD, compare_frame, quality_results, serving_results
+from harness.report.coverage import missing_data, run_no_data
 from harness.report.model import Comparison, Report, WorstExample
-from harness.report.policy import SERVING_METRICS, Policy
+from harness.report.policy import MIN_SAMPLES, SERVING_METRICS, Policy
 from harness.store import connect
 from harness.store.views import resolve_run_id
 
@@ -104,6 +105,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
     metrics = load.load_server_metrics(con, run_id)
     cdf = load.load_latency_cdf(con, run_id)
     experts = [p.to_dict() for p in load_panel(con, run_id)]
+    trajectories = _records(load.load_trajectories(con, run_id, routes))
     timings["serving_tables"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -128,22 +130,32 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
         "tests": "quality: McNemar exact (pass/fail, one sample per prompt), Wilcoxon signed-rank (scores, averaged samples); "
                  "serving: block bootstrap with Student's t (times, tokens/s, cost), McNemar exact (error and timeout rates)",
         "aa_candidates": [c.name for c in aa_candidates(baseline, candidates)],
-        "verdict_rule": "no change if the 95% CI is inside +-margin; else regression/improvement if Holm-adjusted p < alpha; else inconclusive",
+        "verdict_rule": "insufficient below min_samples prompts (untested); else no change if the 95% CI is inside +-margin; "
+                        "else regression/improvement if Holm-adjusted p < alpha; else inconclusive",
+        "min_samples": policy.min_samples if policy is not None else MIN_SAMPLES,
         "margins": {s.name: (f"{s.default_margin:.0%} of baseline" if s.relative else s.default_margin) for s in SERVING_METRICS}
                    | {"<evaluator>.pass_rate / .score": 0.05},
         "policy": policy.model_dump() if policy is not None else None,
         "seed": seed,
     }
-    return Report(
+    serving = _records(summary)
+    errors = load.error_types(con, run_id)
+    report = Report(
         run_id=run_id, generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), tool_version=__version__,
         baseline=baseline.name, candidates=[c.name for c in candidates],
         routes=[{"name": r.name, "role": r.role, "architecture": r.architecture, "model": r.model, "checkpoint": r.checkpoint,
                  "input_per_mtok": r.input_per_mtok, "output_per_mtok": r.output_per_mtok, **r.extra} for r in routes],
-        settings=settings, cohorts=cohorts, comparisons=comparisons, serving=_records(summary),
+        settings=settings, cohorts=cohorts, comparisons=comparisons, serving=serving,
         server_phases=_records(phases), server_metrics=_records(metrics), latency_cdf=cdf,
-        worst_examples=examples, discovery=discovery, warnings=warnings, experts=experts, timings_s=timings,
-        notes=notes,
+        worst_examples=examples, discovery=discovery, warnings=warnings, experts=experts, trajectories=trajectories,
+        timings_s=timings, notes=notes,
+        no_data=run_no_data(serving, errors, baseline.name, [c.name for c in candidates]),
+        score_coverage=load.score_coverage(con, run_id), error_types=errors,
     )
+    for c in comparisons:  # say which route lacks the data
+        if c.n_prompts == 0 and c.scope in ("overall", "cohort"):
+            c.note = missing_data(report, c.candidate, c.metric, c.cohort).message
+    return report
 
 
 def quality_only_report(quality: pd.DataFrame, baseline: str, policy: Policy | None = None, alpha: float = 0.05,

@@ -1,6 +1,8 @@
 """Paired results -> Comparisons with verdicts: pure functions of frames, no store, no I/O.
 
 Verdict rule (documented in docs/report.md), per cohort x metric, with the metric's margin m:
+- "insufficient": fewer prompts than min_samples (the policy's, else MIN_SAMPLES; exploratory rows
+                  EXPLORATORY_MIN_SAMPLES): not tested, outside the Holm family, never "no change";
 - "no change":    the 95% CI of the difference lies inside (-m, +m);
 - "regression":   otherwise, Holm-adjusted p < alpha and the candidate is worse;
 - "improvement":  otherwise, Holm-adjusted p < alpha and the candidate is better;
@@ -19,7 +21,9 @@ from scipy import stats as sps
 
 from harness.report import load, stats
 from harness.report.model import Comparison
-from harness.report.policy import SERVING_METRICS, MetricSpec, Policy, quality_metrics
+from harness.report.policy import (
+    EXPLORATORY_MIN_SAMPLES, MIN_SAMPLES, SERVING_METRICS, MetricSpec, Policy, quality_metrics,
+)
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,10 @@ BINARY_COLUMNS = {"pass_rate", "error", "timeout"}
 def _scopes(df: pd.DataFrame) -> Iterator[tuple[str, str, pd.DataFrame]]:
     yield "overall", "(all)", df
     groups = {k: v for k, v in df.groupby("cohort", sort=True, observed=True) if len(v)}
-    if len(groups) > 1:
+    # Per cohort when the run has several, even if only one of them has data for this metric
+    # (the categories are the run's cohorts): the others are "no data" downstream, not merged away.
+    declared = len(df["cohort"].cat.categories) if isinstance(df["cohort"].dtype, pd.CategoricalDtype) else len(groups)
+    if max(len(groups), declared) > 1:
         for cohort, part in groups.items():
             yield "cohort", str(cohort), part
 
@@ -53,6 +60,15 @@ def _margin(spec: MetricSpec, policy: Policy | None, cohort: str | None, baselin
     if relative:
         return margin * abs(baseline_value) if not math.isnan(baseline_value) else float("nan"), f"{margin:.0%} of baseline"
     return margin, f"{margin:g} absolute"
+
+
+def min_samples_of(policy: Policy | None, metric: str, scope: str, cohort: str) -> int:
+    """Prompts a comparison needs before it gets a verdict."""
+    if scope in ("discovered", "slice"):
+        return EXPLORATORY_MIN_SAMPLES
+    if policy is None:
+        return MIN_SAMPLES
+    return policy.min_samples_for(metric, cohort if scope == "cohort" else None)
 
 
 def decide(diff: float, lo: float, hi: float, p_adj: float, alpha: float, margin: float, higher_is_better: bool) -> str:
@@ -72,8 +88,10 @@ FamilyOf = Callable[[str, MetricSpec, str], str]
 def compare_frame(rows: list[PairedRow], policy: Policy | None, alpha: float, family_of: FamilyOf) -> list[Comparison]:
     """Turn raw paired results into Comparisons: Holm per family, margins, verdicts, power."""
     families: dict[str, list[int]] = {}
+    minimum = [min_samples_of(policy, row.spec.name, row.scope, row.cohort) for row in rows]
     for i, row in enumerate(rows):
-        families.setdefault(family_of(row.candidate, row.spec, row.scope), []).append(i)
+        if row.result.n >= minimum[i]:  # too few prompts: not tested, so not in the family
+            families.setdefault(family_of(row.candidate, row.spec, row.scope), []).append(i)
     p_adj = [float("nan")] * len(rows)
     fam_size = [0] * len(rows)
     for fam, idx in families.items():
@@ -85,22 +103,29 @@ def compare_frame(rows: list[PairedRow], policy: Policy | None, alpha: float, fa
     for i, row in enumerate(rows):
         cand, spec, scope, cohort, r = row.candidate, row.spec, row.scope, row.cohort, row.result
         margin, margin_spec = _margin(spec, policy, cohort if scope == "cohort" else None, r.baseline.value)
-        a_fam = alpha / fam_size[i]
-        verdict = decide(r.diff, r.diff_low, r.diff_high, p_adj[i], alpha, margin, spec.higher_is_better)
+        a_fam = alpha / max(fam_size[i], 1)
+        insufficient = r.n < minimum[i]
+        verdict = "insufficient" if insufficient else decide(r.diff, r.diff_low, r.diff_high, p_adj[i], alpha, margin,
+                                                             spec.higher_is_better)
         mde, needed, power = power_figures(spec, r.n, r.sd_diff, r.se, r.test, r.diff, margin, a_fam, two_sided=True)
         note = ""
-        if verdict == "inconclusive" and r.n > 0:
+        if r.n == 0:
+            note = "no data: no prompt has this metric on both routes"
+        elif insufficient:
+            note = f"{r.n} prompt{'s' if r.n != 1 else ''} < min_samples {minimum[i]}: too few to judge"
+            if needed:
+                note += f"; ~{max(needed, minimum[i])} prompts to detect {margin:.3g}"
+        elif verdict == "inconclusive":
             note = f"detectable at this size: |diff| >= {mde:.3g}"
             if needed:
                 note += f"; ~{needed} prompts to detect {margin:.3g}"
-        elif r.n == 0:
-            note = "no paired prompts"
+        diff_ci = (r.diff_low, r.diff_high) if r.n >= 2 else (float("nan"), float("nan"))  # one prompt: no interval
         out.append(Comparison(
             candidate=cand, scope=scope, cohort=cohort, metric=spec.name, kind=spec.kind, label=spec.label,
             higher_is_better=spec.higher_is_better, n_prompts=r.n,
             baseline=r.baseline.value, baseline_ci=(r.baseline.low, r.baseline.high),
             candidate_value=r.candidate.value, candidate_ci=(r.candidate.low, r.candidate.high),
-            diff=r.diff, diff_ci=(r.diff_low, r.diff_high), se=r.se, sd_diff=r.sd_diff,
+            diff=r.diff, diff_ci=diff_ci, se=r.se, sd_diff=r.sd_diff,
             ci_method=r.ci_method, test=r.test, p_value=r.p_two_sided, p_worse=r.p_worse,
             family=family_of(cand, spec, scope), family_size=fam_size[i], p_adjusted=p_adj[i],
             margin=margin, margin_spec=margin_spec, verdict=verdict, mde=mde, prompts_needed=needed,
@@ -178,7 +203,7 @@ def serving_results(pairs: load.ServingPairs, baseline: load.RouteInfo, cand: lo
         else:
             B, C = pairs.times[(spec.column, "base")], pairs.times[(spec.column, "cand")]
             both = ~np.isnan(B).all(axis=1) & ~np.isnan(C).all(axis=1)
-            frame = pd.DataFrame({"i": np.nonzero(both)[0], "cohort": pf["cohort"].to_numpy()[both]})
+            frame = pd.DataFrame({"i": np.nonzero(both)[0], "cohort": pf["cohort"].array[both]})  # keeps the categories
             for scope, cohort, part in _scopes(frame):
                 idx = part["i"].to_numpy()
                 block = stats.time_series_block_length(B[idx], C[idx], positive=True)

@@ -170,6 +170,36 @@ def evaluator_kinds(quality: pd.DataFrame, keep: frozenset[str] = frozenset()) -
             for ev in sorted(g.groups)}
 
 
+SCORE_COVERAGE_SQL = """
+SELECT s.route, coalesce(h.cohort, 'default') AS cohort, s.evaluator,
+       count(DISTINCT s.prompt_id) FILTER (WHERE {applicable} AND s.passed IS NOT NULL) AS pass_prompts,
+       count(DISTINCT s.prompt_id) FILTER (WHERE {applicable} AND s.score IS NOT NULL)  AS score_prompts,
+       count(*) AS rows
+FROM scores s LEFT JOIN {cohorts} h ON h.prompt_id = s.prompt_id
+WHERE s.run_id = $run
+GROUP BY GROUPING SETS ((s.route, coalesce(h.cohort, 'default'), s.evaluator), (s.route, s.evaluator))
+ORDER BY 1, 2, 3
+"""
+
+
+def score_coverage(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
+    """Per route, cohort ("(all)" for the route as a whole) and evaluator: the prompts with an
+    applicable pass/fail and score. Says which route lacks the data when a comparison has none."""
+    applicable = "coalesce(s.applicable, s.score IS NOT NULL OR s.passed IS NOT NULL)"
+    rows = con.execute(SCORE_COVERAGE_SQL.format(applicable=applicable, cohorts=_cohort_source(con, run_id)),
+                       {"run": run_id}).fetchall()
+    return [{"route": r, "cohort": "(all)" if g is None else g, "evaluator": ev, "pass_prompts": int(p),
+             "score_prompts": int(sc), "rows": int(n)} for r, g, ev, p, sc, n in rows]
+
+
+def error_types(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
+    """Failed calls per route and error type, most frequent first."""
+    rows = con.execute(f"""SELECT route, error_type, count(*) FROM {views.MEASURED_RESPONSES}
+                          WHERE run_id = ? AND error_type IS NOT NULL GROUP BY ALL ORDER BY 1, 3 DESC, 2""",
+                       [run_id]).fetchall()
+    return [{"route": r, "error_type": e, "calls": int(n)} for r, e, n in rows]
+
+
 def samples_per_prompt(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
     return int(con.execute(f"SELECT coalesce(max(sample), 0) + 1 FROM {views.MEASURED_RESPONSES} WHERE run_id = ?", [run_id]).fetchone()[0])
 
@@ -245,10 +275,28 @@ def load_serving_summary(con: duckdb.DuckDBPyConnection, run_id: str, routes: li
           .rename(columns={"calls": "responses"}))
     df["scope"] = np.where(df["cohort"].isna(), "overall", "cohort")
     df["cohort"] = df["cohort"].fillna("(all)")
+    df["cost_per_trace_usd"] = cost_per_trace(df, routes)
+    return df
+
+
+def cost_per_trace(df: pd.DataFrame, routes: list[RouteInfo]) -> pd.Series:
+    """USD per trace from a frame's `route`, `input_tokens_mean` and `output_tokens_mean` (a
+    trajectory's tokens are summed over its steps) at each route's prices."""
     price_in = df["route"].map({r.name: r.input_per_mtok for r in routes}).fillna(0.0)
     price_out = df["route"].map({r.name: r.output_per_mtok for r in routes}).fillna(0.0)
-    df["cost_per_trace_usd"] = (df["input_tokens_mean"] * price_in + df["output_tokens_mean"] * price_out) / 1e6
-    return df
+    return (df["input_tokens_mean"] * price_in + df["output_tokens_mean"] * price_out) / 1e6
+
+
+def load_trajectories(con: duckdb.DuckDBPyConnection, run_id: str, routes: list[RouteInfo]) -> pd.DataFrame:
+    """The trajectory panel: per route and cohort ("(all)" = every cohort), steps, stop reasons,
+    step accuracy, tokens and cost per trace."""
+    df = views.trajectory_summary(con, run_id)
+    if df.empty:
+        return df
+    df["scope"] = np.where(df["cohort"].isna(), "overall", "cohort")
+    df["cohort"] = df["cohort"].fillna("(all)")
+    df["cost_per_trace_usd"] = cost_per_trace(df, routes)
+    return df.drop(columns=["input_tokens_mean", "output_tokens_mean"])
 
 
 SERVER_PHASE_PAIRS_SQL = f"""

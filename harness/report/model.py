@@ -12,7 +12,8 @@ from typing import Any
 
 SCHEMA = "routecheck.report/v1"
 
-VERDICTS = ("regression", "improvement", "no change", "inconclusive")
+# "insufficient": fewer prompts than min_samples (none at all: the note says which route has no data).
+VERDICTS = ("regression", "improvement", "no change", "inconclusive", "insufficient")
 
 
 @dataclass
@@ -94,7 +95,16 @@ class Report:
     discovery: Discovery | None
     warnings: list[str] = field(default_factory=list)
     experts: list[dict[str, Any]] = field(default_factory=list)  # harness.experts.panel.PanelRow dicts
+    trajectories: list[dict[str, Any]] = field(default_factory=list)  # agent runs: load.load_trajectories rows
     timings_s: dict[str, float] = field(default_factory=dict)
+    # Why the run cannot be judged at all (no responses, a route without calls, every call of the
+    # baseline or of every route failed); None when there is data. Renderers say NO DATA, the gate exits 2.
+    no_data: str | None = None
+    # What data each route has, for saying why a comparison has none: per route, cohort ("(all)"
+    # too) and evaluator, the prompts with a pass/fail and with a score (load.score_coverage) ...
+    score_coverage: list[dict[str, Any]] = field(default_factory=list)
+    # ... and the failed calls per route and error type (load.error_types).
+    error_types: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # how serving CIs were made; A/A runs (harness/report/calibration.py)
 
     def summary(self) -> dict[str, int]:

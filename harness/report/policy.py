@@ -41,6 +41,16 @@ SERVING_METRICS: tuple[MetricSpec, ...] = (
 
 QUALITY_MARGIN = 0.05
 
+# Gated for every candidate whatever the policy says: a policy may loosen them (margin, alpha,
+# min_samples), never omit or disable them. A candidate whose calls fail must not pass a policy
+# that happens to gate only latency or quality (quality is scored on successful calls only).
+ALWAYS_GATED = ("error_rate", "timeout_rate")
+
+# Prompts per cohort below which a comparison is "insufficient" (the gate's default, and the
+# report's when no policy is given); exploratory clusters and slices use EXPLORATORY_MIN_SAMPLES.
+MIN_SAMPLES = 30
+EXPLORATORY_MIN_SAMPLES = 10
+
 
 def quality_metrics(evaluator: str, has_pass: bool, has_score: bool) -> list[MetricSpec]:
     out = []
@@ -99,8 +109,9 @@ class CohortRule(_Strict):
 class Policy(_Strict):
     version: Literal[1] = 1
     alpha: float = Field(0.05, gt=0, lt=0.5)
-    min_samples: int = Field(30, ge=2)
+    min_samples: int = Field(MIN_SAMPLES, ge=2)
     on_insufficient: Literal["warn", "fail"] = "warn"
+    on_no_data: Literal["fail", "insufficient"] = "fail"   # a gated metric with no data on a route
     on_inconclusive: Literal["pass", "fail"] = "pass"
     include_overall: bool = True
     metrics: dict[str, MetricRule] = Field(min_length=1)
@@ -124,8 +135,18 @@ class Policy(_Strict):
                 margin, relative = o.margin_rel, True
             if o.min_samples is not None:
                 min_samples = o.min_samples
-            enabled = enabled and o.enabled
+            if not (key == "*" and metric in ALWAYS_GATED):  # "*": {enabled: false} leaves them gated
+                enabled = enabled and o.enabled
         return margin, relative, base.alpha or self.alpha, min_samples, enabled
+
+    def min_samples_for(self, metric: str, cohort: str | None) -> int:
+        return self.rule(metric, cohort)[3] if metric in self.metrics else self.min_samples
+
+
+def with_always_gated(policy: Policy) -> Policy:
+    """The policy as the gate applies it: ALWAYS_GATED metrics added (default margins) if absent."""
+    missing = {m: MetricRule() for m in ALWAYS_GATED if m not in policy.metrics}
+    return policy.model_copy(update={"metrics": {**policy.metrics, **missing}}) if missing else policy
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -138,6 +159,14 @@ def load_policy(path: str | Path) -> Policy:
     except ValidationError as e:
         raise ConfigError(describe_validation_error(path, e, "docs/report.md 'Gate policy'")) from None
     problems = []
+    for name in ALWAYS_GATED:
+        if name in policy.metrics and not policy.metrics[name].enabled:
+            problems.append(f"{path}: metrics.{name}.enabled: {name} is always gated; loosen it with a margin "
+                            "(e.g. {margin: 0.05}), it cannot be disabled")
+        for cohort, rules in policy.cohorts.items():
+            if name in rules and not rules[name].enabled:
+                problems.append(f"{path}: cohorts.{cohort}.{name}.enabled: {name} is always gated; loosen it with a "
+                                "margin, it cannot be disabled")
     for name, rule in policy.metrics.items():
         limits = rule.max is not None or rule.min is not None
         if name.partition("@")[0] in SCALAR_METRICS + CAPACITY_METRICS and not is_expert_metric(name):
@@ -154,19 +183,27 @@ def load_policy(path: str | Path) -> Policy:
                             "(e.g. dropped_token_rate@1.25); a paired metric takes 'margin' or 'margin_rel'")
     if problems:
         raise ConfigError("\n".join(problems))
-    return policy
+    return with_always_gated(policy)
 
 
 def expert_policy_metrics(policy: Policy) -> list[str]:
     return [name for name in policy.metrics if is_expert_metric(name)]
 
 
-def check_policy_metrics(policy: Policy, path: Path | str, available: list[str], cohorts: list[str]) -> None:
-    """Metrics or cohorts the run does not have are config errors, not silent passes."""
+def check_policy_metrics(policy: Policy, path: Path | str, available: list[str], cohorts: list[str],
+                         known: list[str] = ()) -> None:
+    """Metrics or cohorts the run does not have are config errors, not silent passes. `known`:
+    metrics the run has but cannot compare (no data on a route): the gate fails them, so they are
+    not "no such metric"; neither are the ALWAYS_GATED ones."""
     problems = []
     for name in policy.metrics:
-        if name not in available and not is_expert_metric(name):  # expert metrics: per route, in the gate
-            problems.append(f"{path}: metrics.{name}: no such metric in this run; available: {', '.join(available)}")
+        if name in known or name in ALWAYS_GATED or is_expert_metric(name):  # expert metrics: per route, in the gate
+            continue
+        if name not in available:
+            hint = ""
+            if name.rpartition(".")[2] in ("pass_rate", "score"):
+                hint = f" (no scores from {name.rpartition('.')[0]} in this run: was it scored? `routecheck score RUN -e ...`)"
+            problems.append(f"{path}: metrics.{name}: no such metric in this run{hint}; available: {', '.join(available)}")
     for cohort, rules in policy.cohorts.items():
         if cohort not in cohorts:
             problems.append(f"{path}: cohorts.{cohort}: no such cohort in this run; cohorts: {', '.join(cohorts)}")

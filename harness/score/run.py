@@ -23,12 +23,21 @@ from harness.store.views import MEASURED_RESPONSES, resolve_run_id
 
 _QUERY = f"""
 SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort AS r_cohort, r.text, r.tool_calls,
-       r.error_type, r.error_message,
+       r.error_type, r.error_message, r.steps, r.stop_reason,
        p.cohort AS p_cohort, p.messages, p.context, p.tools, p.expected, p.metadata
 FROM {MEASURED_RESPONSES} r
 LEFT JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id
 WHERE r.run_id = ?
 ORDER BY r.prompt_id, r.route, r.sample
+"""
+
+
+# The steps of the run's trajectories; a resumed trajectory may have left longer stale rows.
+_STEPS_QUERY = f"""
+SELECT s.prompt_id, s.route, s.sample, s.step, s.text, s.tool_calls, s.tool_results, s.finish_reason
+FROM steps s JOIN {MEASURED_RESPONSES} r USING (run_id, prompt_id, route, sample)
+WHERE s.run_id = ? AND s.step <= r.steps
+ORDER BY s.prompt_id, s.route, s.sample, s.step
 """
 
 
@@ -43,9 +52,16 @@ class ScoreSummary:
 def load_records(con: Any, run_id: str) -> tuple[list[EvalRecord], list[str | None]]:
     """The run's responses as EvalRecords, and each one's error (None when the call succeeded)."""
     df = con.execute(_QUERY, [run_id]).df()
+    steps: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for s in con.execute(_STEPS_QUERY, [run_id]).df().to_dict("records"):
+        steps.setdefault((s["prompt_id"], s["route"], int(s["sample"])), []).append({
+            "step": int(s["step"]), "text": _none(s["text"]), "finish_reason": _none(s["finish_reason"]),
+            "tool_calls": parse_json_field(_none(s["tool_calls"])) or [],
+            "tool_results": parse_json_field(_none(s["tool_results"])) or []})
     records, errors = [], []
     for row in df.to_dict("records"):
         meta = parse_json_field(row["metadata"])
+        trajectory = _none(row["steps"]) is not None
         records.append(
             EvalRecord(
                 run_id=row["run_id"],
@@ -60,6 +76,8 @@ def load_records(con: Any, run_id: str) -> tuple[list[EvalRecord], list[str | No
                 text=_none(row["text"]),
                 tool_calls=parse_json_field(_none(row["tool_calls"])),
                 metadata=meta if isinstance(meta, dict) else {},
+                steps=steps.get((row["prompt_id"], row["route"], int(row["sample"])), []) if trajectory else None,
+                stop_reason=_none(row["stop_reason"]),
             )
         )
         err = _none(row["error_type"])
@@ -112,7 +130,7 @@ def score_run(
         summary = ScoreSummary(run_id=run_id, n_responses=len(records), rows_written=0)
         console = Console(stderr=True)
         with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, disable=not progress or not records, transient=False,
         ) as bar:
             for ev in bound:

@@ -1,4 +1,4 @@
-"""The store's schema: one DuckDB file holds runs, prompts, responses, spans, scores and server metrics.
+"""The store's schema: one DuckDB file holds runs, prompts, responses, steps, spans, scores and server metrics.
 
 Tables are keyed so that re-running a stage replaces rows instead of duplicating them; JSON columns
 hold JSON text. Column lists double as the insert order of the batch writer.
@@ -35,6 +35,8 @@ TABLES: dict[str, str] = {
         expected        JSON,
         metadata        JSON,
         source_line     BIGINT,
+        tool_results    JSON,         -- agent rows: scripted tool results {tool: [{match, result}]}; NULL otherwise
+        max_steps       INTEGER,      -- agent rows: model calls allowed per trajectory
         PRIMARY KEY (run_id, prompt_id)
     """,
     "responses": """
@@ -54,6 +56,8 @@ TABLES: dict[str, str] = {
         output_tokens   BIGINT,
         total_tokens    BIGINT,
         usage_source    VARCHAR,      -- server | counted
+        usage_raw       VARCHAR,      -- the server's usage as sent, when it could not be used (flag usage_invalid)
+        flags           VARCHAR[],    -- what was kept but marked: partial, usage_invalid, id_coerced, ... (mirror/assemble.py)
         started_at      TIMESTAMPTZ,
         latency_s       DOUBLE,       -- end to end, first byte sent to last byte received
         ttft_s          DOUBLE,       -- time to first content or tool-call token
@@ -65,9 +69,36 @@ TABLES: dict[str, str] = {
         error_message   VARCHAR,
         timed_out       BOOLEAN,
         trace_id        VARCHAR,
-        span_id         VARCHAR,
+        span_id         VARCHAR,      -- the call span; for a trajectory, the trajectory span
+        steps           INTEGER,      -- trajectories: model calls made (rows in `steps`); NULL for one call
+        stop_reason     VARCHAR,      -- trajectories: answer | max_steps | unscripted_tool | error
         warmup          BOOLEAN,      -- a warm-up call (sent before measurement, sample < 0): stored, never reported
         PRIMARY KEY (run_id, prompt_id, route, sample)
+    """,
+    # One row per model call of an agent trajectory (harness/mirror/trajectory.py); the response row
+    # holds the totals. Read with `step <= responses.steps` (a resumed trajectory may have been shorter).
+    "steps": """
+        run_id          VARCHAR,
+        prompt_id       VARCHAR,
+        route           VARCHAR,
+        sample          INTEGER,
+        step            INTEGER,      -- 1, 2, ...: the model call's position in the trajectory
+        text            VARCHAR,
+        tool_calls      JSON,         -- the calls this step made (OpenAI list, arguments as strings)
+        tool_results    JSON,         -- per call: {tool_call_id, name, content, scripted}; scripted=false: none was scripted (stop)
+        finish_reason   VARCHAR,
+        input_tokens    BIGINT,
+        output_tokens   BIGINT,
+        total_tokens    BIGINT,
+        usage_source    VARCHAR,
+        started_at      TIMESTAMPTZ,
+        latency_s       DOUBLE,
+        ttft_s          DOUBLE,
+        error_type      VARCHAR,
+        error_message   VARCHAR,
+        trace_id        VARCHAR,
+        span_id         VARCHAR,      -- this step's call span (child of the trajectory span)
+        PRIMARY KEY (run_id, prompt_id, route, sample, step)
     """,
     "spans": """
         trace_id        VARCHAR,
@@ -174,5 +205,7 @@ def json_columns(table: str) -> frozenset[str]:
 ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "spans": [("engine", "VARCHAR"), ("queue_s", "DOUBLE"), ("prefill_s", "DOUBLE"), ("decode_s", "DOUBLE"), ("e2e_s", "DOUBLE")],
     "server_metrics": [("quantity", "VARCHAR")],
-    "responses": [("warmup", "BOOLEAN")],  # version 3
+    # version 3: agent trajectories, warm-up calls, raw usage and call flags
+    "prompts": [("tool_results", "JSON"), ("max_steps", "INTEGER")],
+    "responses": [("steps", "INTEGER"), ("stop_reason", "VARCHAR"), ("warmup", "BOOLEAN"), ("usage_raw", "VARCHAR"), ("flags", "VARCHAR[]")],
 }

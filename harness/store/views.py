@@ -248,8 +248,45 @@ def server_panel(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     return con.execute(SERVER_PANEL_SQL, {"run_id": run_id, "quantities": list(_PANEL_QUANTITIES)}).df()
 
 
+# -- agent trajectories ---------------------------------------------------------------------------
+
+# Per (route, cohort) and per route (cohort NULL), over the run's trajectories (responses with
+# steps): how many, steps taken, why they stopped, tokens per trace (summed over steps), and the
+# mean step_accuracy score where scored. Cost per trace is these tokens at the route's prices
+# (harness/report/load.py, `cost_per_trace`).
+TRAJECTORY_SUMMARY_SQL = f"""
+SELECT r.route, coalesce(r.cohort, 'default') AS cohort,
+       count(*)                                                   AS trajectories,
+       avg(r.steps)                                               AS steps_mean,
+       max(r.steps)                                               AS steps_max,
+       count(*) FILTER (WHERE r.stop_reason = 'answer')           AS answered,
+       count(*) FILTER (WHERE r.stop_reason = 'max_steps')        AS max_steps,
+       count(*) FILTER (WHERE r.stop_reason = 'unscripted_tool')  AS unscripted_tool,
+       count(*) FILTER (WHERE r.stop_reason = 'error')            AS error,
+       avg(s.score)                                               AS step_accuracy,
+       avg(coalesce(r.total_tokens, coalesce(r.input_tokens, 0) + coalesce(r.output_tokens, 0))) AS tokens_per_trace,
+       avg(coalesce(r.input_tokens, 0))                           AS input_tokens_mean,
+       avg(coalesce(r.output_tokens, 0))                          AS output_tokens_mean
+FROM {MEASURED_RESPONSES} r
+LEFT JOIN scores s ON s.run_id = r.run_id AND s.prompt_id = r.prompt_id AND s.route = r.route AND s.sample = r.sample
+                  AND s.evaluator = 'step_accuracy' AND s.applicable
+WHERE r.run_id = $run AND r.steps IS NOT NULL
+GROUP BY GROUPING SETS ((r.route, coalesce(r.cohort, 'default')), (r.route))
+"""
+
+
+def trajectory_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
+    """Per (route, cohort) and per route (cohort NULL) figures of the run's agent trajectories;
+    empty when the run has none (or the store predates trajectories: schema version < 3)."""
+    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'responses' "
+                      "AND column_name = 'steps'").fetchone()[0]
+    if not has:
+        return pd.DataFrame(columns=["route", "cohort"])
+    return con.execute(TRAJECTORY_SUMMARY_SQL, {"run": run_id}).df()
+
+
 # Views kept in the file, for `routecheck sql` and other DuckDB clients.
 VIEWS: dict[str, str] = {"measured_responses": MEASURED_RESPONSES_SQL, "response_timings": RESPONSE_TIMINGS_SQL}
 
 __all__: list[Any] = ["MEASURED_RESPONSES", "list_runs", "resolve_run_id", "route_summary", "route_cohort_summary", "server_timings",
-                      "server_phases", "metric_deltas", "server_summary", "server_panel", "VIEWS"]
+                      "server_phases", "metric_deltas", "server_summary", "server_panel", "trajectory_summary", "VIEWS"]

@@ -11,6 +11,11 @@ Scripted tool calls (`--tool-calls FILE`, or `scripted_tool_calls` in `--config`
 mapping a key to the calls to answer with, `[{"name": ..., "arguments": {...} or "<json>"}, ...]`
 (`[]` = answer in text). A request whose last user message contains `[[stub:KEY]]` gets KEY's
 calls, streamed or not, several calls as parallel tool calls.
+
+Per step, for agent trajectories: `{"KEY": {"steps": [STEP, ...]}}`, where STEP is a list of calls
+or a string (a text answer). The request's step is the number of assistant messages with tool
+calls it already holds (0 on the first request); past the last STEP the last one repeats, so
+`{"steps": [[call]]}` calls forever (a loop) and `{"steps": [[a], [b], "answer"]}` finishes in three.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ class StubConfig:
     fail_on: dict[str, int] = field(default_factory=dict)
     include_usage: bool = True  # False: ignore stream_options, like some servers
     record_headers: int = 1000  # keep the headers of the last N requests, for tests
-    # Marker key -> tool calls [{"name", "arguments"}]; used when the last user message has [[stub:KEY]].
-    scripted_tool_calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Marker key -> tool calls [{"name", "arguments"}], or {"steps": [calls or answer text, ...]};
+    # used when the last user message has [[stub:KEY]].
+    scripted_tool_calls: dict[str, Any] = field(default_factory=dict)
 
 
 _MARKER = re.compile(r"\[\[stub:([^\]]+)\]\]")
@@ -93,6 +99,9 @@ def build_app(cfg: StubConfig) -> Starlette:
         tools = body.get("tools") or []
         tool_call = None
         scripted = _scripted(cfg, messages)
+        scripted_text = scripted if isinstance(scripted, str) else None
+        if scripted_text is not None:
+            scripted = []
         calls: list[dict[str, Any]] = []
         if scripted:
             calls = [{"name": c.get("name"), "arguments": c["arguments"] if isinstance(c.get("arguments"), str) else json.dumps(c.get("arguments") or {})}
@@ -104,7 +113,8 @@ def build_app(cfg: StubConfig) -> Starlette:
             # (call index, piece): each call's arguments in 8-character pieces, calls one after another.
             pieces = [(k, c["arguments"][i : i + 8]) for k, c in enumerate(calls) for i in range(0, max(len(c["arguments"]), 1), 8)]
         else:
-            pieces = [w if i == 0 else " " + w for i, w in enumerate(_words(answer_for(messages)))]
+            text = scripted_text if scripted_text is not None else answer_for(messages)
+            pieces = [w if i == 0 else " " + w for i, w in enumerate(_words(text))]
         max_tokens = body.get("max_tokens") or 10**9
         finish = "tool_calls" if tool_call else ("length" if len(pieces) > max_tokens else "stop")
         pieces = pieces[:max_tokens]
@@ -165,13 +175,19 @@ def build_app(cfg: StubConfig) -> Starlette:
     ])
 
 
-def _scripted(cfg: StubConfig, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """The scripted calls for this request's [[stub:KEY]] marker (None = no marker or unknown key)."""
+def _scripted(cfg: StubConfig, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | str | None:
+    """The scripted calls (or answer text) for this request's [[stub:KEY]] marker and step
+    (None = no marker or unknown key)."""
     if not cfg.scripted_tool_calls:
         return None
     last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
     found = _MARKER.search(last_user if isinstance(last_user, str) else json.dumps(last_user))
-    return cfg.scripted_tool_calls.get(found.group(1)) if found else None
+    entry = cfg.scripted_tool_calls.get(found.group(1)) if found else None
+    if isinstance(entry, dict) and "steps" in entry:
+        steps = entry["steps"] or [[]]
+        step = sum(1 for m in messages if m.get("role") == "assistant" and m.get("tool_calls"))
+        return steps[min(step, len(steps) - 1)]
+    return entry
 
 
 def serve(cfg: StubConfig, host: str = "127.0.0.1", port: int = 0) -> None:

@@ -130,44 +130,60 @@ def paired_quality_frame(rng: np.random.Generator, cohorts: dict[str, int], drop
 
 def deterministic_store(path: Path, cohorts: dict[str, int] | None = None, failing: dict[str, int] | None = None,
                         samples: int = 1, slow_cohort: str | None = None, failing_text: str | None = None,
-                        run_id: str = "run-hand", with_server_data: bool = False) -> Path:
+                        run_id: str = "run-hand", with_server_data: bool = False,
+                        errors: dict[str, dict[str, int]] | None = None, error_message: str = "server said no",
+                        baseline: str = "dense", candidate: str = "moe", prompt_ids: list[str] | None = None) -> Path:
     """A hand-checkable store: the baseline passes every prompt; the candidate fails the first
     `failing[c]` prompts of cohort c (all samples), and nothing else differs unless asked.
+
+    `errors[route][c]`: the first n calls of cohort c on that route ("baseline"/"candidate" or the
+    route's name) are failed calls (`http_500`, `error_message`, no text), scored not applicable
+    as `routecheck score` scores them. `prompt_ids` names the prompts in order (default COHORT-NNN).
 
     Latency of prompt i is 0.5 + 0.001 i s on both routes (x3 on the candidate in slow_cohort);
     every call uses 100 input and 50 output tokens; prices are 1 and 2 USD per Mtok (baseline)
     and 0.5 and 1 (candidate), so cost per trace is exactly 2e-4 and 1e-4 USD.
     """
-    cohorts = cohorts or {"legal": 40, "sql": 40, "chat": 40}
+    cohorts = {"legal": 40, "sql": 40, "chat": 40} if cohorts is None else cohorts
     failing = failing or {}
+    errors = errors or {}
     con = connect(path)
-    routes = [{"name": "dense", "role": "baseline", "architecture": "dense", "prices": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}},
-              {"name": "moe", "role": "candidate", "architecture": "moe", "prices": {"input_per_mtok": 0.5, "output_per_mtok": 1.0}}]
+    routes = [{"name": baseline, "role": "baseline", "architecture": "dense", "prices": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}},
+              {"name": candidate, "role": "candidate", "architecture": "moe", "prices": {"input_per_mtok": 0.5, "output_per_mtok": 1.0}}]
     now = datetime.now(timezone.utc)
     upsert(con, "runs", [{"run_id": run_id, "started_at": now, "finished_at": now, "status": "completed", "routes": routes}])
     prompts, responses, scores, spans = [], [], [], []
+    ids = iter(prompt_ids or [])
     for cohort, count in cohorts.items():
         for i in range(count):
-            pid = f"{cohort}-{i:03d}"
+            pid = next(ids, None) or f"{cohort}-{i:03d}"
             prompts.append({"run_id": run_id, "prompt_id": pid, "cohort": cohort,
                             "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"{cohort} question {i}"}]})
             fails = i < failing.get(cohort, 0)
-            for route in ("dense", "moe"):
-                cand = route == "moe"
+            for route in (baseline, candidate):
+                cand = route == candidate
+                role = "candidate" if cand else "baseline"
+                n_err = errors.get(route, errors.get(role, {})).get(cohort, 0)
                 for s in range(samples):
                     lat = (0.5 + 0.001 * i) * (3.0 if cand and cohort == slow_cohort else 1.0)
                     span_id = f"{len(responses) + 1:016x}"
                     text = failing_text if (cand and fails and failing_text is not None) else f"{route} answer to {pid}"
+                    err = i < n_err
                     responses.append({"run_id": run_id, "prompt_id": pid, "route": route, "sample": s,
-                                      "role": "candidate" if cand else "baseline", "cohort": cohort, "text": text,
-                                      "input_tokens": 100, "output_tokens": 50, "total_tokens": 150, "latency_s": lat,
-                                      "ttft_s": lat / 5, "timed_out": False, "trace_id": f"{len(responses) + 1:032x}",
-                                      "span_id": span_id})
-                    passed = not (cand and fails)
-                    scores.append({"run_id": run_id, "prompt_id": pid, "route": route, "sample": s, "evaluator": "task_completion",
-                                   "score": float(passed), "passed": passed, "applicable": True})
-                    scores.append({"run_id": run_id, "prompt_id": pid, "route": route, "sample": s, "evaluator": "groundedness",
-                                   "score": 0.8, "passed": True, "applicable": True})
+                                      "role": role, "cohort": cohort, "text": None if err else text,
+                                      "input_tokens": 100, "output_tokens": 0 if err else 50, "total_tokens": 100 if err else 150,
+                                      "latency_s": lat, "ttft_s": None if err else lat / 5, "timed_out": False,
+                                      "error_type": "http_500" if err else None, "error_message": error_message if err else None,
+                                      "http_status": 500 if err else 200,
+                                      "trace_id": f"{len(responses) + 1:032x}", "span_id": span_id})
+                    for ev in ("task_completion", "groundedness"):
+                        if err:  # as harness.score scores a failed call
+                            scores.append({"run_id": run_id, "prompt_id": pid, "route": route, "sample": s, "evaluator": ev,
+                                           "score": None, "passed": None, "applicable": False, "reason": "call failed"})
+                            continue
+                        passed = ev == "groundedness" or not (cand and fails)
+                        scores.append({"run_id": run_id, "prompt_id": pid, "route": route, "sample": s, "evaluator": ev,
+                                       "score": 0.8 if ev == "groundedness" else float(passed), "passed": passed, "applicable": True})
                     if with_server_data:
                         # A server's per-request span as an engine maps it at ingest (typed columns).
                         spans.append({"trace_id": f"{len(responses):032x}", "span_id": f"{len(responses):08x}aaaaaaaa",
@@ -180,8 +196,8 @@ def deterministic_store(path: Path, cohorts: dict[str, int] | None = None, faili
     if with_server_data:
         upsert(con, "spans", spans)
         metrics = []
-        for route in ("dense", "moe"):
-            for phase, v in (("before", 10.0), ("during", 12.0), ("after", 15.0 if route == "moe" else 10.0)):
+        for route in (baseline, candidate):
+            for phase, v in (("before", 10.0), ("during", 12.0), ("after", 15.0 if route == candidate else 10.0)):
                 metrics.append({"run_id": run_id, "route": route, "scraped_at": now, "phase": phase,
                                 "metric": "synthetic:num_preemptions_total", "quantity": "preemptions", "labels": {}, "value": v})
         upsert(con, "server_metrics", metrics)

@@ -71,7 +71,10 @@ def write_outputs(report: Report, out_dir: Path, formats: tuple[str, ...] = FORM
 
 
 def default_out_dir(run_id: str) -> Path:
-    return Path("reports") / run_id
+    """reports/RUN/, with the run id made a safe single path component (it comes from the store)."""
+    from harness.report.render.escape import filename
+
+    return Path("reports") / filename(run_id)
 
 
 def print_terminal_report(db_path: Path | str, run_id: str, console: Console | None = None,

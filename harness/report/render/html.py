@@ -1,12 +1,12 @@
 """One self-contained HTML file: inline SVG plots (matplotlib), tables, worst examples.
 
 Nothing is fetched over the network (no scripts at all, no CDN, no web fonts); every string
-from the store (model text, prompt text, cohort and route names) goes through html.escape.
+from the store (model text, prompt text, cohort and route names) goes through escape.html, plot
+labels through escape.mpl (harness/report/render/escape.py).
 """
 
 from __future__ import annotations
 
-import html
 import io
 import math
 import re
@@ -17,24 +17,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.report.model import Comparison, Report  # noqa: E402
+from harness.report.render import escape  # noqa: E402
 from harness.experts.panel import IMBALANCE_NOTE  # noqa: E402
 from harness.experts.stats import factor_key  # noqa: E402
 from harness.report.render.text import (  # noqa: E402
-    EXPERT_HEADER, HEADER, PHASE_COLUMNS, SERVING_COLUMNS, diff_text, expert_notes, expert_rows, fnum, fp, headline,
-    serving_rows,
+    EXPERT_HEADER, HEADER, PHASE_COLUMNS, SERVING_COLUMNS, diff_text, expert_notes, expert_rows, fnum, fp, headline, outcome,
+    serving_rows, TRAJECTORY_HEADER, trajectory_rows,
 )
 
-COLORS = {"regression": "#c62828", "improvement": "#2e7d32", "no change": "#757575", "inconclusive": "#f9a825"}
+COLORS = {"regression": "#c62828", "improvement": "#2e7d32", "no change": "#757575", "inconclusive": "#f9a825",
+          "insufficient": "#b0bec5"}
 plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
 
 
-def esc(x: object) -> str:
-    return html.escape("" if x is None else str(x), quote=True)
+esc = escape.html
+_mpl = escape.mpl
 
 
-def _mpl(s: object) -> str:
-    """Literal text for matplotlib: a `$` would otherwise start mathtext."""
-    return str(s).replace("$", r"\$")
+def _pre(text: object) -> str:
+    return f"<pre>{escape.html(text, multiline=True)}</pre>"
 
 
 def _svg(fig, salt: str) -> str:
@@ -193,7 +194,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 6px;vertical-align:top}
 th{background:#f5f5f5;text-align:left}.v-regression{color:#c62828;font-weight:bold}.v-improvement{color:#2e7d32}
-.v-inconclusive{color:#a67c00}.v-no-change{color:#757575}.fail{color:#c62828}.pass{color:#2e7d32}
+.v-inconclusive{color:#a67c00}.v-no-change{color:#757575}.v-insufficient{color:#a67c00;font-style:italic}.fail{color:#c62828}.pass{color:#2e7d32}
 pre{white-space:pre-wrap;word-break:break-word;max-width:420px;max-height:220px;overflow:auto;margin:0;font-size:11px}
 .muted{color:#666;font-size:12px}.note{color:#444;font-size:13px;border-left:3px solid #bbb;padding-left:6px}svg{max-width:100%;height:auto}
 """
@@ -201,13 +202,13 @@ pre{white-space:pre-wrap;word-break:break-word;max-width:420px;max-height:220px;
 
 def to_html(report: Report) -> str:
     s = report.settings
-    regs = report.regressions()
+    verdict = outcome(report)
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              # No network: forbid every fetch and every script, even if something slipped through escaping.
              "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">",
              f"<title>routecheck report {esc(report.run_id)}</title><style>{CSS}</style></head><body>"]
     parts.append(f"<h1>routecheck report — run {esc(report.run_id)}</h1>")
-    parts.append(f'<p id="headline" class="{"fail" if regs else "pass"}"><b>{"FAIL" if regs else "PASS"}</b> — {esc(headline(report))}</p>')
+    parts.append(f'<p id="headline" class="{"pass" if verdict == "PASS" else "fail"}"><b>{verdict}</b> — {esc(headline(report))}</p>')
     parts.append(f'<p class="muted">Baseline <b>{esc(report.baseline)}</b>; candidates {esc(", ".join(report.candidates))}. '
                  f"alpha {esc(s['alpha'])}; {esc(s['correction'])}; {esc(s['families'])}. Unit: {esc(s['unit'])}. "
                  f"Verdict: {esc(s['verdict_rule'])}. Generated {esc(report.generated_at)}.</p>")
@@ -239,14 +240,17 @@ def to_html(report: Report) -> str:
                               fnum(m.get("peak_during"))] for m in report.server_metrics], "server-metrics"))
     else:
         parts.append('<p class="muted">No vLLM /metrics samples recorded for this run.</p>')
+    if report.trajectories:
+        parts.append("<h2>Agent trajectories</h2><p class=\"muted\">Per cohort: steps taken, why trajectories stopped, "
+                     "mean step accuracy, and tokens and cost per trace summed over the steps.</p>")
+        parts.append(_table(TRAJECTORY_HEADER, trajectory_rows(report), "trajectories"))
     parts.append('<h2>Cost versus quality</h2><div id="cost-quality">' + cost_quality_plot(report) + "</div>")
     parts.append('<h2>Worst examples in regressed cohorts</h2>')
     if report.worst_examples:
         parts.append(_table(["candidate", "cohort", "metric", "prompt", "baseline", "candidate", "prompt text",
                              "baseline response", "candidate response"],
                             [[esc(w.candidate), esc(w.cohort), esc(w.metric), esc(w.prompt_id), fnum(w.baseline_value),
-                              fnum(w.candidate_value), f"<pre>{esc(w.prompt_text)}</pre>", f"<pre>{esc(w.baseline_text)}</pre>",
-                              f"<pre>{esc(w.candidate_text)}</pre>"] for w in report.worst_examples],
+                              fnum(w.candidate_value), _pre(w.prompt_text), _pre(w.baseline_text), _pre(w.candidate_text)] for w in report.worst_examples],
                             "worst-examples", raw=True))
     else:
         parts.append('<p class="muted" id="worst-examples">No quality regression, so no examples.</p>')

@@ -1,32 +1,26 @@
 """JUnit XML, written once for the report and the gate: suites of cases, each passed, failed or skipped.
 
-Text from the data (cohort, route and metric names, messages) is cleaned of the characters XML 1.0
-cannot hold, so a hostile name cannot make the file unparseable.
+Text from the data (cohort, route and metric names, messages) goes through escape.xml: the
+characters XML 1.0 cannot hold (and ANSI escapes, which CI log viewers would interpret) become
+visible escapes such as \x1b, so a hostile name cannot make the file unparseable.
 """
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-# Characters XML 1.0 forbids (C0 controls but tab/LF/CR, surrogates, U+FFFE/U+FFFF).
-_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def xml_text(value: object) -> str:
-    """`value` as text XML can hold: forbidden characters become U+FFFD."""
-    return _XML_ILLEGAL.sub("\ufffd", str(value))
+from harness.report.render.escape import xml as xml_text
 
 
 @dataclass
 class Case:
     classname: str
     name: str
-    outcome: Literal["passed", "failed", "skipped"]
-    message: str = ""   # the failure's or skip's message attribute
-    text: str = ""      # the failure's body
+    outcome: Literal["passed", "failed", "skipped", "error"]
+    message: str = ""   # the failure's, error's or skip's message attribute
+    text: str = ""      # the failure's or error's body
     output: str = ""    # system-out
     failure_type: str = "regression"
 
@@ -42,11 +36,13 @@ def junit_xml(name: str, suites: Sequence[Suite]) -> str:
     for s in suites:
         suite = ET.SubElement(root, "testsuite", name=xml_text(s.name), tests=str(len(s.cases)),
                               failures=str(sum(c.outcome == "failed" for c in s.cases)),
-                              skipped=str(sum(c.outcome == "skipped" for c in s.cases)), errors="0")
+                              skipped=str(sum(c.outcome == "skipped" for c in s.cases)),
+                              errors=str(sum(c.outcome == "error" for c in s.cases)))
         for c in s.cases:
             case = ET.SubElement(suite, "testcase", classname=xml_text(c.classname), name=xml_text(c.name))
-            if c.outcome == "failed":
-                ET.SubElement(case, "failure", message=xml_text(c.message), type=c.failure_type).text = xml_text(c.text)
+            if c.outcome in ("failed", "error"):
+                tag = "failure" if c.outcome == "failed" else "error"
+                ET.SubElement(case, tag, message=xml_text(c.message), type=c.failure_type).text = xml_text(c.text)
             elif c.outcome == "skipped":
                 ET.SubElement(case, "skipped", message=xml_text(c.message))
             ET.SubElement(case, "system-out").text = xml_text(c.output)

@@ -1,8 +1,11 @@
-"""Terminal (rich), Markdown and JUnit XML renderings of a Report."""
+"""Terminal (rich), Markdown and JUnit XML renderings of a Report.
+
+Every string from the data goes through harness/report/render/escape.py: `term` for the
+terminal, `markdown` (md_cell) for Markdown, and junit.py's writer for XML.
+"""
 
 from __future__ import annotations
 
-import html
 import math
 from typing import Iterable
 
@@ -13,11 +16,16 @@ from rich.text import Text
 from harness.experts.panel import IMBALANCE_NOTE, explain, shown_factor
 from harness.experts.stats import factor_key
 from harness.report.model import Comparison, Report
+from harness.report.render.escape import markdown as md_cell, term
 from harness.report.render.junit import Case, Suite, junit_xml
 
-VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "no change": "dim", "inconclusive": "yellow"}
-VERDICT_MARK = {"regression": "REGRESSION", "improvement": "improvement", "no change": "no change", "inconclusive": "inconclusive"}
-SEVERITY = {"regression": 0, "improvement": 1, "inconclusive": 2, "no change": 3}
+VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "no change": "dim", "inconclusive": "yellow",
+                 "insufficient": "yellow"}
+VERDICT_MARK = {"regression": "REGRESSION", "improvement": "improvement", "no change": "no change", "inconclusive": "inconclusive",
+                "insufficient": "insufficient"}
+SEVERITY = {"regression": 0, "insufficient": 1, "improvement": 2, "inconclusive": 3, "no change": 4}
+# The report's one-word outcome (terminal, Markdown, HTML): never PASS for a run without data.
+OUTCOME_STYLE = {"NO DATA": "bold red", "FAIL": "bold red", "INSUFFICIENT": "bold yellow", "PASS": "bold green"}
 
 
 def fnum(v: float | None, signed: bool = False) -> str:
@@ -49,10 +57,30 @@ def shown_rows(report: Report, candidate: str) -> tuple[list[Comparison], int]:
     return keep, len(rows) - len(keep)
 
 
+def outcome(report: Report) -> str:
+    """NO DATA (nothing to judge), FAIL (a regression), INSUFFICIENT (no pre-registered comparison
+    had min_samples prompts), else PASS."""
+    if report.no_data:
+        return "NO DATA"
+    if report.regressions():
+        return "FAIL"
+    judged = [c for c in report.comparisons if c.scope in ("overall", "cohort")]
+    if not judged or all(c.verdict == "insufficient" for c in judged):
+        return "INSUFFICIENT"
+    return "PASS"
+
+
 def headline(report: Report) -> str:
+    if report.no_data:
+        return f"{report.no_data[0].upper()}{report.no_data[1:]}."
     regs = report.regressions()
+    short = [c for c in report.comparisons if c.scope in ("overall", "cohort") and c.verdict == "insufficient"]
     if not regs:
-        return f"No regression found for {', '.join(report.candidates)} vs baseline {report.baseline}."
+        if outcome(report) == "INSUFFICIENT":
+            return (f"Too few prompts to judge {', '.join(report.candidates)} vs baseline {report.baseline}: every "
+                    f"comparison is below min_samples ({report.settings.get('min_samples', '?')}).")
+        text = f"No regression found for {', '.join(report.candidates)} vs baseline {report.baseline}."
+        return text + (f" {len(short)} comparison(s) had too few prompts to judge (insufficient)." if short else "")
     parts = [f"{c.candidate} / {c.cohort} / {c.metric} ({fnum(c.diff, True)})" for c in regs]
     return f"{len(regs)} regression(s): " + "; ".join(parts)
 
@@ -99,49 +127,55 @@ def expert_rows(report: Report) -> list[list[str]]:
 def print_report(report: Report, console: Console | None = None, html_path: str | None = None) -> None:
     console = console or Console()
     s = report.settings
-    console.print(Text(f"routecheck report  run {report.run_id}  baseline {report.baseline}  "
+    console.print(term(f"routecheck report  run {report.run_id}  baseline {report.baseline}  "
                        f"candidates {', '.join(report.candidates)}", style="bold"))
     console.print(Text(f"alpha {s['alpha']}, {s['correction']}; unit: prompt; CI 95%", style="dim"))
     for note in report.notes:
         console.print(Text(f"note: {note}", style="dim"))
     for cand in report.candidates:
         rows, hidden = shown_rows(report, cand)
-        t = Table(title=f"{cand} vs {report.baseline}", show_lines=False, header_style="bold")
+        t = Table(title=term(f"{cand} vs {report.baseline}"), show_lines=False, header_style="bold")
         for col in ("cohort", "metric", "n", "baseline", "candidate", "diff [95% CI]", "p (Holm)", "verdict", "note"):
             t.add_column(col, overflow="fold")
         for c in rows:
-            t.add_row(Text(c.cohort), Text(c.metric), str(c.n_prompts), fnum(c.baseline), fnum(c.candidate_value),
+            t.add_row(term(c.cohort), term(c.metric), str(c.n_prompts), fnum(c.baseline), fnum(c.candidate_value),
                       diff_text(c), fp(c.p_adjusted), Text(VERDICT_MARK[c.verdict], style=VERDICT_STYLE[c.verdict]),
-                      Text(c.note, style="dim"))
+                      term(c.note, style="dim"))
         console.print(t)
         if hidden:
             console.print(Text(f"  {hidden} more serving rows per cohort (no verdict change) in the Markdown/HTML/JSON report", style="dim"))
         for note in expert_notes(report, cand):
-            console.print(Text(f"  experts: {note}", style="magenta"))
+            console.print(term(f"  experts: {note}", style="magenta"))
     console.print(serving_table(report))
+    if report.trajectories:
+        t = Table(title="Agent trajectories per cohort (tokens and cost summed over each trajectory's steps)", header_style="bold")
+        for col in TRAJECTORY_HEADER:
+            t.add_column(col, justify="left" if col in ("route", "cohort") else "right")
+        for row in trajectory_rows(report):
+            t.add_row(*[term(c) for c in row])
+        console.print(t)
     if report.experts:
         t = Table(title="Expert routing per cohort (layer means; docs/experts.md)", header_style="bold")
         for col in EXPERT_HEADER:
             t.add_column(col, justify="left" if col in ("route", "source", "cohort") else "right")
         for row in expert_rows(report):
-            t.add_row(*[Text(c) for c in row])
+            t.add_row(*[term(c) for c in row])
         console.print(t)
         console.print(Text(IMBALANCE_NOTE, style="dim"))
     if report.discovery:
         d = report.discovery
-        t = Table(title=f"Exploratory: discovered cohorts (k={d.k}) and worst slices — not pre-registered; {d.correction}")
+        t = Table(title=term(f"Exploratory: discovered cohorts (k={d.k}) and worst slices — not pre-registered; {d.correction}"))
         for col in ("slice", "metric", "n", "diff [95% CI]", "p (Holm)", "verdict"):
             t.add_column(col, overflow="fold")
         for c in sorted(d.comparisons, key=lambda c: SEVERITY[c.verdict])[:12] + d.worst_slices:
-            t.add_row(Text(c.cohort), Text(c.metric), str(c.n_prompts), diff_text(c), fp(c.p_adjusted),
+            t.add_row(term(c.cohort), term(c.metric), str(c.n_prompts), diff_text(c), fp(c.p_adjusted),
                       Text(VERDICT_MARK[c.verdict], style=VERDICT_STYLE[c.verdict]))
         console.print(t)
     for w in report.warnings:
-        console.print(Text(f"warning: {w}", style="yellow"))
-    style = "bold red" if report.regressions() else "bold green"
-    console.print(Text(headline(report), style=style))
+        console.print(term(f"warning: {w}", style="yellow"))
+    console.print(term(f"{outcome(report)}: {headline(report)}", style=OUTCOME_STYLE[outcome(report)]))
     if html_path:
-        console.print(Text(f"HTML report: {html_path}"))
+        console.print(term(f"HTML report: {html_path}"))
 
 
 SERVING_COLUMNS = (
@@ -167,6 +201,21 @@ def serving_rows(report: Report, overall_only: bool = True) -> list[dict]:
     return sorted(out, key=lambda r: (r["cohort"] != "(all)", r["cohort"], r["route"] != report.baseline, r["route"]))
 
 
+TRAJECTORY_COLUMNS = (
+    ("trajectories", "n"), ("steps_mean", "steps"), ("answered", "answered"), ("max_steps", "max_steps"),
+    ("unscripted_tool", "unscripted"), ("error", "failed"), ("step_accuracy", "step acc"),
+    ("tokens_per_trace", "tok/trace"), ("cost_per_trace_usd", "USD/trace"),
+)
+TRAJECTORY_HEADER = ["route", "cohort"] + [label for _, label in TRAJECTORY_COLUMNS]
+
+
+def trajectory_rows(report: Report) -> list[list[str]]:
+    """The trajectory panel's rows: all cohorts first, then per cohort; the baseline first in each."""
+    rows = sorted(report.trajectories, key=lambda r: (r["cohort"] != "(all)", r["cohort"], r["route"] != report.baseline, r["route"]))
+    return [[str(r["route"]), str(r["cohort"])] + [str(r[k]) if isinstance(r.get(k), int) else fnum(r.get(k)) for k, _ in TRAJECTORY_COLUMNS]
+            for r in rows]
+
+
 def serving_table(report: Report) -> Table:
     t = Table(title="Serving (all cohorts; server-side phases are means from vLLM spans where recorded)", header_style="bold")
     t.add_column("route")
@@ -174,15 +223,11 @@ def serving_table(report: Report) -> Table:
     for _, label in SERVING_COLUMNS + PHASE_COLUMNS:
         t.add_column(label, justify="right")
     for r in serving_rows(report):
-        t.add_row(Text(r["route"]), str(r["responses"]), *[fnum(r.get(k)) for k, _ in SERVING_COLUMNS + PHASE_COLUMNS])
+        t.add_row(term(r["route"]), str(r["responses"]), *[fnum(r.get(k)) for k, _ in SERVING_COLUMNS + PHASE_COLUMNS])
     return t
 
 
 # ---------------------------------------------------------------- markdown
-
-def md_cell(s: object) -> str:
-    return html.escape(str(s)).replace("|", "\\|").replace("\n", " ")
-
 
 def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -201,10 +246,9 @@ HEADER = ["cohort", "metric", "n", "baseline", "candidate", "diff [95% CI]", "p 
 
 def to_markdown(report: Report, html_name: str | None = None) -> str:
     s = report.settings
-    regs = report.regressions()
-    lines = [f"# routecheck report: run `{md_cell(report.run_id)}`", ""]
-    lines += [("**FAIL** — " if regs else "**PASS** — ") + md_cell(headline(report)), ""]
-    lines += [f"Baseline `{md_cell(report.baseline)}`; candidates: {', '.join(f'`{md_cell(c)}`' for c in report.candidates)}. "
+    lines = [f"# routecheck report: run {md_cell(report.run_id)}", ""]
+    lines += [f"**{outcome(report)}** — " + md_cell(headline(report)), ""]
+    lines += [f"Baseline **{md_cell(report.baseline)}**; candidates: {', '.join(f'**{md_cell(c)}**' for c in report.candidates)}. "
               f"alpha = {s['alpha']}, p-values corrected with {s['correction']} ({s['families']}). "
               f"Unit: {s['unit']}. Verdict: {s['verdict_rule']}.", ""]
     lines += [f"> {md_cell(note)}" for note in report.notes] + ([""] if report.notes else [])
@@ -226,6 +270,11 @@ def to_markdown(report: Report, html_name: str | None = None) -> str:
     lines += _md_table(["route", "n"] + [l for _, l in cols],
                        [[md_cell(r["route"]), str(r["responses"])] + [fnum(r.get(k)) for k, _ in cols] for r in serving_rows(report)])
     lines.append("")
+    if report.trajectories:
+        lines += ["## Agent trajectories", "", "Per cohort: steps taken, why trajectories stopped, mean step accuracy, "
+                  "and tokens and cost per trace summed over the steps.", ""]
+        lines += _md_table(TRAJECTORY_HEADER, [[md_cell(c) for c in row[:2]] + row[2:] for row in trajectory_rows(report)])
+        lines.append("")
     if report.experts:
         lines += ["## Expert routing", "", "Per cohort, layer means; capacity at the route's factor, else 1.25 "
                   "(docs/experts.md). " + md_cell(IMBALANCE_NOTE), ""]
@@ -240,7 +289,7 @@ def to_markdown(report: Report, html_name: str | None = None) -> str:
     if report.warnings:
         lines += ["## Warnings", ""] + [f"- {md_cell(w)}" for w in report.warnings] + [""]
     if html_name:
-        lines += [f"Full report with plots and worst examples: `{md_cell(html_name)}`", ""]
+        lines += [f"Full report with plots and worst examples: {md_cell(html_name)}", ""]
     return "\n".join(lines)
 
 
@@ -256,8 +305,11 @@ def to_junit(report: Report, suite_name: str = "routecheck.report") -> str:
             case = Case(f"routecheck.{cand}.{c.scope}", f"{c.cohort} :: {c.metric}", "passed", output=f"{c.verdict}: {detail}")
             if c.verdict == "regression":
                 case.outcome, case.message, case.text = "failed", f"regression: {detail}", detail
-            elif c.verdict == "inconclusive":
-                case.outcome, case.message = "skipped", f"inconclusive: {c.note or detail}"
+            elif c.verdict in ("inconclusive", "insufficient"):
+                case.outcome, case.message = "skipped", f"{c.verdict}: {c.note or detail}"
             suite.cases.append(case)
         suites.append(suite)
+    if report.no_data:
+        suites.insert(0, Suite("run", [Case("routecheck.run", "data", "error", message=f"no data: {report.no_data}",
+                                            text=report.no_data, failure_type="no_data")]))
     return junit_xml(suite_name, suites)
