@@ -225,3 +225,145 @@ def test_a_store_failure_is_kept_counted_and_later_flushes_still_write(con, monk
     writer.flush()  # the store works again: written, and the first failure is kept
     assert writer.stats.written == {"responses": 15, "prompts": 1} and writer.failure is not None
     assert con.execute("SELECT count(*) FROM responses").fetchone()[0] == 15
+
+
+# -- 2. a write failure mid-run ----------------------------------------------------------------------
+
+import contextlib
+import re
+import resource
+
+from typer.testing import CliRunner
+
+from conftest import write_corpus, write_routes
+from harness.cli import app
+
+LONG_ANSWER = " ".join(f"word{i:03d}" for i in range(300))  # ~2.4 KB per response row, more in its span
+FAILED_LINE = re.compile(r"^error: the store failed, the run stopped: could not write \d+ \w+ rows to the store: .*File too large; "
+                         r"(\d+) of (\d+) responses were written(, \d+ rows lost)?; "
+                         r"finish it with: routecheck mirror --resume (\S+) --corpus \S+ --routes \S+$")
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """RLIMIT_FSIZE for this process: a write past `nbytes` in any file fails with EFBIG, as on a full
+    disk (Python ignores SIGXFSZ). Only the soft limit is lowered, so it can be put back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _two_routes(tmp_path, stub, n_prompts: int, **route):
+    routes = write_routes(tmp_path / "routes.yaml", [
+        {"name": "base", "role": "baseline", "model": "a", "base_url": stub.base_url, "max_concurrency": 4, **route},
+        {"name": "cand", "role": "candidate", "model": "b", "base_url": stub.base_url, "max_concurrency": 4, **route},
+    ])
+    corpus = write_corpus(tmp_path / "c.jsonl", [{"id": f"p{i:03d}", "cohort": "c", "prompt": f"q {i}"} for i in range(n_prompts)])
+    return routes, corpus
+
+
+def _assert_every_call_once_with_its_span(db, n_prompts: int, orphans: int | None = 0) -> None:
+    """Every call one row, every row its one call span; `orphans`: call spans of calls whose row was
+    never stored (lost with a failed batch, or cancelled in flight) and that were sent again."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        keys = con.execute("SELECT prompt_id, route, count(*) FROM measured_responses GROUP BY ALL").fetchall()
+        assert len(keys) == 2 * n_prompts and all(k[2] == 1 for k in keys)
+        assert {(k[0], k[1]) for k in keys} == {(f"p{i:03d}", r) for i in range(n_prompts) for r in ("base", "cand")}
+        assert con.execute("SELECT count(*) FROM responses WHERE error_type IS NOT NULL").fetchone()[0] == 0
+        assert con.execute("SELECT status FROM runs").fetchall() == [("completed",)]
+        # every response row (warm-up ones too) has its call span, exactly once, and no call span is extra
+        n = con.execute("SELECT count(*) FROM responses").fetchone()[0]
+        assert con.execute("SELECT count(*) FROM responses r JOIN spans s USING (trace_id, span_id) "
+                           "WHERE s.name LIKE 'chat %'").fetchone()[0] == n
+        extra = con.execute("""SELECT s.prompt_id, s.route, s.sample, count(*) FROM spans s
+            WHERE s.name LIKE 'chat %' AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.trace_id = s.trace_id AND r.span_id = s.span_id)
+            GROUP BY ALL""").fetchall()
+        stored = {tuple(k) for k in con.execute("SELECT prompt_id, route, sample FROM responses").fetchall()}
+        assert all(e[3] == 1 and e[:3] in stored for e in extra), extra  # one each, for a call sent again
+        if orphans is not None:
+            assert len(extra) == orphans
+        assert con.execute("SELECT count(*) FROM spans WHERE name LIKE 'chat %'").fetchone()[0] == n + len(extra)
+        assert con.execute("SELECT count(*) - count(DISTINCT (trace_id, span_id)) FROM spans").fetchone()[0] == 0
+    finally:
+        con.close()
+
+
+def test_a_full_disk_mid_run_is_exit_3_with_rows_written_and_resume_finishes(tmp_path, stub_server):
+    """A real write failure: the file size limit makes DuckDB's WAL write fail with EFBIG part-way."""
+    n_prompts = 150
+    stub = stub_server(answer=LONG_ANSWER)
+    routes, corpus = _two_routes(tmp_path, stub, n_prompts)
+    db = tmp_path / "s.duckdb"
+    args = ["mirror", "--corpus", str(corpus), "--routes", str(routes), "--db", str(db), "--no-progress", "--warmup", "0"]
+    runner = CliRunner()
+    with file_size_limit(600_000):
+        result = runner.invoke(app, args)
+    assert result.exit_code == 3, (result.exit_code, result.output)
+    assert "Traceback" not in result.output and "internal error" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    m = FAILED_LINE.match(lines[0])
+    assert m, lines[0]
+    written, calls, run_id = int(m.group(1)), int(m.group(2)), m.group(4)
+    assert 0 < written <= calls < 2 * n_prompts, (written, calls)
+    assert f"run {run_id}: failed, " in result.stdout and f"{written} responses written" in result.stdout
+
+    con = duckdb.connect(str(db), read_only=True)  # what the line says was written is in the store
+    assert con.execute("SELECT count(*) FROM responses WHERE run_id = ?", [run_id]).fetchone()[0] == written
+    assert con.execute("SELECT count(*) FROM (SELECT DISTINCT prompt_id, route FROM responses)").fetchone()[0] == written
+    con.close()
+
+    result = runner.invoke(app, [*args, "--resume", run_id])
+    assert result.exit_code == 0, result.output
+    assert f"{written} calls already done" in result.stdout and "Traceback" not in result.output
+    # calls whose row was lost may have kept their span (when the spans batch got through): at most one each
+    _assert_every_call_once_with_its_span(db, n_prompts, orphans=None)
+
+
+def test_a_store_failing_once_stops_the_run_and_what_can_be_written_is(tmp_path, stub_server, monkeypatch):
+    """The 3rd responses batch fails (injected in DuckDB's insert): the run stops; the calls in flight
+    end; the final flush writes what is buffered (the store works again), so only that batch is lost."""
+    import harness.store.writer as writer_mod
+    from harness.config import load_routes
+    from harness.mirror.runner import MirrorOptions, RunFailed, run_mirror
+
+    real, batches = writer_mod._insert, []
+
+    def insert(con, table, rows):
+        if table == "responses":
+            batches.append(len(rows))
+            if len(batches) == 3:
+                raise duckdb.IOException("IO Error: injected failure")
+        return real(con, table, rows)
+
+    monkeypatch.setattr(writer_mod, "_insert", insert)
+    n_prompts = 200
+    stub = stub_server(answer="a b c d e f g h", tokens_per_s=40)  # ~0.2 s per call: several flushes
+    routes, corpus = _two_routes(tmp_path, stub, n_prompts)
+    db = tmp_path / "s.duckdb"
+    with pytest.raises(RunFailed) as info:
+        run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db, warmup=0))
+    s = info.value.summary
+    lost = batches[2]
+    assert s.status == "failed" and s.calls < 2 * n_prompts
+    assert f"{s.rows_written} of {s.calls} responses were written" in str(info.value)
+    assert "IOException: IO Error: injected failure" in s.store_error
+    con = duckdb.connect(str(db), read_only=True)
+    stored = con.execute("SELECT count(*) FROM responses").fetchone()[0]
+    assert stored == s.rows_written == sum(batches) - lost  # every other batch, the last ones included
+    assert con.execute("SELECT status FROM runs").fetchone()[0] == "failed"
+    # the calls made: each either a row or in the lost batch or cancelled in flight
+    assert stored + lost <= s.calls
+    con.close()
+
+    monkeypatch.setattr(writer_mod, "_insert", real)
+    run_id = s.run_id
+    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db, run_id=run_id, resume=True))
+    assert summary.status == "completed" and summary.resumed_skipped_calls == stored
+    assert summary.rows_written == summary.calls == 2 * n_prompts - stored
+    # the first run's calls without a row keep their call span (the server did get them): one each
+    _assert_every_call_once_with_its_span(db, n_prompts, orphans=s.calls - stored)
