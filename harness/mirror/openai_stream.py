@@ -1,7 +1,7 @@
 """One streamed OpenAI-compatible chat completion, with timing, retries and tool-call assembly.
 
-Timing is taken on the client: latency from the request being sent to the last byte, TTFT to the
-first chunk carrying content or a tool-call delta, inter-token latency between such chunks.
+Timing is taken on the client: the moments of each attempt are marked on a StreamClock and every
+latency figure (ours and `vllm bench serve`'s) is defined in harness/mirror/latency.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from harness.mirror.latency import StreamClock, figures
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -40,6 +42,15 @@ class CallResult:
     error_type: str | None = None
     error_message: str | None = None
     timed_out: bool = False
+    # the other latency figures (harness/mirror/latency.py)
+    ttft_content_s: float | None = None
+    ttft_chunk_s: float | None = None
+    e2e_chunk_s: float | None = None
+    itl_chunk_mean_s: float | None = None
+    itl_chunk_p99_s: float | None = None
+    tpot_s: float | None = None
+    tpot_chunk_s: float | None = None
+    chunks: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -107,10 +118,9 @@ async def stream_chat(
 async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str], result: CallResult) -> None:
     text_parts: list[str] = []
     tool_calls: dict[int, dict[str, Any]] = {}
-    token_times: list[float] = []
     usage: dict[str, Any] | None = None
     result.finish_reason = result.response_id = result.response_model = None
-    t0 = time.perf_counter()
+    clock = StreamClock(time.perf_counter())
     try:
         async with client.stream("POST", "chat/completions", json=body, headers=headers) as resp:
             result.http_status = resp.status_code
@@ -139,33 +149,31 @@ async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dic
                         result.response_model = chunk.get("model")
                     if chunk.get("usage"):
                         usage = chunk["usage"]
-                    for choice in chunk.get("choices") or ():
+                    choices = chunk.get("choices")
+                    if not choices:
+                        continue
+                    got_token = got_content = False
+                    for choice in choices:
                         delta = choice.get("delta") or {}
-                        got_token = False
                         if delta.get("content"):
                             text_parts.append(delta["content"])
+                            got_token = got_content = True
+                        if delta.get("reasoning_content") or delta.get("reasoning"):
                             got_token = True
                         for tc in delta.get("tool_calls") or ():
                             _merge_tool_call(tool_calls, tc)
                             got_token = True
-                        if got_token:
-                            token_times.append(time.perf_counter())
                         if choice.get("finish_reason"):
                             result.finish_reason = choice["finish_reason"]
+                    clock.chunk(time.perf_counter(), got_token, got_content)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
         raise _Retryable(type(e).__name__, str(e) or type(e).__name__) from None
     except json.JSONDecodeError as e:
         raise _Fatal("bad_stream", f"server sent a chunk that is not JSON: {e}") from None
-    end = time.perf_counter()
-    result.latency_s = end - t0
+    clock.end = time.perf_counter()
     result.text = "".join(text_parts)
     result.tool_calls = [tool_calls[i] for i in sorted(tool_calls)]
-    if token_times:
-        result.ttft_s = token_times[0] - t0
-        if len(token_times) > 1:
-            gaps = sorted(b - a for a, b in zip(token_times, token_times[1:]))
-            result.itl_mean_s = sum(gaps) / len(gaps)
-            result.itl_p99_s = gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))]
+    token_times = clock.token_times
     if usage and usage.get("completion_tokens") is not None:
         result.input_tokens = usage.get("prompt_tokens")
         result.output_tokens = usage.get("completion_tokens")
@@ -177,6 +185,8 @@ async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dic
         result.input_tokens = sum(len(str(m.get("content") or "").split()) for m in body.get("messages", []))
         result.total_tokens = result.input_tokens + result.output_tokens
         result.usage_source = "counted"
+    for key, value in figures(clock, result.output_tokens).items():
+        setattr(result, key, value)
 
 
 def _merge_tool_call(acc: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:

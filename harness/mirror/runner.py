@@ -26,6 +26,7 @@ from harness import __version__
 from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.corpus import CorpusStats, PromptRecord, corpus_sha256, read_corpus
 from harness.mirror.http_pool import ShardedTransport
+from harness.mirror.latency import FIGURES
 from harness.mirror.openai_stream import CallResult, RetryPolicy, stream_chat
 from harness.mirror.trajectory import play_trajectory
 from harness.store import BatchWriter, connect, upsert
@@ -138,10 +139,7 @@ def _response_row(run_id: str, route: RouteConfig, record: PromptRecord, sample:
         "total_tokens": r.total_tokens,
         "usage_source": r.usage_source,
         "started_at": datetime.fromtimestamp(r.started_at, tz=timezone.utc),
-        "latency_s": r.latency_s,
-        "ttft_s": r.ttft_s,
-        "itl_mean_s": r.itl_mean_s,
-        "itl_p99_s": r.itl_p99_s,
+        **{key: getattr(r, key) for key in FIGURES},  # every latency figure (harness/mirror/latency.py)
         "attempts": r.attempts,
         "http_status": r.http_status,
         "error_type": r.error_type,

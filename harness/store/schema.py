@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 TABLES: dict[str, str] = {
     "runs": """
@@ -58,8 +58,8 @@ TABLES: dict[str, str] = {
         usage_source    VARCHAR,      -- server | counted
         started_at      TIMESTAMPTZ,
         latency_s       DOUBLE,       -- end to end, first byte sent to last byte received
-        ttft_s          DOUBLE,       -- time to first content or tool-call token
-        itl_mean_s      DOUBLE,       -- mean inter-token (inter-chunk) latency
+        ttft_s          DOUBLE,       -- time to first output token (content, reasoning or tool-call delta)
+        itl_mean_s      DOUBLE,       -- mean gap between output-token chunks
         itl_p99_s       DOUBLE,
         attempts        INTEGER,
         http_status     INTEGER,
@@ -70,6 +70,15 @@ TABLES: dict[str, str] = {
         span_id         VARCHAR,      -- the call span; for a trajectory, the trajectory span
         steps           INTEGER,      -- trajectories: model calls made (rows in `steps`); NULL for one call
         stop_reason     VARCHAR,      -- trajectories: answer | max_steps | unscripted_tool | error
+        -- latency figures under other definitions (harness/mirror/latency.py defines every one)
+        ttft_content_s  DOUBLE,       -- time to first non-empty delta.content
+        ttft_chunk_s    DOUBLE,       -- time to first chunk with choices (vllm bench serve's TTFT)
+        e2e_chunk_s     DOUBLE,       -- time to last chunk with choices (vllm bench serve's E2EL)
+        itl_chunk_mean_s DOUBLE,      -- gaps between chunks with choices (vllm bench serve's ITL)
+        itl_chunk_p99_s DOUBLE,
+        tpot_s          DOUBLE,       -- (last - first token chunk) / (output_tokens - 1)
+        tpot_chunk_s    DOUBLE,       -- (e2e_chunk_s - ttft_chunk_s) / (output_tokens - 1): vllm bench serve's TPOT
+        chunks          INTEGER,      -- chunks with choices
         PRIMARY KEY (run_id, prompt_id, route, sample)
     """,
     # One row per model call of an agent trajectory (harness/mirror/trajectory.py); the response row
@@ -204,5 +213,9 @@ ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "server_metrics": [("quantity", "VARCHAR")],
     # version 3: agent trajectories
     "prompts": [("tool_results", "JSON"), ("max_steps", "INTEGER")],
-    "responses": [("steps", "INTEGER"), ("stop_reason", "VARCHAR")],
+    "responses": [("steps", "INTEGER"), ("stop_reason", "VARCHAR"),
+                  # version 4: latency figures under other definitions (harness/mirror/latency.py)
+                  ("ttft_content_s", "DOUBLE"), ("ttft_chunk_s", "DOUBLE"), ("e2e_chunk_s", "DOUBLE"),
+                  ("itl_chunk_mean_s", "DOUBLE"), ("itl_chunk_p99_s", "DOUBLE"), ("tpot_s", "DOUBLE"),
+                  ("tpot_chunk_s", "DOUBLE"), ("chunks", "INTEGER")],
 }
