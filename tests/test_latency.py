@@ -37,7 +37,7 @@ def test_figures_from_marks() -> None:
     assert f["itl_mean_s"] == pytest.approx(0.015) and f["itl_p99_s"] == pytest.approx(0.020)
     assert f["itl_chunk_mean_s"] == pytest.approx(0.130 / 4)
     assert f["tpot_s"] == pytest.approx(0.030 / 2) and f["tpot_chunk_s"] == pytest.approx(0.130 / 2)
-    assert f["chunks"] == 5
+    assert f["chunks"] == 5 and f["send_s"] is None
     one = figures(StreamClock(start=0.0, end=1.0), output_tokens=1)
     assert one["ttft_s"] is None and one["tpot_s"] is None and one["latency_s"] == 1.0 and one["chunks"] == 0
 
@@ -70,6 +70,7 @@ def test_stream_marks_each_definition(stub_server) -> None:
     assert r.ttft_content_s - r.ttft_s >= 1 / RATE  # 2 / RATE on an idle machine
     assert r.e2e_chunk_s <= r.latency_s and r.e2e_chunk_s >= TTFT + 6 / RATE - 0.002
     assert r.tpot_chunk_s == pytest.approx((r.e2e_chunk_s - r.ttft_chunk_s) / 6)
+    assert 0 < r.send_s < r.ttft_chunk_s  # the headers went out before anything came back
     assert r.tpot_s == pytest.approx(1 / RATE, rel=0.3)  # deadline pacing: no drift over the answer
     assert r.itl_chunk_mean_s > r.itl_mean_s  # vLLM's ITL includes the role chunk -> first token gap
 

@@ -27,12 +27,23 @@ routecheck's own figures:
     tpot_chunk_s    (e2e_chunk_s - ttft_chunk_s) / (output_tokens - 1): vLLM's TPOT
     chunks          chunks with a non-empty `choices` list
 
-How the other peers (GuideLLM, AIPerf) map onto these is in bench/peers.py and docs/benchmarks.md.
+Where the request went out:
+    send_s          start -> the request's headers begin to be written (the connection is ready:
+                    pool wait and connect done); NULL when the transport cannot tell
+
+The other peers, from their code (bench/peers.py computes routecheck's figure under each):
+    GuideLLM 0.8 (backends/openai/http.py): the clock starts at the headers write (httpcore trace
+        `send_request_headers.started`); TTFT to the first content, reasoning or tool-call delta,
+        latency to the end of the stream: `ttft_s - send_s`, `latency_s - send_s`
+    AIPerf 0.13 (transports/aiohttp_client.py, metrics/types/): the clock starts before the request
+        is handed to aiohttp; TTFT to the first response with content, reasoning or tool calls,
+        request latency to the *last* such response: `ttft_s`, `ttft_s + tpot_s * (output_tokens - 1)`
 """
 
 from __future__ import annotations
 
 import math
+from time import perf_counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -50,6 +61,7 @@ FIGURES: dict[str, str] = {
     "itl_chunk_p99_s": "vllm bench serve ITL: p99 gap between chunks with choices (per response)",
     "tpot_chunk_s": "vllm bench serve TPOT: (e2e_chunk_s - ttft_chunk_s) / (output_tokens - 1)",
     "chunks": "chunks with non-empty choices",
+    "send_s": "start -> the request's headers begin to be written (GuideLLM starts its clock here)",
 }
 
 
@@ -58,6 +70,7 @@ class StreamClock:
     """The moments of one attempt, as `time.perf_counter()` values; the client calls `chunk`."""
 
     start: float
+    sent: float | None = None
     end: float | None = None
     first_content: float | None = None
     chunk_times: list[float] = field(default_factory=list)  # every chunk with non-empty choices
@@ -71,6 +84,12 @@ class StreamClock:
             self.token_times.append(now)
             if content and self.first_content is None:
                 self.first_content = now
+
+
+    async def httpcore_trace(self, event: str, info: Any) -> None:
+        """httpx's `trace` extension: marks `sent` when the request's headers start going out."""
+        if self.sent is None and event.endswith(".send_request_headers.started"):
+            self.sent = perf_counter()
 
 
 def _gaps(times: list[float]) -> tuple[float | None, float | None]:
@@ -87,6 +106,8 @@ def figures(clock: StreamClock, output_tokens: int | None) -> dict[str, Any]:
     out["chunks"] = len(chunks)
     if clock.end is not None:
         out["latency_s"] = clock.end - t0
+    if clock.sent is not None:
+        out["send_s"] = clock.sent - t0
     if clock.first_content is not None:
         out["ttft_content_s"] = clock.first_content - t0
     n = output_tokens or 0
@@ -112,7 +133,7 @@ def over_steps(steps: Iterable[Any]) -> dict[str, Any]:
     out: dict[str, Any] = dict.fromkeys(FIGURES)
     if not steps:
         return out
-    for key in ("ttft_s", "ttft_content_s", "ttft_chunk_s"):
+    for key in ("ttft_s", "ttft_content_s", "ttft_chunk_s", "send_s"):
         out[key] = getattr(steps[0], key)
     for key in ("latency_s", "e2e_chunk_s", "chunks"):
         values = [getattr(s, key) for s in steps if getattr(s, key) is not None]

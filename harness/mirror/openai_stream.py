@@ -51,6 +51,7 @@ class CallResult:
     tpot_s: float | None = None
     tpot_chunk_s: float | None = None
     chunks: int | None = None
+    send_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -122,7 +123,8 @@ async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dic
     result.finish_reason = result.response_id = result.response_model = None
     clock = StreamClock(time.perf_counter())
     try:
-        async with client.stream("POST", "chat/completions", json=body, headers=headers) as resp:
+        async with client.stream("POST", "chat/completions", json=body, headers=headers,
+                                 extensions={"trace": clock.httpcore_trace}) as resp:
             result.http_status = resp.status_code
             if resp.status_code != 200:
                 detail = (await resp.aread()).decode("utf-8", "replace")[:500]

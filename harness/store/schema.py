@@ -79,6 +79,7 @@ TABLES: dict[str, str] = {
         tpot_s          DOUBLE,       -- (last - first token chunk) / (output_tokens - 1)
         tpot_chunk_s    DOUBLE,       -- (e2e_chunk_s - ttft_chunk_s) / (output_tokens - 1): vllm bench serve's TPOT
         chunks          INTEGER,      -- chunks with choices
+        send_s          DOUBLE,       -- start -> request headers begin to go out (connection ready)
         PRIMARY KEY (run_id, prompt_id, route, sample)
     """,
     # One row per model call of an agent trajectory (harness/mirror/trajectory.py); the response row
@@ -217,5 +218,5 @@ ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
                   # version 4: latency figures under other definitions (harness/mirror/latency.py)
                   ("ttft_content_s", "DOUBLE"), ("ttft_chunk_s", "DOUBLE"), ("e2e_chunk_s", "DOUBLE"),
                   ("itl_chunk_mean_s", "DOUBLE"), ("itl_chunk_p99_s", "DOUBLE"), ("tpot_s", "DOUBLE"),
-                  ("tpot_chunk_s", "DOUBLE"), ("chunks", "INTEGER")],
+                  ("tpot_chunk_s", "DOUBLE"), ("chunks", "INTEGER"), ("send_s", "DOUBLE")],
 }
