@@ -52,6 +52,7 @@ from harness.score.run import score_run  # noqa: E402
 from harness import store  # noqa: E402
 from harness.config import load_routes  # noqa: E402
 from harness.mirror.runner import MirrorOptions, run_mirror  # noqa: E402
+from harness.store.views import MEASURED_RESPONSES  # noqa: E402
 
 KINDS = ["right", "right_alt", "wrong_name", "wrong_value", "missing_required", "unexpected_param", "no_call", "wrong_count",
          "irrelevance_no_call", "irrelevance_call"]
@@ -323,7 +324,7 @@ def main() -> None:
                     "SELECT prompt_id, route, passed, reason FROM scores WHERE run_id = ? AND evaluator = 'tool_selection'", [summary.run_id]).fetchall():
                 got[(pid, route)], reasons[(pid, route)] = passed, reason
             stored = {(pid, route): json.loads(tc) if isinstance(tc, str) else tc for pid, route, tc in con.execute(
-                "SELECT prompt_id, route, tool_calls FROM responses WHERE run_id = ?", [summary.run_id]).fetchall()}
+                f"SELECT prompt_id, route, tool_calls FROM {MEASURED_RESPONSES} WHERE run_id = ?", [summary.run_id]).fetchall()}
         finally:
             con.close()
         print(f"mirror: {summary.calls} calls, errors {errors}, {t_mirror:.1f} s; score: {t_score:.1f} s")

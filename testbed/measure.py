@@ -19,14 +19,14 @@ from pathlib import Path
 import pandas as pd
 
 from harness.store import DEFAULT_DB, connect
-from harness.store.views import resolve_run_id
+from harness.store.views import MEASURED_RESPONSES, resolve_run_id
 
-ROWS_SQL = """
+ROWS_SQL = f"""
 SELECT r.route, r.cohort, r.prompt_id, r.sample, r.text, CAST(r.tool_calls AS VARCHAR) AS tool_calls,
        CAST(p.expected AS VARCHAR) AS expected,
        coalesce(CASE WHEN json_extract(p.expected, '$.tool') IS NOT NULL THEN tool.passed ELSE task.passed END, false)
            AS correct
-FROM responses r
+FROM {MEASURED_RESPONSES} r
 JOIN prompts p USING (run_id, prompt_id)
 LEFT JOIN scores task ON task.run_id = r.run_id AND task.prompt_id = r.prompt_id AND task.route = r.route
      AND task.sample = r.sample AND task.evaluator = 'task_completion'

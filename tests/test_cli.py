@@ -28,7 +28,7 @@ def test_mirror_runs_detail_and_sql(tmp_path, stub_server):
     out = runner.invoke(app, ["runs", "--db", db, "--detail", "latest"])
     assert out.exit_code == 0 and "cand" in out.output and "server metrics" in out.output
 
-    out = runner.invoke(app, ["sql", "--db", db, "select route, sum(output_tokens) as t from responses group by 1 order by 1"])
+    out = runner.invoke(app, ["sql", "--db", db, "select route, sum(output_tokens) as t from measured_responses group by 1 order by 1"])
     assert out.exit_code == 0
     assert [line.split("│")[1:3] for line in out.output.splitlines() if "│ base" in line or "│ cand" in line] == \
         [[" base  ", " 14 "], [" cand  ", " 14 "]]

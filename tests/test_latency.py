@@ -120,7 +120,7 @@ def test_mirror_stores_every_figure(stub_server, tmp_path: Path) -> None:
                                                      "base_url": stub.base_url, "max_retries": 0}])
     corpus = write_corpus(tmp_path / "c.jsonl", [{"id": f"p{i}", "cohort": "a", "prompt": "hi"} for i in range(3)])
     db = tmp_path / "s.duckdb"
-    run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db))
+    run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db, warmup=0))
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute(f"SELECT {', '.join(FIGURES)} FROM responses").fetchall()
     assert len(rows) == 3

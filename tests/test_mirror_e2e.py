@@ -41,7 +41,8 @@ def test_mirror_200_prompts_two_routes(tmp_path, stub_server):
         for i in range(200)
     ])
     db = tmp_path / "store.duckdb"
-    summary = run_mirror(load_routes(_routes(tmp_path, a.base_url, b.base_url)), MirrorOptions(corpus=corpus, db=db))
+    # No warm-up here: every stored row and span is a measured call (test_order_and_warmup covers warm-up).
+    summary = run_mirror(load_routes(_routes(tmp_path, a.base_url, b.base_url)), MirrorOptions(corpus=corpus, db=db, warmup=0))
     assert summary.status == "completed" and summary.prompts == 200 and summary.calls == 400
 
     con = duckdb.connect(str(db), read_only=True)
@@ -116,7 +117,8 @@ def test_samples_limit_and_cohort_filters(tmp_path, stub_server):
     corpus = write_corpus(tmp_path / "c.jsonl", [{"id": f"p{i}", "cohort": COHORTS[i % 4], "prompt": "q"} for i in range(40)])
     routes = load_routes(_routes(tmp_path, s.base_url, s.base_url))
     db = tmp_path / "s.duckdb"
-    summary = run_mirror(routes, MirrorOptions(corpus=corpus, db=db, samples=3, limit=5, cohorts=["legal", "sql"]))
+    summary = run_mirror(routes, MirrorOptions(corpus=corpus, db=db, samples=3, limit=5, cohorts=["legal", "sql"],
+                                               warmup=0))
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute("SELECT prompt_id, route, sample, cohort FROM responses ORDER BY ALL").fetchall()
     assert summary.prompts == 5 and len(rows) == 5 * 2 * 3

@@ -17,7 +17,7 @@ def test_spans_exported_over_otlp(tmp_path, stub_server):
     with OTLPReceiver(BatchWriter(collector_con)) as receiver:
         routes = write_routes(tmp_path / "routes.yaml", [{"name": "r", "role": "baseline", "model": "m", "base_url": stub.base_url}])
         corpus = write_corpus(tmp_path / "c.jsonl", [{"id": f"p{i}", "cohort": "c", "prompt": "hi"} for i in range(5)])
-        run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=tmp_path / "s.duckdb",
+        run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=tmp_path / "s.duckdb", warmup=0,
                                                       otlp_endpoint=receiver.endpoint.removesuffix("/v1/traces")))
         deadline = time.monotonic() + 10
         while receiver.spans_received < 10 and time.monotonic() < deadline:

@@ -37,7 +37,7 @@ def test_sigkill_then_resume(tmp_path, stub_server):
 
     con = duckdb.connect(str(db))
     run_id, status = con.execute("SELECT run_id, status FROM runs").fetchone()
-    done_before = con.execute("SELECT count(*) FROM responses WHERE error_type IS NULL").fetchone()[0]
+    done_before = con.execute("SELECT count(*) FROM measured_responses WHERE error_type IS NULL").fetchone()[0]
     con.close()
     assert status == "running"  # killed: nobody could mark it
     assert 0 < done_before < 200, done_before
@@ -48,13 +48,14 @@ def test_sigkill_then_resume(tmp_path, stub_server):
     assert f"{done_before} calls already done" in out.stdout
 
     con = duckdb.connect(str(db), read_only=True)
-    rows = con.execute("SELECT prompt_id, route, sample, count(*) FROM responses GROUP BY ALL").fetchall()
+    rows = con.execute("SELECT prompt_id, route, sample, count(*) FROM measured_responses GROUP BY ALL").fetchall()
     assert len(rows) == 240 and all(r[3] == 1 for r in rows)
     assert {(r[0], r[1]) for r in rows} == {(f"p{i:02d}", route) for i in range(120) for route in ("base", "cand")}
     assert con.execute("SELECT count(*) FROM responses WHERE error_type IS NOT NULL").fetchone()[0] == 0
     assert con.execute("SELECT status FROM runs").fetchone()[0] == "completed"
-    # Only the calls without a stored row were sent again.
-    assert _requests_seen(stub) - seen_before == 240 - done_before
+    # Only the calls without a stored row were sent again, after a fresh warm-up (2 calls per route).
+    assert _requests_seen(stub) - seen_before == 240 - done_before + 2 * 2
+    assert con.execute("SELECT count(*) FROM responses WHERE warmup").fetchone()[0] == 2 * 2
 
 
 def test_sigint_marks_run_interrupted_and_prints_resume(tmp_path, stub_server):

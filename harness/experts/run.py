@@ -16,6 +16,7 @@ from harness.experts.panel import PanelRow, panel_rows
 from harness.experts.records import Key, cohort_stats, from_rows, rest_stats, to_rows
 from harness.experts.stats import DEFAULT_CAPACITY_FACTORS, GroupStats, ResponseRecord
 from harness.store import upsert
+from harness.store.views import MEASURED_RESPONSES
 
 SOURCES = ("live", "returned", "probe")
 
@@ -71,9 +72,9 @@ def probe_targets(con: duckdb.DuckDBPyConnection, run_id: str, route: str | None
     return out
 
 
-_RESPONSES_SQL = """
+_RESPONSES_SQL = f"""
 SELECT r.prompt_id, r.route, r.sample, r.text, r.tool_calls, p.messages, p.context, p.tools
-FROM responses r JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id
+FROM {MEASURED_RESPONSES} r JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id
 WHERE r.run_id = ? AND r.route = ? AND r.error_type IS NULL
 ORDER BY r.prompt_id, r.sample
 """

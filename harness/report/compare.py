@@ -43,7 +43,10 @@ BINARY_COLUMNS = {"pass_rate", "error", "timeout"}
 def _scopes(df: pd.DataFrame) -> Iterator[tuple[str, str, pd.DataFrame]]:
     yield "overall", "(all)", df
     groups = {k: v for k, v in df.groupby("cohort", sort=True, observed=True) if len(v)}
-    if len(groups) > 1:
+    # Per cohort when the run has several, even if only one of them has data for this metric
+    # (the categories are the run's cohorts): the others are "no data" downstream, not merged away.
+    declared = len(df["cohort"].cat.categories) if isinstance(df["cohort"].dtype, pd.CategoricalDtype) else len(groups)
+    if max(len(groups), declared) > 1:
         for cohort, part in groups.items():
             yield "cohort", str(cohort), part
 
@@ -171,8 +174,18 @@ def quality_results(quality: pd.DataFrame, candidate: str, rng: np.random.Genera
     return rows
 
 
+# What the report says about the serving CIs (settings.serving_ci and a note in every format).
+SERVING_CI_METHOD = (
+    "serving CIs resample mirror groups in time order: a circular block bootstrap (blocks of consecutive "
+    "groups, length from the routes' per-group difference by Politis-White via arch, doubled; 1 where no "
+    "dependence shows), tested with Student's t on the bootstrap SE (blocks - 1 df); error and timeout "
+    "rates keep McNemar's exact test. Quality comparisons are per prompt (paired bootstrap, McNemar/Wilcoxon)."
+)
+
+
 def serving_results(pairs: load.ServingPairs, baseline: load.RouteInfo, cand: load.RouteInfo,
                     rng: np.random.Generator, warnings: list[str]) -> list[PairedRow]:
+    """Paired serving results for one candidate; rows of `pairs` are mirror groups in time order."""
     rows = []
     pf = pairs.frame
     priced = any(p > 0 for p in (baseline.input_per_mtok, baseline.output_per_mtok, cand.input_per_mtok, cand.output_per_mtok))
@@ -183,15 +196,18 @@ def serving_results(pairs: load.ServingPairs, baseline: load.RouteInfo, cand: lo
             b, c = spec.column + "_base", spec.column + "_cand"
             sub = pf[[b, c, "cohort"]].dropna()
             for scope, cohort, part in _scopes(sub):
-                res = stats.paired_mean(part[b].to_numpy(), part[c].to_numpy(), spec.higher_is_better, rng)
+                bv, cv = part[b].to_numpy(), part[c].to_numpy()
+                block = stats.time_series_block_length(bv, cv, positive=spec.column == "out_tps")
+                res = stats.paired_mean_in_time(bv, cv, spec.higher_is_better, rng, block)
                 rows.append(PairedRow(cand.name, spec, scope, cohort, res))
         else:
             B, C = pairs.times[(spec.column, "base")], pairs.times[(spec.column, "cand")]
             both = ~np.isnan(B).all(axis=1) & ~np.isnan(C).all(axis=1)
-            frame = pd.DataFrame({"i": np.nonzero(both)[0], "cohort": pf["cohort"].to_numpy()[both]})
+            frame = pd.DataFrame({"i": np.nonzero(both)[0], "cohort": pf["cohort"].array[both]})  # keeps the categories
             for scope, cohort, part in _scopes(frame):
                 idx = part["i"].to_numpy()
-                res = stats.paired_quantile(B[idx], C[idx], spec.q, spec.higher_is_better, rng)
+                block = stats.time_series_block_length(B[idx], C[idx], positive=True)
+                res = stats.paired_quantile(B[idx], C[idx], spec.q, spec.higher_is_better, rng, block=block)
                 rows.append(PairedRow(cand.name, spec, scope, cohort, res))
     msg = "no route has prices in routes.yaml: cost per trace is not compared"
     if not priced and msg not in warnings:

@@ -30,12 +30,13 @@ class RouteInfo:
     output_per_mtok: float = 0.0
     model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None   # what it serves: serve.model (+ args), else the model name (A/A detection)
 
 
 def load_routes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[RouteInfo]:
     """Routes of the run: the runs.routes snapshot, else the roles seen in responses."""
     row = con.execute("SELECT routes FROM runs WHERE run_id = ?", [run_id]).fetchone()
-    seen = con.execute("SELECT route, any_value(role) FROM responses WHERE run_id = ? GROUP BY route ORDER BY route",
+    seen = con.execute(f"SELECT route, any_value(role) FROM {views.MEASURED_RESPONSES} WHERE run_id = ? GROUP BY route ORDER BY route",
                        [run_id]).fetchall()
     if row is None and not seen:
         raise ReportError(f"no run {run_id!r} in the store (`routecheck runs` lists them)")
@@ -49,10 +50,21 @@ def load_routes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[RouteInfo]:
                 output_per_mtok=float(prices.get("output_per_mtok") or 0.0), model=r.get("model"),
                 extra={k: r.get(k) for k in ("total_params", "active_params", "num_experts", "active_experts", "capacity_factor")
                        if r.get(k) is not None},
+                checkpoint=_checkpoint(r),
             )
     for name, role in seen:
         routes.setdefault(name, RouteInfo(name=name, role=role or "candidate"))
     return list(routes.values())
+
+
+def _checkpoint(snapshot: dict[str, Any]) -> str | None:
+    """The checkpoint a route answers from: a served route's serve.model with its engine arguments
+    (another dtype is another checkpoint), else the model name the endpoint is asked for."""
+    serve = snapshot.get("serve") or {}
+    if serve.get("model"):
+        args = " ".join(map(str, serve.get("args") or []))
+        return f"{serve['model']}" + (f" [{args}]" if args else "")
+    return snapshot.get("model")
 
 
 def split_roles(routes: list[RouteInfo]) -> tuple[RouteInfo, list[RouteInfo]]:
@@ -66,7 +78,7 @@ def split_roles(routes: list[RouteInfo]) -> tuple[RouteInfo, list[RouteInfo]]:
 
 
 def distinct_cohorts(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
-    rows = con.execute("SELECT DISTINCT coalesce(cohort, 'default') FROM responses WHERE run_id = ? ORDER BY 1", [run_id]).fetchall()
+    rows = con.execute(f"SELECT DISTINCT coalesce(cohort, 'default') FROM {views.MEASURED_RESPONSES} WHERE run_id = ? ORDER BY 1", [run_id]).fetchall()
     return [r[0] for r in rows]
 
 
@@ -75,7 +87,7 @@ def _cohort_source(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
     has_prompts = con.execute("SELECT count(*) > 0 FROM prompts WHERE run_id = ?", [run_id]).fetchone()[0]
     if has_prompts:
         return "(SELECT prompt_id, cohort FROM prompts WHERE run_id = $run)"
-    return "(SELECT prompt_id, any_value(cohort) AS cohort FROM responses WHERE run_id = $run GROUP BY prompt_id)"
+    return f"(SELECT prompt_id, any_value(cohort) AS cohort FROM {views.MEASURED_RESPONSES} WHERE run_id = $run GROUP BY prompt_id)"
 
 
 # One row per (evaluator, prompt) with both routes' per-prompt means; strings come back as codes
@@ -182,14 +194,14 @@ def score_coverage(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str
 
 def error_types(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
     """Failed calls per route and error type, most frequent first."""
-    rows = con.execute("""SELECT route, error_type, count(*) FROM responses
+    rows = con.execute(f"""SELECT route, error_type, count(*) FROM {views.MEASURED_RESPONSES}
                           WHERE run_id = ? AND error_type IS NOT NULL GROUP BY ALL ORDER BY 1, 3 DESC, 2""",
                        [run_id]).fetchall()
     return [{"route": r, "error_type": e, "calls": int(n)} for r, e, n in rows]
 
 
 def samples_per_prompt(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
-    return int(con.execute("SELECT coalesce(max(sample), 0) + 1 FROM responses WHERE run_id = ?", [run_id]).fetchone()[0])
+    return int(con.execute(f"SELECT coalesce(max(sample), 0) + 1 FROM {views.MEASURED_RESPONSES} WHERE run_id = ?", [run_id]).fetchone()[0])
 
 
 def _serving_pairs_sql(k: int) -> str:
@@ -210,17 +222,20 @@ def _serving_pairs_sql(k: int) -> str:
         ]
     return f"""
         SELECT list_position($cohorts, coalesce(any_value(cohort), 'default')) - 1 AS cohort_code,
+               epoch(min(started_at)) AS group_started,
                {', '.join(means + per_sample)}
-        FROM responses WHERE run_id = $run AND route IN ($baseline, $candidate)
+        FROM {views.MEASURED_RESPONSES} WHERE run_id = $run AND route IN ($baseline, $candidate)
         GROUP BY prompt_id
         HAVING count(*) FILTER (WHERE route = $baseline) > 0 AND count(*) FILTER (WHERE route = $candidate) > 0
+        ORDER BY group_started NULLS LAST, prompt_id
     """
 
 
 @dataclass
 class ServingPairs:
     """Per prompt answered by both routes: per-prompt means (columns <name>_base/_cand) and
-    per-sample times as (prompts x samples) arrays, NaN where a call failed or is missing."""
+    per-sample times as (prompts x samples) arrays, NaN where a call failed or is missing.
+    Rows are in time order (the prompt's first mirror group), for the time-aware serving CIs."""
 
     frame: pd.DataFrame
     times: dict[tuple[str, str], np.ndarray]    # (column, "base"|"cand") -> matrix
@@ -242,9 +257,9 @@ def load_serving_pairs(con: duckdb.DuckDBPyConnection, run_id: str, baseline: Ro
     return ServingPairs(df, times)
 
 
-LATENCY_CDF_SQL = """
+LATENCY_CDF_SQL = f"""
 SELECT route, quantile_cont(latency_s, $probs) AS q
-FROM responses WHERE run_id = $run AND error_type IS NULL AND latency_s IS NOT NULL GROUP BY route
+FROM {views.MEASURED_RESPONSES} WHERE run_id = $run AND error_type IS NULL AND latency_s IS NOT NULL GROUP BY route
 """
 
 
@@ -284,6 +299,24 @@ def load_trajectories(con: duckdb.DuckDBPyConnection, run_id: str, routes: list[
     return df.drop(columns=["input_tokens_mean", "output_tokens_mean"])
 
 
+SERVER_PHASE_PAIRS_SQL = f"""
+SELECT prompt_id, epoch(min(started_at)) AS group_started,
+       {{cols}}
+FROM ({views.RESPONSE_TIMINGS_SQL}) WHERE run_id = $run AND route IN ($baseline, $candidate)
+GROUP BY prompt_id ORDER BY group_started NULLS LAST, prompt_id
+"""
+SERVER_PHASES = ("queue", "prefill", "decode")
+
+
+def load_server_phase_pairs(con: duckdb.DuckDBPyConnection, run_id: str, baseline: str, candidate: str) -> pd.DataFrame:
+    """Per prompt in time order: each route's mean server-side queue / prefill / decode seconds
+    (<phase>_base, <phase>_cand; NaN where the server sent no span)."""
+    cols = ", ".join(f"avg(server_{p}_s) FILTER (WHERE route = {r}) AS {p}_{side}"
+                     for p in SERVER_PHASES for side, r in (("base", "$baseline"), ("cand", "$candidate")))
+    return con.execute(SERVER_PHASE_PAIRS_SQL.format(cols=cols),
+                       {"run": run_id, "baseline": baseline, "candidate": candidate}).df()
+
+
 def load_server_spans(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     df = views.server_phases(con, run_id).drop(columns=["client_latency_mean_s", "server_e2e_mean_s"])
     df["cohort"] = df["cohort"].fillna("(all)")
@@ -313,7 +346,7 @@ def prompt_texts(con: duckdb.DuckDBPyConnection, run_id: str, prompt_ids: list[s
 
 def response_texts(con: duckdb.DuckDBPyConnection, run_id: str, prompt_ids: list[str], routes: list[str]) -> pd.DataFrame:
     return con.execute(
-        """SELECT prompt_id, route, text, error_type FROM responses
+        f"""SELECT prompt_id, route, text, error_type FROM {views.MEASURED_RESPONSES}
            WHERE run_id = $run AND sample = 0 AND list_contains($ids, prompt_id) AND list_contains($routes, route)""",
         {"run": run_id, "ids": list(prompt_ids), "routes": list(routes)},
     ).df()

@@ -19,13 +19,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from evaluators import BoundEvaluator, EvalRecord, EvalResult, EvaluatorError, parse_json_field
 from evaluators.config import EvaluatorSpec, parse_cli_spec, resolve_specs
 from harness import store
-from harness.store.views import resolve_run_id
+from harness.store.views import MEASURED_RESPONSES, resolve_run_id
 
-_QUERY = """
+_QUERY = f"""
 SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort AS r_cohort, r.text, r.tool_calls,
        r.error_type, r.error_message, r.steps, r.stop_reason,
        p.cohort AS p_cohort, p.messages, p.context, p.tools, p.expected, p.metadata
-FROM responses r
+FROM {MEASURED_RESPONSES} r
 LEFT JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id
 WHERE r.run_id = ?
 ORDER BY r.prompt_id, r.route, r.sample
@@ -33,9 +33,9 @@ ORDER BY r.prompt_id, r.route, r.sample
 
 
 # The steps of the run's trajectories; a resumed trajectory may have left longer stale rows.
-_STEPS_QUERY = """
+_STEPS_QUERY = f"""
 SELECT s.prompt_id, s.route, s.sample, s.step, s.text, s.tool_calls, s.tool_results, s.finish_reason
-FROM steps s JOIN responses r USING (run_id, prompt_id, route, sample)
+FROM steps s JOIN {MEASURED_RESPONSES} r USING (run_id, prompt_id, route, sample)
 WHERE s.run_id = ? AND s.step <= r.steps
 ORDER BY s.prompt_id, s.route, s.sample, s.step
 """

@@ -56,6 +56,8 @@ TABLES: dict[str, str] = {
         output_tokens   BIGINT,
         total_tokens    BIGINT,
         usage_source    VARCHAR,      -- server | counted
+        usage_raw       VARCHAR,      -- the server's usage as sent, when it could not be used (flag usage_invalid)
+        flags           VARCHAR[],    -- what was kept but marked: partial, usage_invalid, id_coerced, ... (mirror/assemble.py)
         started_at      TIMESTAMPTZ,
         latency_s       DOUBLE,       -- end to end, first byte sent to last byte received
         ttft_s          DOUBLE,       -- time to first output token (content, reasoning or tool-call delta)
@@ -70,6 +72,7 @@ TABLES: dict[str, str] = {
         span_id         VARCHAR,      -- the call span; for a trajectory, the trajectory span
         steps           INTEGER,      -- trajectories: model calls made (rows in `steps`); NULL for one call
         stop_reason     VARCHAR,      -- trajectories: answer | max_steps | unscripted_tool | error
+        warmup          BOOLEAN,      -- a warm-up call (sent before measurement, sample < 0): stored, never reported
         -- latency figures under other definitions (harness/mirror/latency.py defines every one)
         ttft_content_s  DOUBLE,       -- time to first non-empty delta.content
         ttft_chunk_s    DOUBLE,       -- time to first chunk with choices (vllm bench serve's TTFT)
@@ -208,13 +211,13 @@ def json_columns(table: str) -> frozenset[str]:
 
 
 
-# Columns added after schema version 1: a store written by an older routecheck gains them on open.
+# Columns added after schema version 1 (version 2: spans' engine columns, quantity; 3: warmup, flags; 4: latency figures under other definitions): a store written by an older routecheck gains them on open.
 ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "spans": [("engine", "VARCHAR"), ("queue_s", "DOUBLE"), ("prefill_s", "DOUBLE"), ("decode_s", "DOUBLE"), ("e2e_s", "DOUBLE")],
     "server_metrics": [("quantity", "VARCHAR")],
-    # version 3: agent trajectories
+    # version 3: agent trajectories, warm-up calls, raw usage and call flags
     "prompts": [("tool_results", "JSON"), ("max_steps", "INTEGER")],
-    "responses": [("steps", "INTEGER"), ("stop_reason", "VARCHAR"),
+    "responses": [("steps", "INTEGER"), ("stop_reason", "VARCHAR"), ("warmup", "BOOLEAN"), ("usage_raw", "VARCHAR"), ("flags", "VARCHAR[]"),
                   # version 4: latency figures under other definitions (harness/mirror/latency.py)
                   ("ttft_content_s", "DOUBLE"), ("ttft_chunk_s", "DOUBLE"), ("e2e_chunk_s", "DOUBLE"),
                   ("itl_chunk_mean_s", "DOUBLE"), ("itl_chunk_p99_s", "DOUBLE"), ("tpot_s", "DOUBLE"),

@@ -12,9 +12,17 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+# -- measured calls --------------------------------------------------------------------------------
+
+# The calls every figure is about. Warm-up calls (sent per route before measurement, marked
+# `responses.warmup`, samples < 0) are stored for inspection but never reported, scored or counted:
+# every reader of responses goes through this subquery (or the `measured_responses` view).
+MEASURED_RESPONSES_SQL = "SELECT * FROM responses WHERE NOT coalesce(warmup, false)"
+MEASURED_RESPONSES = f"({MEASURED_RESPONSES_SQL})"
+
 # -- runs ------------------------------------------------------------------------------------------
 
-RUNS_SQL = """
+RUNS_SQL = f"""
 SELECT r.run_id, r.status, r.started_at, r.finished_at,
        date_diff('millisecond', r.started_at, coalesce(r.finished_at, now())) / 1000.0 AS duration_s,
        r.n_prompts AS prompts,
@@ -22,7 +30,7 @@ SELECT r.run_id, r.status, r.started_at, r.finished_at,
        count(x.route) FILTER (WHERE x.error_type IS NOT NULL)   AS errors,
        r.n_expected AS expected,
        r.corpus_path
-FROM runs r LEFT JOIN responses x USING (run_id)
+FROM runs r LEFT JOIN {MEASURED_RESPONSES} x USING (run_id)
 GROUP BY ALL ORDER BY r.started_at DESC
 """
 
@@ -31,19 +39,25 @@ def list_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute(RUNS_SQL).df()
 
 
+class RunIdError(LookupError):
+    """A run id that names no run, or several; the message says which runs exist."""
+
+
 def resolve_run_id(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
     """`latest` (or a unique prefix) names a run; errors say which runs exist."""
+    if not run_id.strip():
+        raise RunIdError("the run id is empty; give a run id, a unique prefix of one, or 'latest'")
     if run_id == "latest":
         row = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
         if row is None:
-            raise LookupError("the store has no runs yet (run `routecheck mirror` first)")
+            raise RunIdError("the store has no runs yet (run `routecheck mirror` first)")
         return row[0]
     rows = con.execute("SELECT run_id FROM runs WHERE starts_with(run_id, ?)", [run_id]).fetchall()
     if len(rows) == 1:
         return rows[0][0]
     if not rows:
-        raise LookupError(f"no run {run_id!r} in the store (`routecheck runs` lists them)")
-    raise LookupError(f"{run_id!r} matches {len(rows)} runs; give more of the id")
+        raise RunIdError(f"no run {run_id!r} in the store (`routecheck runs` lists them)")
+    raise RunIdError(f"{run_id!r} matches {len(rows)} runs; give more of the id")
 
 
 # -- route summaries -------------------------------------------------------------------------------
@@ -51,7 +65,7 @@ def resolve_run_id(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
 # Latency, TTFT and throughput are over successful calls only (a failed call's latency is the
 # time it took to fail); error and timeout rates are over all calls. One row per (route, cohort)
 # and one per route (cohort NULL).
-ROUTE_SUMMARY_SQL = """
+ROUTE_SUMMARY_SQL = f"""
 SELECT route, any_value(role) AS role, coalesce(cohort, 'default') AS cohort,
        count(*)                                                        AS calls,
        count(DISTINCT prompt_id)                                       AS prompts,
@@ -73,7 +87,7 @@ SELECT route, any_value(role) AS role, coalesce(cohort, 'default') AS cohort,
        avg(coalesce(output_tokens, 0))                                 AS output_tokens_mean,
        avg(CAST(error_type IS NOT NULL AS DOUBLE))                     AS error_rate,
        avg(CAST(coalesce(timed_out, false) AS DOUBLE))                 AS timeout_rate
-FROM responses WHERE run_id = $run
+FROM {MEASURED_RESPONSES} WHERE run_id = $run
 GROUP BY GROUPING SETS ((route, coalesce(cohort, 'default')), (route))
 """
 
@@ -100,15 +114,15 @@ def route_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
 # Each response beside its serving engine's own per-request span (a child of the call span through
 # the traceparent header); NULL where none arrived. Engines map their span attributes to these
 # typed columns when the span is received.
-RESPONSE_TIMINGS_SQL = """
-SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort,
+RESPONSE_TIMINGS_SQL = f"""
+SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort, r.started_at,
        r.latency_s, r.ttft_s,
        s.queue_s   AS server_queue_s,
        s.prefill_s AS server_prefill_s,
        s.decode_s  AS server_decode_s,
        s.ttft_s    AS server_ttft_s,
        s.e2e_s     AS server_e2e_s
-FROM responses r
+FROM {MEASURED_RESPONSES} r
 LEFT JOIN spans s ON s.trace_id = r.trace_id AND s.parent_span_id = r.span_id AND s.engine IS NOT NULL
 """
 
@@ -246,7 +260,7 @@ def server_panel(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
 # steps): how many, steps taken, why they stopped, tokens per trace (summed over steps), and the
 # mean step_accuracy score where scored. Cost per trace is these tokens at the route's prices
 # (harness/report/load.py, `cost_per_trace`).
-TRAJECTORY_SUMMARY_SQL = """
+TRAJECTORY_SUMMARY_SQL = f"""
 SELECT r.route, coalesce(r.cohort, 'default') AS cohort,
        count(*)                                                   AS trajectories,
        avg(r.steps)                                               AS steps_mean,
@@ -259,7 +273,7 @@ SELECT r.route, coalesce(r.cohort, 'default') AS cohort,
        avg(coalesce(r.total_tokens, coalesce(r.input_tokens, 0) + coalesce(r.output_tokens, 0))) AS tokens_per_trace,
        avg(coalesce(r.input_tokens, 0))                           AS input_tokens_mean,
        avg(coalesce(r.output_tokens, 0))                          AS output_tokens_mean
-FROM responses r
+FROM {MEASURED_RESPONSES} r
 LEFT JOIN scores s ON s.run_id = r.run_id AND s.prompt_id = r.prompt_id AND s.route = r.route AND s.sample = r.sample
                   AND s.evaluator = 'step_accuracy' AND s.applicable
 WHERE r.run_id = $run AND r.steps IS NOT NULL
@@ -278,7 +292,7 @@ def trajectory_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFr
 
 
 # Views kept in the file, for `routecheck sql` and other DuckDB clients.
-VIEWS: dict[str, str] = {"response_timings": RESPONSE_TIMINGS_SQL}
+VIEWS: dict[str, str] = {"measured_responses": MEASURED_RESPONSES_SQL, "response_timings": RESPONSE_TIMINGS_SQL}
 
-__all__: list[Any] = ["list_runs", "resolve_run_id", "route_summary", "route_cohort_summary", "server_timings",
+__all__: list[Any] = ["MEASURED_RESPONSES", "list_runs", "resolve_run_id", "route_summary", "route_cohort_summary", "server_timings",
                       "server_phases", "metric_deltas", "server_summary", "server_panel", "trajectory_summary", "VIEWS"]

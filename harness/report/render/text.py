@@ -130,6 +130,8 @@ def print_report(report: Report, console: Console | None = None, html_path: str 
     console.print(term(f"routecheck report  run {report.run_id}  baseline {report.baseline}  "
                        f"candidates {', '.join(report.candidates)}", style="bold"))
     console.print(Text(f"alpha {s['alpha']}, {s['correction']}; unit: prompt; CI 95%", style="dim"))
+    for note in report.notes:
+        console.print(Text(f"note: {note}", style="dim"))
     for cand in report.candidates:
         rows, hidden = shown_rows(report, cand)
         t = Table(title=term(f"{cand} vs {report.baseline}"), show_lines=False, header_style="bold")
@@ -150,7 +152,7 @@ def print_report(report: Report, console: Console | None = None, html_path: str 
         for col in TRAJECTORY_HEADER:
             t.add_column(col, justify="left" if col in ("route", "cohort") else "right")
         for row in trajectory_rows(report):
-            t.add_row(*[Text(c) for c in row])
+            t.add_row(*[term(c) for c in row])
         console.print(t)
     if report.experts:
         t = Table(title="Expert routing per cohort (layer means; docs/experts.md)", header_style="bold")
@@ -249,6 +251,7 @@ def to_markdown(report: Report, html_name: str | None = None) -> str:
     lines += [f"Baseline **{md_cell(report.baseline)}**; candidates: {', '.join(f'**{md_cell(c)}**' for c in report.candidates)}. "
               f"alpha = {s['alpha']}, p-values corrected with {s['correction']} ({s['families']}). "
               f"Unit: {s['unit']}. Verdict: {s['verdict_rule']}.", ""]
+    lines += [f"> {md_cell(note)}" for note in report.notes] + ([""] if report.notes else [])
     for cand in report.candidates:
         rows, hidden = shown_rows(report, cand)
         lines += [f"## {md_cell(cand)} vs {md_cell(report.baseline)}", ""]
@@ -270,7 +273,7 @@ def to_markdown(report: Report, html_name: str | None = None) -> str:
     if report.trajectories:
         lines += ["## Agent trajectories", "", "Per cohort: steps taken, why trajectories stopped, mean step accuracy, "
                   "and tokens and cost per trace summed over the steps.", ""]
-        lines += _md_table(TRAJECTORY_HEADER, [[md_cell(c) for c in row] for row in trajectory_rows(report)])
+        lines += _md_table(TRAJECTORY_HEADER, [[md_cell(c) for c in row[:2]] + row[2:] for row in trajectory_rows(report)])
         lines.append("")
     if report.experts:
         lines += ["## Expert routing", "", "Per cohort, layer means; capacity at the route's factor, else 1.25 "
