@@ -140,7 +140,7 @@ def main() -> None:
         "fds_max": max(fds) if fds else None, "fds_median": sorted(fds)[len(fds) // 2] if fds else None,
         "fds_last": fds[-1] if fds else None,
         "calls_per_s_by_quarter": [round(n / w, 1) if w else None for _, n, w in quarters],
-        "summary_line": stdout.splitlines()[0] if stdout else "",
+        "summary_line": next((line for line in stdout.splitlines() if line.startswith("run ")), ""),
     }
     for k, v in out.items():
         print(f"{k:>28}: {v}")

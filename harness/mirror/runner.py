@@ -27,6 +27,7 @@ from harness import __version__
 from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.corpus import CorpusStats, PromptRecord, corpus_sha256, read_corpus
 from harness.mirror.http_pool import ShardedTransport
+from harness.mirror.latency import FIGURES
 from harness.mirror.order import DEFAULT_WARMUP, new_seed, ordered, peek
 from harness.mirror.openai_stream import CallResult
 from harness.mirror.call import traced_chat
@@ -165,10 +166,7 @@ def _response_row(run_id: str, route: RouteConfig, record: PromptRecord, sample:
         "usage_raw": r.usage_raw,
         "flags": r.flags or None,
         "started_at": datetime.fromtimestamp(r.started_at, tz=timezone.utc),
-        "latency_s": r.latency_s,
-        "ttft_s": r.ttft_s,
-        "itl_mean_s": r.itl_mean_s,
-        "itl_p99_s": r.itl_p99_s,
+        **{key: getattr(r, key) for key in FIGURES},  # every latency figure (harness/mirror/latency.py)
         "attempts": r.attempts,
         "http_status": r.http_status,
         "error_type": r.error_type,

@@ -262,17 +262,12 @@ def paired_mean_in_time(base: np.ndarray, cand: np.ndarray, higher_is_better: bo
     base = np.asarray(base, dtype=float)
     cand = np.asarray(cand, dtype=float)
     n = len(base)
-    binary = n > 0 and _is_binary(base) and _is_binary(cand)
-    bi, ci = mean_interval(base, binary), mean_interval(cand, binary)
-    nan = float("nan")
-    if n == 0:
-        return PairedResult(0, bi, ci, nan, nan, nan, nan, nan, "none", "none", nan, nan)
     d = cand - base
-    diff = float(d.mean())
-    sd = float(d.std(ddof=1)) if n > 1 else nan
-    if n < 2 or sd == 0:
-        ref = paired_mean(base, cand, higher_is_better, rng)
-        return ref
+    if n < 2 or float(d.std(ddof=1)) == 0:  # nothing to resample: the plain paired comparison says so
+        return paired_mean(base, cand, higher_is_better, rng)
+    binary = _is_binary(base) and _is_binary(cand)
+    bi, ci = mean_interval(base, binary), mean_interval(cand, binary)
+    diff, sd = float(d.mean()), float(d.std(ddof=1))
     block = max(1, min(block, n))
     nb = -(-n // block)
     ext = np.concatenate([d, d[: block - 1]])

@@ -251,7 +251,8 @@ def to_markdown(report: Report, html_name: str | None = None) -> str:
     lines += [f"Baseline **{md_cell(report.baseline)}**; candidates: {', '.join(f'**{md_cell(c)}**' for c in report.candidates)}. "
               f"alpha = {s['alpha']}, p-values corrected with {s['correction']} ({s['families']}). "
               f"Unit: {s['unit']}. Verdict: {s['verdict_rule']}.", ""]
-    lines += [f"> {md_cell(note)}" for note in report.notes] + ([""] if report.notes else [])
+    for note in report.notes:  # plain paragraphs: the report's own structure is headings, tables and lists
+        lines += [f"Note: {md_cell(note)}", ""]
     for cand in report.candidates:
         rows, hidden = shown_rows(report, cand)
         lines += [f"## {md_cell(cand)} vs {md_cell(report.baseline)}", ""]
