@@ -367,3 +367,101 @@ def test_a_store_failing_once_stops_the_run_and_what_can_be_written_is(tmp_path,
     assert summary.rows_written == summary.calls == 2 * n_prompts - stored
     # the first run's calls without a row keep their call span (the server did get them): one each
     _assert_every_call_once_with_its_span(db, n_prompts, orphans=s.calls - stored)
+
+
+# -- 3. call spans restored ------------------------------------------------------------------------
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from conftest import REPO
+
+
+def _restored_spans(db) -> list[dict]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return _rows(con, """SELECT s.name, s.attributes, s.status_code, r.route, r.prompt_id, r.model FROM spans s
+                             JOIN responses r USING (trace_id, span_id)
+                             WHERE json_extract(s.attributes, '$."routecheck.restored"')::BOOLEAN""")
+    finally:
+        con.close()
+
+
+def test_sigkill_then_resume_restores_every_call_span(tmp_path, stub_server):
+    """Responses and spans reach the store on two timers about a second apart: a SIGKILL between
+    them keeps rows whose span is lost. --resume rebuilds those spans from the rows."""
+    n_prompts = 100
+    stub = stub_server(answer="one two three four five six seven eight", tokens_per_s=20)
+    routes, corpus = _two_routes(tmp_path, stub, n_prompts)
+    db = tmp_path / "s.duckdb"
+    cmd = [sys.executable, "-m", "harness.cli", "mirror", "--corpus", str(corpus), "--routes", str(routes), "--db", str(db),
+           "--no-progress", "--warmup", "0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while len(httpx.get(stub.url + "/stub/headers").json()) < 80 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.2)  # at least one batch of each kind flushed, calls completing all the while
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stdout.close()
+    con = duckdb.connect(str(db))
+    run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
+    done = con.execute("SELECT count(*) FROM responses WHERE error_type IS NULL").fetchone()[0]
+    assert 0 < done < 2 * n_prompts
+    # The kill rarely falls inside that window on purpose: widen it by removing the call spans of
+    # 10 stored rows (the state a kill between the two timers leaves behind), then count all such rows.
+    con.execute("""DELETE FROM spans WHERE (trace_id, span_id) IN (SELECT (trace_id, span_id) FROM responses
+                   WHERE error_type IS NULL ORDER BY prompt_id, route LIMIT 10)""")
+    spanless = con.execute("""SELECT count(*) FROM responses r WHERE error_type IS NULL AND NOT EXISTS
+                              (SELECT 1 FROM spans s WHERE s.trace_id = r.trace_id AND s.span_id = r.span_id)""").fetchone()[0]
+    con.close()
+    assert spanless >= 10
+
+    out = subprocess.run([*cmd, "--resume", run_id], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{done} calls already done" in out.stdout and "Traceback" not in out.stdout + out.stderr
+    # the rows killed before their span was stored got it back, from the row: said in the summary
+    assert f"{spanless} call spans restored" in out.stdout, (spanless, out.stdout)
+    restored = _restored_spans(db)
+    assert len(restored) == spanless
+    for s in restored:
+        attrs = json.loads(s["attributes"])
+        assert s["name"] == f"chat {s['model']}" and s["status_code"] == "UNSET"
+        assert (attrs["routecheck.route"], attrs["routecheck.prompt_id"], attrs["routecheck.run_id"]) == (s["route"], s["prompt_id"], run_id)
+    _assert_every_call_once_with_its_span(db, n_prompts, orphans=None)
+
+
+def test_spans_the_exporter_dropped_are_restored_at_the_end_of_a_run(tmp_path, stub_server, monkeypatch):
+    """A span the SDK's queue drops under overload never reaches the store: the run's end rebuilds it."""
+    from harness.config import load_routes
+    from harness.mirror.runner import MirrorOptions, run_mirror
+    from harness.tracing.exporter import DuckDBSpanExporter
+
+    real, dropped = DuckDBSpanExporter.export, []
+
+    def lossy(self, spans):
+        keep = []
+        for s in spans:
+            if s.name.startswith("chat ") and len(dropped) < 7 and s.attributes.get("routecheck.route") == "cand":
+                dropped.append(s.attributes["routecheck.prompt_id"])
+            else:
+                keep.append(s)
+        return real(self, keep)
+
+    monkeypatch.setattr(DuckDBSpanExporter, "export", lossy)
+    stub = stub_server()
+    routes, corpus = _two_routes(tmp_path, stub, 30)
+    db = tmp_path / "s.duckdb"
+    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db, warmup=0))
+    assert (summary.status, summary.calls, summary.rows_written, summary.spans_restored) == ("completed", 60, 60, 7)
+    restored = _restored_spans(db)
+    assert sorted((s["route"], s["prompt_id"]) for s in restored) == sorted(("cand", p) for p in dropped)
+    _assert_every_call_once_with_its_span(db, 30)
