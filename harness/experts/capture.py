@@ -47,9 +47,10 @@ def meta_line(num_experts: int, top_k: int, layers: Sequence[int], probs: str | 
                                  "probs": probs}}) + "\n").encode()
 
 
-def step_line(reqs: Sequence[tuple[str, str, int, int]], ids: np.ndarray, logits: np.ndarray | None) -> bytes:
-    """One engine step: `ids` (tokens, layers, k) integer, `logits` (tokens, layers, E) or None."""
-    dtype = "uint8" if ids.size == 0 or int(ids.max()) < 256 and int(ids.min()) >= 0 else "int16"
+def step_line(reqs: Sequence[tuple[str, str, int, int]], ids: np.ndarray, logits: np.ndarray | None,
+              dtype: str = "uint8") -> bytes:
+    """One engine step: `ids` (tokens, layers, k) integer, `logits` (tokens, layers, E) or None;
+    `dtype` of the ids on disk: uint8 for E <= 256, else int16."""
     return (json.dumps({
         "reqs": [[r, e, int(s), int(n)] for r, e, s, n in reqs], "shape": list(ids.shape), "dtype": dtype,
         "ids": _b64(ids.astype(dtype)),
