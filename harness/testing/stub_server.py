@@ -49,8 +49,9 @@ from harness.testing import faults as fault_catalogue
 @dataclass
 class StubConfig:
     model: str = "stub"
-    ttft_s: float = 0.0  # delay before the first token
-    tokens_per_s: float = 0.0  # 0 = as fast as possible
+    ttft_s: float = 0.0  # delay before the first token (the role-only first chunk is sent at once, as vLLM does)
+    tokens_per_s: float = 0.0  # 0 = as fast as possible; else token i is due at first token + i / tokens_per_s
+    reasoning: str | None = None  # words streamed as `reasoning_content` deltas before the answer
     answer: str | None = None  # fixed answer; default echoes the last user message
     # Substring of the last user message -> answer text, checked in order before `answer`.
     answers: dict[str, str] = field(default_factory=dict)
@@ -74,6 +75,10 @@ class StubConfig:
     routed_experts: dict[str, int] | None = None
 
 
+# `--preset realistic`: a server's pacing (20 ms to the first token, then 5 ms per token), for
+# latency comparisons between clients (bench/peers.py); `fast` answers as fast as it can.
+PRESETS: dict[str, dict[str, Any]] = {"fast": {}, "realistic": {"ttft_s": 0.02, "tokens_per_s": 200.0}}
+
 _MARKER = re.compile(r"\[\[stub:([^\]]+)\]\]")
 
 
@@ -91,13 +96,20 @@ def stub_routing(words: list[str], num_experts: int, layers: int, top_k: int) ->
     return ((base + offsets) % num_experts).astype(np.int16)
 
 
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text parts of a content list (as `vllm bench serve` sends)."""
+    if isinstance(content, list):
+        return " ".join(p.get("text") or "" for p in content if isinstance(p, dict))
+    return content or ""
+
+
 def build_app(cfg: StubConfig) -> Starlette:
     counter = itertools.count()
     seen_headers: list[dict[str, str]] = []
     seen_bodies: dict[str, int] = {}  # request body -> times seen, for faults that break only the first try
 
     def answer_for(messages: list[dict[str, Any]]) -> str:
-        last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+        last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         for key, text in cfg.answers.items():
             if key in last_user:
                 return text
@@ -118,7 +130,7 @@ def build_app(cfg: StubConfig) -> Starlette:
             headers = {"Retry-After": f"{cfg.retry_after_s:g}"} if cfg.retry_after_s is not None else {}
             return JSONResponse({"error": {"message": f"stub failure {status}", "type": "stub"}}, status, headers=headers)
 
-        prompt_tokens = sum(len(_words(m.get("content") or "")) for m in messages)
+        prompt_tokens = sum(len(_words(_text(m.get("content")))) for m in messages)
         model = body.get("model") or cfg.model
         rid = f"chatcmpl-stub-{n}"
         tools = body.get("tools") or []
@@ -143,7 +155,9 @@ def build_app(cfg: StubConfig) -> Starlette:
         max_tokens = body.get("max_tokens") or 10**9
         finish = "tool_calls" if tool_call else ("length" if len(pieces) > max_tokens else "stop")
         pieces = pieces[:max_tokens]
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces), "total_tokens": prompt_tokens + len(pieces)}
+        thoughts = [w if i == 0 else " " + w for i, w in enumerate(_words(cfg.reasoning or ""))]
+        completion_tokens = len(thoughts) + len(pieces)  # reasoning tokens count as completion tokens (as in vLLM)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
         fault = fault_catalogue.select(last, cfg.fault) if (cfg.faults or cfg.fault) else None
         if fault:
@@ -163,7 +177,7 @@ def build_app(cfg: StubConfig) -> Starlette:
             if cfg.routed_experts:
                 from harness.experts.capture import encode_routed_experts
 
-                words = [w for m in messages for w in _words(m.get("content") or "")] + _words("".join(
+                words = [w for m in messages for w in _words(_text(m.get("content")))] + _words("".join(
                     p for p in pieces if isinstance(p, str)))
                 choice["routed_experts"] = encode_routed_experts(stub_routing(words, **cfg.routed_experts))
             return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
@@ -179,9 +193,16 @@ def build_app(cfg: StubConfig) -> Starlette:
             yield chunk({"role": "assistant", "content": ""})
             if cfg.ttft_s:
                 await asyncio.sleep(cfg.ttft_s)
-            for i, piece in enumerate(pieces):
+            # Paced against deadlines, so the sleeps' overshoot does not add up over the answer.
+            t_first = time.monotonic()
+            for i, thought in enumerate(thoughts):
                 if i and cfg.tokens_per_s:
-                    await asyncio.sleep(1.0 / cfg.tokens_per_s)
+                    await asyncio.sleep(max(0.0, t_first + i / cfg.tokens_per_s - time.monotonic()))
+                yield chunk({"reasoning_content": thought})
+            for i, piece in enumerate(pieces, start=len(thoughts)):
+                if i and cfg.tokens_per_s:
+                    await asyncio.sleep(max(0.0, t_first + i / cfg.tokens_per_s - time.monotonic()))
+                i -= len(thoughts)
                 if tool_call:
                     k, piece = piece
                     first = i == 0 or pieces[i - 1][0] != k
@@ -263,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
     p.add_argument("--config", help="JSON file with StubConfig fields; flags below override it")
     p.add_argument("--model")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="pacing: realistic = 20 ms to the first token, 5 ms per token")
     p.add_argument("--ttft-s", type=float)
     p.add_argument("--tokens-per-s", type=float)
     p.add_argument("--answer")
@@ -271,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fault", choices=sorted(fault_catalogue.FAULTS), help="inject this fault into every request")
     args = p.parse_args(argv)
     data: dict[str, Any] = json.loads(open(args.config).read()) if args.config else {}
+    if args.preset:
+        data = {**PRESETS[args.preset], **data}
     if args.tool_calls:
         data["scripted_tool_calls"] = json.loads(open(args.tool_calls).read())
     for key in ("model", "ttft_s", "tokens_per_s", "answer", "faults", "fault"):
