@@ -61,6 +61,9 @@ class RouteConfig(_Strict):
     num_experts: int | None = Field(None, gt=0)
     active_experts: int | None = Field(None, gt=0)
     capacity_factor: float | None = Field(None, gt=0)
+    # Read by `routecheck proxy`: false keeps only the SHA-256 and length of this route's answers
+    # (and of the prompts it is sent), for traffic that must not be stored (docs/proxy.md).
+    capture_content: bool = True
 
     @model_validator(mode="after")
     def _one_endpoint(self) -> "RouteConfig":

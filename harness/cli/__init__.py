@@ -2,7 +2,7 @@
 
     mirror.py  mirror        runs.py   runs, sql       serve.py  serve
     score.py   score         report.py report          gate.py   gate
-    experts.py experts
+    experts.py experts       proxy.py  proxy
 Every command prints through harness/cli/console.py (one console set-up, one way to fail).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import typer
 
 from harness import __version__
-from harness.cli import experts, gate, mirror, report, runs, score, serve
+from harness.cli import experts, gate, mirror, proxy, report, runs, score, serve
 from harness.cli.console import out
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mirror, trace, score, report and gate LLM routes.")
@@ -32,4 +32,5 @@ app.command("score")(score.score_command)
 app.command("report")(report.report_command)
 app.command("gate")(gate.gate_command)
 app.command("experts")(experts.experts_command)
+app.command("proxy")(proxy.proxy_command)
 
