@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,21 @@ class RouteConfig(_Strict):
     # (and of the prompts it is sent), for traffic that must not be stored (docs/proxy.md).
     capture_content: bool = True
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        """Checked here, so a typo stops the run before it starts instead of failing every call."""
+        if url is None:
+            return None
+        try:
+            parts = urlsplit(url.strip())
+            parts.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url.strip()):
+            raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:8000/v1, got {url!r}")
+        return url.strip()
+
     @model_validator(mode="after")
     def _one_endpoint(self) -> "RouteConfig":
         if (self.base_url is None) == (self.serve is None):
@@ -80,8 +96,9 @@ class RouteConfig(_Strict):
         if not self.api_key_env:
             return None
         key = os.environ.get(self.api_key_env)
-        if key is None:
-            raise ConfigError(f"route {self.name!r}: environment variable {self.api_key_env} (api_key_env) is not set")
+        if not key:
+            state = "is not set" if key is None else "is empty"
+            raise ConfigError(f"route {self.name!r}: environment variable {self.api_key_env} (api_key_env) {state}")
         return key
 
     def snapshot(self) -> dict[str, Any]:
@@ -115,19 +132,66 @@ class RoutesFile(_Strict):
     def baseline(self) -> RouteConfig:
         return next(r for r in self.routes if r.role == "baseline")
 
+    def check_api_keys(self, path: Path | str) -> None:
+        """Every `api_key_env` is set and not empty: checked before a run starts, so a missing key is
+        one error up front, not a run whose every call fails (or one left at `running`)."""
+        problems = []
+        for i, r in enumerate(self.routes):
+            if r.api_key_env and not os.environ.get(r.api_key_env):
+                state = "is not set" if os.environ.get(r.api_key_env) is None else "is empty"
+                problems.append(f"{path}: routes[{i}].api_key_env (route {r.name!r}): environment variable "
+                                f"{r.api_key_env} {state}; export it, or remove api_key_env if the server needs no key")
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable: SafeLoader reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
 
 def read_yaml(path: Path, what: str) -> Any:
     """Parse a YAML file; errors name the file, and the line where YAML itself is broken."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; expected the {what} (a YAML file)")
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read {what}: {e.strerror}") from None
+    if raw[:2] == b"\x1f\x8b":
+        raise ConfigError(f"{path}: gzip-compressed; expected the {what} as plain YAML text")
     try:
-        return yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the {what} as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        position = getattr(e, "position", None)  # a ReaderError (a control character) has no mark
+        # Lines as an editor counts them (YAML also breaks lines at NEL, U+2028 and U+2029).
+        at = mark.index if mark is not None else position
+        where = f":{text.count(chr(10), 0, at) + 1}" if isinstance(at, int) else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be the {what}") from None
 
 
 def load_routes(path: str | Path) -> RoutesFile:
@@ -148,8 +212,24 @@ def load_routes(path: str | Path) -> RoutesFile:
 def _resolve_serve_paths(routes: RoutesFile, base: Path) -> None:
     """`serve.model` is relative to routes.yaml, so the file works from any working directory."""
     for r in routes.routes:
-        if r.serve and not Path(r.serve.model).is_absolute() and (base / r.serve.model).exists():
+        if r.serve and not Path(r.serve.model).is_absolute() and path_exists(base / r.serve.model):
             r.serve.model = str((base / r.serve.model).resolve())
+
+
+def path_exists(path: Path) -> bool:
+    """Path.exists for a path from a config file: False, not an exception, for a NUL byte or an over-long name."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def key_text(part: Any) -> str:
+    """A key of a location as written in an error: plain when it is a plain name, else repr() (so a
+    key holding a newline, a control character or nothing at all cannot break the one-line message)."""
+    if isinstance(part, str) and part and part.isprintable() and part.strip() == part and len(part) <= 80:
+        return part
+    return repr(part) if len(repr(part)) <= 80 else repr(part)[:77] + "..."
 
 
 def describe_validation_error(path: Path, err: ValidationError, docs: str, data: Any = None) -> str:
@@ -159,12 +239,12 @@ def describe_validation_error(path: Path, err: ValidationError, docs: str, data:
         loc = e["loc"]
         key = ""
         for part in loc:
-            key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+            key += f"[{part}]" if isinstance(part, int) else (f".{key_text(part)}" if key else key_text(part))
         # Name the route, not just its index, where we can.
         if len(loc) >= 2 and loc[0] == "routes" and isinstance(loc[1], int):
             try:
                 name = data["routes"][loc[1]].get("name")
-                key += f" (route {name!r})" if name else ""
+                key += f" (route {repr(name)[:60]})" if name else ""
             except (KeyError, IndexError, AttributeError, TypeError):
                 pass
         msg = e["msg"].removeprefix("Value error, ")

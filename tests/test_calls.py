@@ -17,7 +17,7 @@ def _run(tmp_path, base_url, rows, **route):
     routes = write_routes(tmp_path / "routes.yaml", [{"name": "only", "role": "baseline", "model": "m", "base_url": base_url, **route}])
     corpus = write_corpus(tmp_path / "c.jsonl", rows)
     db = tmp_path / "s.duckdb"
-    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db))
+    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db, warmup=0))  # one call per prompt, counted exactly
     con = duckdb.connect(str(db), read_only=True)
     return summary, con
 

@@ -131,7 +131,7 @@ def test_yaml_config_and_cli_specs(tmp_path):
 def test_bad_config_errors_name_file_and_entry(tmp_path):
     cfg = tmp_path / "e.yaml"
     cfg.write_text("evaluators:\n  - name: groundedness\n    optons: {}\n")
-    with pytest.raises(EvaluatorError, match=r"e.yaml: evaluators\[0\]: unknown key"):
+    with pytest.raises(EvaluatorError, match=r"e.yaml: evaluators\[0\]\.optons: unknown key"):
         load_evaluator_config(cfg)
     cfg.write_text("evaluators: [\n")
     with pytest.raises(EvaluatorError, match="not valid YAML"):

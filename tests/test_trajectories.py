@@ -37,7 +37,7 @@ def _mirror(tmp_path, stub_server, scripts_base=SCRIPTS, scripts_cand=SCRIPTS, r
     rows = rows or [row(pid, key) for pid, (key, _, _) in CASES.items()]
     corpus = write_corpus(tmp_path / "agent.jsonl", rows)
     db = tmp_path / "store.duckdb"
-    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db))
+    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db, warmup=0))  # exact row counts: no warm-up calls
     assert summary.status == "completed"
     return db, summary
 
@@ -222,7 +222,7 @@ def test_a_failed_step_ends_the_trajectory_as_an_error(tmp_path, stub_server):
     r = row("t-err", "three")
     r["tool_results"] = {**r["tool_results"], "lookup_account": [{"result": {"account_id": "A-1", "note": "explode"}}]}
     db = tmp_path / "store.duckdb"
-    run_mirror(load_routes(routes), MirrorOptions(corpus=write_corpus(tmp_path / "c.jsonl", [r]), db=db))
+    run_mirror(load_routes(routes), MirrorOptions(corpus=write_corpus(tmp_path / "c.jsonl", [r]), db=db, warmup=0))
     con = duckdb.connect(str(db), read_only=True)
     resp = con.execute("SELECT steps, stop_reason, error_type FROM responses").fetchall()
     steps = con.execute("SELECT step, error_type FROM steps WHERE route = 'base' ORDER BY step").fetchall()

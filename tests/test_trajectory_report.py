@@ -49,7 +49,7 @@ def test_report_and_gate_on_a_trajectory_run(tmp_path, stub_server):
     ])
     corpus = write_corpus(tmp_path / "agent.jsonl", [row(f"{c}-{i}", f"{c}-{i}", cohort=c) for c in COHORTS for i in range(N)])
     db = tmp_path / "store.duckdb"
-    run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db))
+    run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db, warmup=0))  # exact row counts: no warm-up calls
     score_run(db, "latest", progress=False)
 
     report = make_report(db, "latest")

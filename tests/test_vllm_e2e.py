@@ -75,12 +75,12 @@ def corpus_50(tmp_path_factory) -> Path:
 def test_mirror_50_prompts_on_real_vllm_routes(tmp_path, corpus_50):
     routes = load_routes(ROUTES)
     db = tmp_path / "store.duckdb"
-    summary = run_mirror(routes, MirrorOptions(corpus=corpus_50, db=db), scrape_interval_s=5)
+    summary = run_mirror(routes, MirrorOptions(corpus=corpus_50, db=db, warmup=0), scrape_interval_s=5)  # exact counts of calls, spans and server spans
     assert summary.status == "completed" and summary.prompts == 50 and summary.calls == 100
     assert not _model_processes(), "vLLM processes left after the run"
 
     con = duckdb.connect(str(db), read_only=True)
-    assert con.execute("SELECT count(*) FROM responses WHERE error_type IS NULL").fetchone()[0] == 100
+    assert con.execute("SELECT count(*) FROM measured_responses WHERE error_type IS NULL").fetchone()[0] == 100
     cohorts = {r.id: r.cohort for r in read_corpus(corpus_50)}
 
     # Real tool_calls, parsed by vLLM's hermes parser, on the tool cohorts.

@@ -12,25 +12,28 @@ import typer
 
 from harness import __version__
 from harness.cli import experts, gate, mirror, proxy, report, runs, score, serve
-from harness.cli.console import out
+from harness.cli.console import guarded, out
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mirror, trace, score, report and gate LLM routes.")
 
 
-@app.callback()
-def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True)) -> None:
-    if version:
-        out.print(__version__)
+def _print_version(value: bool) -> None:
+    # An option callback runs while the options are parsed, before click asks for a command.
+    if value:
+        out.print(f"routecheck {__version__}", highlight=False)
         raise typer.Exit()
 
 
-app.command("mirror")(mirror.mirror)
-app.command("runs")(runs.runs)
-app.command("sql")(runs.sql)
-app.command("serve")(serve.serve_command)
-app.command("score")(score.score_command)
-app.command("report")(report.report_command)
-app.command("gate")(gate.gate_command)
-app.command("experts")(experts.experts_command)
-app.command("proxy")(proxy.proxy_command)
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                       callback=_print_version)) -> None:
+    """Mirror, trace, score, report and gate LLM routes."""
 
+
+# Every command through `guarded`: bad input is one `error:` line and exit 2, a bug exit 3.
+for _name, _command in {
+    "mirror": mirror.mirror, "runs": runs.runs, "sql": runs.sql, "serve": serve.serve_command,
+    "score": score.score_command, "report": report.report_command, "gate": gate.gate_command,
+    "experts": experts.experts_command, "proxy": proxy.proxy_command,
+}.items():
+    app.command(_name)(guarded(_command))

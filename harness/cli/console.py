@@ -38,8 +38,32 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
+def bad_input_message(e: BaseException, db: object = None) -> str | None:
+    """The one-line message of an exception that means bad input (exit 2), or None for a bug.
+
+    Bad input: a config or corpus error (ConfigError, CorpusError), a store that cannot be opened
+    or read (StoreError, or DuckDB's I/O and corruption errors while reading `--db`), an unknown
+    run id, an evaluator, report or expert-probe error. Each message already names the file and the
+    line or key."""
+    import duckdb
+
+    from evaluators.registry import EvaluatorError
+    from harness.config import ConfigError
+    from harness.experts.run import ExpertsError
+    from harness.report.load import ReportError
+    from harness.store import StoreError, error_message
+    from harness.store.views import RunIdError
+
+    if isinstance(e, (ConfigError, StoreError, EvaluatorError, ReportError, ExpertsError, RunIdError)):
+        return str(e)
+    if isinstance(e, (duckdb.IOException, duckdb.InternalException)) or (
+            isinstance(e, duckdb.Error) and any(w in str(e).lower() for w in ("checksum", "corrupt", "invalidated"))):
+        return error_message(db if db is not None else "the store", e)
+    return None
+
+
 def guarded(command: F) -> F:
-    """End an unexpected exception as exit 3 with one `internal error` line (the traceback after it,
+    """Bad input (bad_input_message) ends as exit 2 with one `error:` line. End an unexpected exception as exit 3 with one `internal error` line (the traceback after it,
     on stderr), so a crash can never read as the gate's 1 ("regression") or as 0."""
 
     @functools.wraps(command)
@@ -49,6 +73,9 @@ def guarded(command: F) -> F:
         except (typer.Exit, typer.Abort, click.exceptions.ClickException, KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - the point: no exception escapes with an ambiguous code
+            bad = bad_input_message(e, kwargs.get("db"))
+            if bad is not None:
+                fail(bad)
             err.print(visible(traceback.format_exc(), multiline=True), highlight=False)
             err.print(Text.assemble(("internal error:", "bold red"), " ", visible(f"{type(e).__name__}: {e}", multiline=True),
                                     f" (a bug in routecheck; exit code {EXIT_INTERNAL})"), highlight=False)
@@ -59,7 +86,11 @@ def guarded(command: F) -> F:
 
 def fmt(value: object) -> str:
     """A table cell: '-' for missing, thousands separators for large numbers, 3 decimals otherwise."""
-    if value is None or value != value:  # None or NaN
+    try:
+        missing = value is None or bool(value != value)  # None or NaN
+    except TypeError:  # pandas.NA (a NULL in a nullable integer column) has no truth value
+        missing = True
+    if missing:
         return "-"
     if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
         return f"{int(value):,}"

@@ -13,7 +13,7 @@ from rich.table import Table
 from harness.cli.console import err, fail, fmt, out, term, visible
 from harness.experts.run import ExpertsError, load_cohort_stats, probe_run, probe_targets
 from harness.experts.stats import DEFAULT_CAPACITY_FACTORS
-from harness.store import DEFAULT_DB, connect
+from harness.store import DEFAULT_DB, StoreError, connect
 from harness.store.views import resolve_run_id
 
 
@@ -41,7 +41,7 @@ def experts_command(
     factors = _factors(capacity_factors)
     try:
         con = connect(db, read_only=not (probe or model))
-    except FileNotFoundError as e:
+    except StoreError as e:
         fail(str(e))
     with con:
         try:

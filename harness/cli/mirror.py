@@ -13,24 +13,25 @@ from rich.text import Text
 
 from harness.cli.console import err, fail, out, visible
 from harness.cli.runs import print_route_summary
-from harness.config import ConfigError, load_routes
+from harness.config import ConfigError, RoutesFile, load_routes
+from harness.corpus import check_corpus
 from harness.mirror.order import DEFAULT_WARMUP, ORDERS
-from harness.mirror.runner import MirrorOptions, RouteTally, new_run_id, run_mirror
-from harness.store import DEFAULT_DB, connect
+from harness.mirror.runner import MirrorOptions, MirrorSummary, RouteTally, RunFailed, new_run_id, run_mirror
+from harness.serving.engines import engine_named
+from harness.store import DEFAULT_DB, StoreError, connect
 from harness.store.views import resolve_run_id
 
 OrderChoice = Enum("OrderChoice", {o: o for o in ORDERS}, type=str)  # typer lists the choices in --help
 
 DB_OPTION = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.")
+EXIT_RUN_FAILED = 3  # the run could not store what it measured (not a regression, not bad input)
 
 
-def _count_rows(corpus: Path) -> int | None:
-    """A quick line count for the progress bar; None where a count is not cheap."""
-    if corpus.suffix.lower() not in (".jsonl", ".ndjson", ".csv") or not corpus.exists():
-        return None
-    with open(corpus, "rb") as f:
-        n = sum(1 for line in f if line.strip())
-    return n - 1 if corpus.suffix.lower() == ".csv" else n
+def check_engines(routes_file: RoutesFile, path: Path) -> None:
+    """Every serve: route names a known engine: said with the file and key, before anything starts."""
+    for i, r in enumerate(routes_file.routes):
+        if r.serve is not None:
+            engine_named(r.serve.engine, f"{path}: routes[{i}].serve.engine (route {r.name!r})")
 
 
 def mirror(
@@ -52,21 +53,24 @@ def mirror(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress per route."),
 ) -> None:
     """Send every prompt to all routes at once and record responses and spans."""
+    # Every input is checked before the run row exists and before a request is sent: routes.yaml,
+    # the api keys it names, every corpus row, the store and the run id.
     try:
         routes_file = load_routes(routes)
-        if resume:
-            with connect(db) as con:
+        routes_file.check_api_keys(routes)
+        check_engines(routes_file, routes)
+        # A resumed run keeps its own --skip-invalid (restored from the store): only file-level problems here.
+        stats = check_corpus(corpus, skip_invalid=skip_invalid or bool(resume), cohorts=cohort)
+        with connect(db) as con:  # a busy, foreign or damaged store fails here, before the progress bars
+            if resume:
                 resume = resolve_run_id(con, resume)
-    except (ConfigError, LookupError) as e:
+    except (ConfigError, LookupError, StoreError) as e:
         fail(str(e))
     opts = MirrorOptions(corpus=corpus, db=db, samples=samples, limit=limit, cohorts=cohort or None, skip_invalid=skip_invalid,
                          rate=rate, otlp_endpoint=otlp_endpoint, run_id=resume or new_run_id(), resume=bool(resume),
                          order=order.value, seed=seed, warmup=warmup)
-    total = _count_rows(corpus)
-    if total is not None and not cohort:
-        total = min(total, limit or total) * samples
-    else:
-        total = None
+    rows = sum(stats.by_cohort.get(c, 0) for c in set(cohort)) if cohort else stats.read
+    total = None if resume else min(rows, limit or rows) * samples
     bars = Progress(TextColumn("{task.description:<20}", markup=False), BarColumn(), MofNCompleteColumn(),
                     TextColumn("errors {task.fields[errors]}"), TextColumn("{task.fields[tps]:>8.1f} tok/s"),
                     TimeElapsedColumn(), console=err, disable=not progress)
@@ -81,13 +85,26 @@ def mirror(
             summary = run_mirror(routes_file, opts, on_progress=on_progress)
     except ConfigError as e:
         fail(str(e))
+    except RunFailed as e:
+        _print_summary(e.summary)
+        fail(f"{e}; finish it with: routecheck mirror --resume {opts.run_id} --corpus {corpus} --routes {routes}", EXIT_RUN_FAILED)
     except KeyboardInterrupt:
         err.print(visible(f"interrupted; finish it with: routecheck mirror --resume {opts.run_id} --corpus {corpus} --routes {routes}"),
                   markup=False, highlight=False)
         raise typer.Exit(130)
-    out.print(Text.assemble("run ", (visible(summary.run_id), "bold"), f": {summary.status}, {summary.prompts} prompts, {summary.calls} calls "
-                  f"in {summary.duration_s:.1f} s" + (f", {summary.skipped_rows} invalid rows skipped" if summary.skipped_rows else "")
-                  + (f", {summary.resumed_skipped_calls} calls already done" if summary.resumed_skipped_calls else "")))
+    _print_summary(summary)
     print_route_summary(db, summary.run_id)
+
+
+def _print_summary(summary: MirrorSummary) -> None:
+    out.print(Text.assemble("run ", (visible(summary.run_id), "bold"), f": {summary.status}, {summary.prompts} prompts, {summary.calls} calls, "
+                  f"{summary.rows_written} responses written in {summary.duration_s:.1f} s"
+                  + (f", {summary.skipped_rows} invalid rows skipped" if summary.skipped_rows else "")
+                  + (f", {summary.resumed_skipped_calls} calls already done" if summary.resumed_skipped_calls else "")
+                  + (f", {summary.spans_restored} call spans restored" if summary.spans_restored else "")))
+    if summary.rows_repaired or summary.rows_rejected:
+        err.print(Text(f"warning: {summary.rows_repaired} rows stored with values the store could not take set to NULL "
+                       f"(marked), {summary.rows_rejected} rows not stored; for example: "
+                       + "; ".join(visible(p) for p in summary.store_problems[:3])))
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from harness.cli.console import cell, fail, out, term
-from harness.store import DEFAULT_DB, connect
+from harness.store import DEFAULT_DB, StoreError, connect
 from harness.store.views import list_runs, resolve_run_id, route_summary, server_phases, server_summary
 
 DB_OPTION = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.")
@@ -51,17 +51,17 @@ def runs(
     """List runs with counts, errors and duration."""
     try:
         con = connect(db, read_only=True)
-    except FileNotFoundError as e:
+    except StoreError as e:
         fail(str(e))
     with con:
-        if detail:
+        if detail is not None:
             try:
                 run_id = resolve_run_id(con, detail)
             except LookupError as e:
                 fail(str(e))
         else:
             df = list_runs(con)
-    if detail:
+    if detail is not None:
         print_route_summary(db, run_id)
         _print_server_view(db, run_id)
         return
@@ -78,7 +78,7 @@ def sql(query: str = typer.Argument(..., help="A SQL query over runs, prompts, r
     try:
         with connect(db, read_only=True) as con:
             df = con.execute(query).df()
-    except FileNotFoundError as e:
+    except StoreError as e:
         fail(str(e))
     except duckdb.Error as e:
         fail(f"query failed: {e}")

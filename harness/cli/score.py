@@ -13,7 +13,7 @@ from evaluators import EvaluatorError, resolve_specs
 from evaluators.config import DEFAULT_EVALUATORS
 from harness.cli.console import fail, out, term
 from harness.score import ScoreSummary, score_run
-from harness.store import DEFAULT_DB
+from harness.store import DEFAULT_DB, StoreError
 
 
 def print_summary(summary: ScoreSummary, console: Console | None = None) -> None:
@@ -46,8 +46,8 @@ def score_command(
     try:
         specs = resolve_specs(evaluators, config)
         if not Path(db).exists():
-            raise FileNotFoundError(f"{db}: no routecheck store here (run `routecheck mirror` first or pass --db)")
+            raise StoreError(f"{db}: no routecheck store here (run `routecheck mirror` first or pass --db)")
         summary = score_run(db, run_id, specs, progress=True)
-    except (EvaluatorError, LookupError, FileNotFoundError, ValueError) as e:
+    except (EvaluatorError, LookupError, StoreError, ValueError) as e:
         fail(str(e))
     print_summary(summary)

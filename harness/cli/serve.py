@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from harness.cli.console import err, fail, out, term
+from harness.cli.mirror import check_engines
 from harness.config import ConfigError, load_routes
 from harness.serving.pool import ServerPool
 from harness.serving.process import ServeError, signals_raise
@@ -30,6 +31,7 @@ def serve_command(
     console = err
     try:
         routes_file = load_routes(routes)
+        check_engines(routes_file, routes)
     except ConfigError as e:
         fail(str(e), 2)
     unknown = sorted(set(route or []) - {r.name for r in routes_file.routes})

@@ -54,5 +54,6 @@ def result_attributes(result: CallResult) -> dict[str, Any]:
         "routecheck.tool_call_count": len(result.tool_calls),
         "http.response.status_code": result.http_status,
         "error.type": result.error_type,
+        "routecheck.flags": result.flags or None,
     }
     return {k: v for k, v in attrs.items() if v is not None}

@@ -2,26 +2,32 @@
 
 Timing is taken on the client: latency from the request being sent to the last byte, TTFT to the
 first chunk carrying content or a tool-call delta, inter-token latency between such chunks.
+Every failure inside a call (transport, status, body encoding, SSE framing, chunk shapes, an
+unfinished or empty answer) ends as the CallResult's error_type; see assemble.py for the checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import timezone
 from typing import Any
 
 import httpx
+
+from harness.mirror.assemble import Assembly, StreamFault, snippet, usage_problem
+from harness.mirror.sse import SSEDecoder
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 @dataclass
 class CallResult:
-    text: str = ""
+    text: str | None = ""  # None: the call failed before any text arrived
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     response_id: str | None = None
@@ -40,6 +46,9 @@ class CallResult:
     error_type: str | None = None
     error_message: str | None = None
     timed_out: bool = False
+    flags: list[str] = field(default_factory=list)  # harness/mirror/assemble.py lists them
+    usage_raw: str | None = None  # the server's usage as sent, when it could not be used
+    usage_problem: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -80,124 +89,153 @@ async def stream_chat(
 ) -> CallResult:
     """POST /chat/completions with stream=true; retry connection errors, 429 and 5xx with backoff.
 
-    `timeout_s` bounds each attempt as a whole (httpx's own timeouts are per read).
+    `timeout_s` bounds each attempt as a whole (httpx's own timeouts are per read). Never raises
+    (except cancellation): whatever goes wrong in the call is the result's error_type and message,
+    with the text and tool calls received so far kept and flagged `partial`.
     """
     result = CallResult(started_at=time.time())
     for attempt in range(1, retry.max_retries + 2):
         result.attempts = attempt
+        acc = Assembly()
         try:
             async with asyncio.timeout(timeout_s):
-                await _attempt(client, body, headers, result)
+                await _attempt(client, body, headers, result, acc)
             result.error_type = result.error_message = None
             return result
         except TimeoutError:
-            result.error_type, result.error_message, result.timed_out = "timeout", f"no complete answer within {timeout_s:g} s", True
-            return result
+            return _failed(result, acc, "timeout", f"no complete answer within {timeout_s:g} s", timed_out=True)
+        except StreamFault as e:
+            return _failed(result, acc, e.kind, str(e))
         except _Fatal as e:
-            result.error_type, result.error_message, result.http_status = e.kind, str(e), e.status
-            return result
+            result.http_status = e.status if e.status is not None else result.http_status
+            return _failed(result, acc, e.kind, str(e))
         except _Retryable as e:
-            result.error_type, result.error_message, result.http_status = e.kind, str(e), e.status
+            if e.status is not None:
+                result.http_status = e.status
             if attempt > retry.max_retries:
-                return result
+                return _failed(result, acc, e.kind, str(e))
             await asyncio.sleep(retry.delay(attempt, e.retry_after))
+        except Exception as e:  # a bug of ours must not take the run (or the other route) down
+            return _failed(result, acc, "client_error", f"{type(e).__name__}: {e}")
     return result
 
 
-async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str], result: CallResult) -> None:
-    text_parts: list[str] = []
-    tool_calls: dict[int, dict[str, Any]] = {}
-    token_times: list[float] = []
-    usage: dict[str, Any] | None = None
-    result.finish_reason = result.response_id = result.response_model = None
+def _failed(result: CallResult, acc: Assembly, kind: str, message: str, timed_out: bool = False) -> CallResult:
+    result.error_type, result.error_message, result.timed_out = kind, message, timed_out
+    result.finish_reason = acc.finish_reason
+    result.response_id, result.response_model = acc.response_id, acc.response_model
+    result.flags = list(acc.flags)
+    if acc.received:
+        result.text, result.tool_calls = acc.text(), acc.calls()
+        result.flags.append("partial")
+    else:
+        result.text, result.tool_calls = None, []
+    return result
+
+
+async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str], result: CallResult,
+                   acc: Assembly) -> None:
     t0 = time.perf_counter()
     try:
         async with client.stream("POST", "chat/completions", json=body, headers=headers) as resp:
             result.http_status = resp.status_code
             if resp.status_code != 200:
-                detail = (await resp.aread()).decode("utf-8", "replace")[:500]
-                message = f"HTTP {resp.status_code}: {detail}"
+                message = f"HTTP {resp.status_code}: {await _error_detail(resp)}"
                 if resp.status_code in RETRYABLE_STATUS:
                     raise _Retryable(f"http_{resp.status_code}", message, resp.status_code, _retry_after(resp))
                 raise _Fatal(f"http_{resp.status_code}", message, resp.status_code)
-            # SSE split by hand on bytes: httpx's aiter_lines decodes to text first and costs more CPU.
-            pending = b""
-            async for data_bytes in resp.aiter_bytes():
-                pending += data_bytes
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        continue  # read on to the end of the body, so the connection goes back to the pool
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise _Fatal("server_error", json.dumps(chunk["error"])[:500], resp.status_code)
-                    if result.response_id is None:
-                        result.response_id = chunk.get("id")
-                        result.response_model = chunk.get("model")
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or ():
-                        delta = choice.get("delta") or {}
-                        got_token = False
-                        if delta.get("content"):
-                            text_parts.append(delta["content"])
-                            got_token = True
-                        for tc in delta.get("tool_calls") or ():
-                            _merge_tool_call(tool_calls, tc)
-                            got_token = True
-                        if got_token:
-                            token_times.append(time.perf_counter())
-                        if choice.get("finish_reason"):
-                            result.finish_reason = choice["finish_reason"]
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+            # Sniffed, not read from Content-Type (servers mislabel both ways): an SSE stream never
+            # starts with '{', a JSON reply does.
+            chunks = resp.aiter_bytes()
+            head, as_json = b"", False
+            async for data in chunks:
+                head += data
+                start = head.lstrip()[:1]
+                if start:
+                    as_json = start == b"{"
+                    break
+            if as_json:
+                parts = [head]
+                async for data in chunks:
+                    parts.append(data)
+                acc.completion(b"".join(parts))
+                acc.check_complete(False)
+            else:
+                # SSE on bytes (harness/mirror/sse.py): cheaper than decoding the body to text first.
+                decoder = SSEDecoder()
+                for event_type, data in decoder.feed(head):
+                    acc.event(event_type, data)
+                async for data in chunks:
+                    for event_type, data in decoder.feed(data):
+                        acc.event(event_type, data)
+                # after [DONE] we read on to the end of the body, so the connection goes back to the pool
+                acc.check_complete(decoder.pending)
+    except httpx.DecodingError as e:
+        raise StreamFault("bad_body", f"the body cannot be decoded as its content-encoding says: {e}") from None
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:
+        raise _Fatal("bad_url", str(e)) from None
+    except httpx.TransportError as e:  # connect, read, write, protocol errors and httpx's own timeouts
         raise _Retryable(type(e).__name__, str(e) or type(e).__name__) from None
-    except json.JSONDecodeError as e:
-        raise _Fatal("bad_stream", f"server sent a chunk that is not JSON: {e}") from None
     end = time.perf_counter()
     result.latency_s = end - t0
-    result.text = "".join(text_parts)
-    result.tool_calls = [tool_calls[i] for i in sorted(tool_calls)]
+    result.finish_reason, result.response_id, result.response_model = acc.finish_reason, acc.response_id, acc.response_model
+    result.text = acc.text()
+    result.tool_calls = acc.calls()
+    token_times = acc.token_times
     if token_times:
         result.ttft_s = token_times[0] - t0
         if len(token_times) > 1:
             gaps = sorted(b - a for a, b in zip(token_times, token_times[1:]))
             result.itl_mean_s = sum(gaps) / len(gaps)
             result.itl_p99_s = gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))]
-    if usage and usage.get("completion_tokens") is not None:
-        result.input_tokens = usage.get("prompt_tokens")
-        result.output_tokens = usage.get("completion_tokens")
-        result.total_tokens = usage.get("total_tokens") or (result.input_tokens or 0) + result.output_tokens
+    usage = acc.usage
+    problem = None if usage is None else usage_problem(usage)
+    if usage is not None and problem is None:
+        result.input_tokens = usage["prompt_tokens"]
+        result.output_tokens = usage["completion_tokens"]
+        result.total_tokens = usage.get("total_tokens") or result.input_tokens + result.output_tokens
         result.usage_source = "server"
     else:
-        # No usage chunk (server ignores stream_options): one streamed delta is about one token.
-        result.output_tokens = len(token_times)
+        # No usage (server ignores stream_options) or none to trust: one streamed delta is about one token.
+        if problem is not None:
+            acc.flags.append("usage_invalid")
+            result.usage_raw = snippet(usage, 4000)
+            result.usage_problem = problem
+        result.output_tokens = (len(token_times) if "non_streamed" not in acc.flags
+                                else len(result.text.split()) + len(result.tool_calls))
         result.input_tokens = sum(len(str(m.get("content") or "").split()) for m in body.get("messages", []))
         result.total_tokens = result.input_tokens + result.output_tokens
         result.usage_source = "counted"
+    result.flags = acc.flags
 
 
-def _merge_tool_call(acc: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
-    """Tool calls arrive in pieces keyed by index: id and name once, arguments as string fragments."""
-    index = delta.get("index", len(acc))
-    call = acc.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-    if delta.get("id"):
-        call["id"] = delta["id"]
-    fn = delta.get("function") or {}
-    if fn.get("name"):
-        call["function"]["name"] += fn["name"]
-    if fn.get("arguments"):
-        call["function"]["arguments"] += fn["arguments"]
+async def _error_detail(resp: httpx.Response, limit: int = 65536) -> str:
+    """The start of an error body, whatever it is (undecodable, huge, not UTF-8)."""
+    parts, size = [], 0
+    try:
+        async for data in resp.aiter_bytes():
+            parts.append(data)
+            size += len(data)
+            if size >= limit:
+                break
+    except httpx.DecodingError as e:
+        return f"(error body not decodable: {e})"
+    return b"".join(parts).decode("utf-8", "replace")[:500]
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
+    """Retry-After in seconds (a number or an HTTP date); None when absent or not understood."""
     value = resp.headers.get("retry-after")
     if not value:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        return None if when is None else max(0.0, when.timestamp() - time.time())
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None

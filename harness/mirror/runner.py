@@ -19,18 +19,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from harness import __version__
 from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.corpus import CorpusStats, PromptRecord, corpus_sha256, read_corpus
 from harness.mirror.http_pool import ShardedTransport
 from harness.mirror.order import DEFAULT_WARMUP, new_seed, ordered, peek
-from harness.mirror.openai_stream import CallResult, RetryPolicy, stream_chat
+from harness.mirror.openai_stream import CallResult
+from harness.mirror.call import traced_chat
+from harness.mirror.restore import missing_call_spans
 from harness.mirror.trajectory import play_trajectory
-from harness.store import BatchWriter, connect, upsert
-from harness.mirror.attributes import request_attributes, result_attributes
+from harness.store import BatchWriter, connect, shared, upsert
+from harness.store.redact import Redactor
+from harness.store.writer import StoreWriteError
+from harness.mirror.attributes import request_attributes
 from harness.serving.engines import engine_for, server_span_columns
 from harness.serving.metrics import MetricsScraper
 from harness.serving.pool import serving
@@ -81,6 +85,20 @@ class MirrorSummary:
     resumed_skipped_calls: int
     duration_s: float
     per_route: dict[str, RouteTally] = field(default_factory=dict)
+    rows_written: int = 0  # responses rows this process wrote: equals `calls` when nothing was lost
+    rows_repaired: int = 0  # rows stored with a value the store could not take set to NULL (marked)
+    rows_rejected: int = 0  # rows (any table) not stored at all: their key could not be
+    spans_restored: int = 0  # call spans rebuilt from response rows (harness/mirror/restore.py)
+    store_problems: list[str] = field(default_factory=list)  # a few examples of the above
+    store_error: str | None = None  # the store failed: the run stopped
+
+
+class RunFailed(RuntimeError):
+    """The run stopped because the store failed; `summary` counts what was written before."""
+
+    def __init__(self, message: str, summary: MirrorSummary):
+        super().__init__(message)
+        self.summary = summary
 
 
 class _RateLimiter:
@@ -143,6 +161,8 @@ def _response_row(run_id: str, route: RouteConfig, record: PromptRecord, sample:
         "output_tokens": r.output_tokens,
         "total_tokens": r.total_tokens,
         "usage_source": r.usage_source,
+        "usage_raw": r.usage_raw,
+        "flags": r.flags or None,
         "started_at": datetime.fromtimestamp(r.started_at, tz=timezone.utc),
         "latency_s": r.latency_s,
         "ttft_s": r.ttft_s,
@@ -170,8 +190,11 @@ class Mirror:
         self.on_progress = on_progress
         self.tally = {r.name: RouteTally() for r in self.routes}
         self.run_id = opts.run_id or new_run_id()
-        self.con = connect(opts.db)
-        self.writer = BatchWriter(self.con)
+        # Keys in use are redacted from everything stored (a server may echo one back).
+        self.redactor = Redactor((r.api_key_env, r.api_key()) for r in self.routes if r.api_key_env)
+        self.owner = f"routecheck mirror, run {self.run_id}"  # what a second process on the store is told
+        self.con = connect(opts.db, owner=self.owner)
+        self.writer = BatchWriter(self.con, self.redactor)
         self._slots = {r.name: asyncio.Semaphore(r.max_concurrency) for r in self.routes}
         self._limiter = _RateLimiter(opts.rate) if opts.rate else None
 
@@ -198,15 +221,20 @@ class Mirror:
                 done = con.execute(
                     "SELECT prompt_id, route, sample FROM responses WHERE run_id = ? AND error_type IS NULL", [self.run_id]
                 ).fetchall()
-                return {(p, r, s) for p, r, s in done}
-            if self.opts.seed is None:
-                self.opts.seed = new_seed()
-            upsert(con, "runs", [{
-                "run_id": self.run_id, "started_at": datetime.now(timezone.utc), "status": "running",
-                "corpus_path": str(self.opts.corpus), "corpus_sha256": sha, "routes": snapshot,
-                "options": self.opts.stored(), "tool_version": __version__,
-            }])
-            return set()
+                # calls done before a kill whose span was not stored yet (failed ones are sent again)
+                spans = missing_call_spans(con, self.run_id, successful_only=True)
+            else:
+                if self.opts.seed is None:
+                    self.opts.seed = new_seed()
+                upsert(con, "runs", [{
+                    "run_id": self.run_id, "started_at": datetime.now(timezone.utc), "status": "running",
+                    "corpus_path": str(self.opts.corpus), "corpus_sha256": sha, "routes": snapshot,
+                    "options": self.opts.stored(), "tool_version": __version__,
+                }])
+                done, spans = [], []
+        self.writer.add("spans", spans)
+        self._restored += len(spans)
+        return {(p, r, s) for p, r, s in done}
 
     def _finish_run(self, status: str, n_prompts: int) -> None:
         with self.writer.locked() as con:  # the OTLP receiver may be flushing server spans right now
@@ -218,9 +246,15 @@ class Mirror:
     # -- the run -----------------------------------------------------------------------------------
     async def run(self) -> MirrorSummary:
         t0 = time.monotonic()
+        self._restored = 0
+        self._task = asyncio.current_task()
+        self._sending = True
         missing = [name for name, url in self.base_urls.items() if not url]
         if missing:
             raise ConfigError(f"routes {missing} have no base_url (serve: routes must be started first)")
+        self._n_prompts = 0
+        self._warmup_rows = 0  # warm-up responses handed to the writer: not calls of the run, so not in rows_written
+        keys = {r.name: r.api_key() for r in self.routes}  # an unset api_key_env fails before the run row exists
         done = self._start_run()
         provider = make_tracer_provider(self.writer, self.opts.otlp_endpoint)
         self._tracer = tracer(provider)
@@ -229,7 +263,7 @@ class Mirror:
         clients = {
             r.name: httpx.AsyncClient(
                 base_url=self.base_urls[r.name].rstrip("/") + "/",
-                headers={"Authorization": f"Bearer {key}"} if (key := r.api_key()) else {},
+                headers={"Authorization": f"Bearer {keys[r.name]}"} if keys[r.name] else {},
                 timeout=httpx.Timeout(r.timeout_s, connect=min(10.0, r.timeout_s)),
                 transport=ShardedTransport(r.max_concurrency),
             )
@@ -246,6 +280,7 @@ class Mirror:
             await self._warm_up(head, clients)
             for record in records:
                 n_prompts += 1
+                self._n_prompts = n_prompts
                 self.writer.add("prompts", [record.store_row(self.run_id)])
                 for sample in range(self.opts.samples):
                     todo = [r for r in self.routes if (record.id, r.name, sample) not in done]
@@ -260,23 +295,65 @@ class Mirror:
                     n_calls += len(todo)
             if groups:
                 await asyncio.gather(*groups)
+            self._sending = False  # no await since gather returned: the flusher cannot cancel us past here
             status = "completed"
         except (asyncio.CancelledError, KeyboardInterrupt):
-            status = "interrupted"
+            self._sending = False
+            status = "failed" if self.writer.failure else "interrupted"
             for g in groups:
                 g.cancel()
             await asyncio.gather(*groups, return_exceptions=True)
-            raise
+            if not self.writer.failure:
+                raise
+            self._task.uncancel()  # the flusher stopped us for the store failure, reported below
         finally:
             flusher.cancel()
             for c in clients.values():
                 await c.aclose()
             provider.force_flush()
             provider.shutdown()
-            self.writer.flush()
-            self._finish_run(status, n_prompts)
-        return MirrorSummary(self.run_id, status, n_prompts, n_calls, stats.skipped, n_skipped_done,
-                             time.monotonic() - t0, self.tally)
+            status = self._final_flush(status)
+        summary = self._summary(status, n_prompts, n_calls, stats.skipped, n_skipped_done, time.monotonic() - t0)
+        if summary.store_error:
+            raise RunFailed(summary.store_error, summary)
+        return summary
+
+    def _final_flush(self, status: str) -> str:
+        """Write what is buffered, rebuild call spans that never arrived, close the run row.
+        Every step is tried even after a store failure: what can be written is."""
+        for step in (self.writer.flush, self._restore_spans, self.writer.flush):
+            try:
+                step()
+            except StoreWriteError:
+                status = "failed"
+        try:
+            self._finish_run(status, self._n_prompts)
+        except Exception as e:  # the store is failing: the run row says "running", the error says why
+            if not self.writer.failure:
+                self.writer.failure = StoreWriteError("runs", 1, e)
+        return status
+
+    def _restore_spans(self) -> None:
+        if self.writer.failure:
+            return
+        with self.writer.locked() as con:
+            spans = missing_call_spans(con, self.run_id)
+        self.writer.add("spans", spans)
+        self._restored += len(spans)
+
+    def _summary(self, status: str, n_prompts: int, n_calls: int, skipped: int, skipped_done: int, duration: float) -> MirrorSummary:
+        st = self.writer.stats
+        summary = MirrorSummary(self.run_id, status, n_prompts, n_calls, skipped, skipped_done, duration, self.tally,
+                                rows_written=max(st.written.get("responses", 0) - self._warmup_rows, 0), rows_repaired=sum(st.repaired.values()),
+                                rows_rejected=sum(st.rejected.values()), spans_restored=self._restored,
+                                store_problems=list(st.examples))
+        if self.writer.failure:
+            lost = sum(st.lost.values())
+            summary.store_error = (f"the store failed, the run stopped: {self.writer.failure}; "
+                                   f"{summary.rows_written} of {n_calls} responses were written" + (f", {lost} rows lost" if lost else ""))
+        elif summary.rows_written < n_calls and status == "completed":
+            summary.store_error = f"{n_calls} calls were made but only {summary.rows_written} responses were written"
+        return summary
 
     def _selected(self, records):
         """--cohort and --limit (the first N rows of the file after --cohort), before ordering."""
@@ -298,9 +375,15 @@ class Mirror:
                                for i in range(self.opts.warmup)))
 
     async def _flush_periodically(self) -> None:
-        while True:
+        """Flush every second; a store failure (here or in the span exporter's thread) stops the run."""
+        while not self.writer.failure:
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            await asyncio.to_thread(self.writer.flush)  # the event loop keeps streaming meanwhile
+            try:
+                await asyncio.to_thread(self.writer.flush)  # the event loop keeps streaming meanwhile
+            except StoreWriteError:
+                break
+        if self._sending:
+            self._task.cancel()
 
     async def _group(self, record: PromptRecord, sample: int, todo: list[RouteConfig], clients: dict[str, httpx.AsyncClient],
                      warmup: bool = False) -> None:
@@ -325,26 +408,22 @@ class Mirror:
                     warmup: bool = False) -> None:
         body = _build_body(route, record, sample)
         if record.is_trajectory:  # an agent row: the tool loop, one call span per step (harness/mirror/trajectory.py)
-            traj = await play_trajectory(self._tracer, route, self.run_id, record, sample, client, body)
+            traj = await play_trajectory(self._tracer, route, self.run_id, record, sample, client, body, self.redactor)
             self.writer.add("steps", traj.step_rows(self.run_id, route.name, record.id, sample))
             self.writer.add("responses", [{**_response_row(self.run_id, route, record, sample, traj.total, traj.span, warmup),
                                            **traj.columns()}])
-            if not warmup:
+            if warmup:
+                self._warmup_rows += 1
+            else:
                 self._count(route, traj.total, len(traj.steps))
             return
-        with self._tracer.start_as_current_span(
-            f"chat {route.model}", kind=SpanKind.CLIENT,
-            attributes=request_attributes(route, self.run_id, record.id, record.cohort, sample, body),
-            record_exception=False, set_status_on_exception=False,
-        ) as span:
-            headers: dict[str, str] = {}
-            propagate.inject(headers)  # W3C traceparent: server-side spans join this trace
-            result = await stream_chat(client, body, headers, route.timeout_s, RetryPolicy(max_retries=route.max_retries))
-            span.set_attributes(result_attributes(result))
-            if not result.ok:
-                span.set_status(Status(StatusCode.ERROR, result.error_message))
-            self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span, warmup)])
-        if not warmup:
+        result, span = await traced_chat(self._tracer, route, client, body,
+                                         request_attributes(route, self.run_id, record.id, record.cohort, sample, body),
+                                         self.redactor)
+        self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span, warmup)])
+        if warmup:
+            self._warmup_rows += 1
+        else:
             self._count(route, result)
 
     def _count(self, route: RouteConfig, result: CallResult, requests: int = 1) -> None:
@@ -367,6 +446,7 @@ def run_mirror(routes: RoutesFile, opts: MirrorOptions, on_progress: Callable[[s
     mirror = Mirror(routes, opts, on_progress)
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(shared(opts.db, mirror.writer, mirror.owner))  # readers get snapshots meanwhile
             if served:
                 receiver = stack.enter_context(OTLPReceiver(mirror.writer, span_columns=server_span_columns))
                 log_dir = opts.db.parent / "logs" / mirror.run_id

@@ -22,14 +22,16 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 import httpx
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from harness.config import RouteConfig
 from harness.corpus import (DEFAULT_MAX_STEPS, STOP_ANSWER, STOP_ERROR, STOP_MAX_STEPS, STOP_UNSCRIPTED, PromptRecord,
                             ToolRule)
-from harness.mirror.attributes import request_attributes, result_attributes
-from harness.mirror.openai_stream import CallResult, RetryPolicy, stream_chat
+from harness.mirror.attributes import request_attributes
+from harness.mirror.call import traced_chat
+from harness.mirror.openai_stream import CallResult
+from harness.store.redact import Redactor
 
 # -- the script ---------------------------------------------------------------------------------------
 
@@ -161,7 +163,7 @@ async def play(body: dict[str, Any], script: dict[str, list[ToolRule]], max_step
 
 
 async def play_trajectory(tracer: trace.Tracer, route: RouteConfig, run_id: str, record: PromptRecord, sample: int,
-                          client: httpx.AsyncClient, body: dict[str, Any]) -> Trajectory:
+                          client: httpx.AsyncClient, body: dict[str, Any], redactor: Redactor | None = None) -> Trajectory:
     """One route's trajectory for one row, traced: a trajectory span with a call span per step."""
     base = request_attributes(route, run_id, record.id, record.cohort, sample, body)
     with tracer.start_as_current_span("trajectory", kind=SpanKind.INTERNAL, attributes={
@@ -169,18 +171,9 @@ async def play_trajectory(tracer: trace.Tracer, route: RouteConfig, run_id: str,
     }) as span:
 
         async def send(step_body: dict[str, Any], k: int) -> tuple[CallResult, str, str]:
-            with tracer.start_as_current_span(
-                f"chat {route.model}", kind=SpanKind.CLIENT, attributes={**base, "routecheck.step": k},
-                record_exception=False, set_status_on_exception=False,
-            ) as call_span:
-                headers: dict[str, str] = {}
-                propagate.inject(headers)  # W3C traceparent: server-side spans join this trace
-                result = await stream_chat(client, step_body, headers, route.timeout_s, RetryPolicy(max_retries=route.max_retries))
-                call_span.set_attributes(result_attributes(result))
-                if not result.ok:
-                    call_span.set_status(Status(StatusCode.ERROR, result.error_message))
-                ctx = call_span.get_span_context()
-                return result, f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+            result, call_span = await traced_chat(tracer, route, client, step_body, {**base, "routecheck.step": k}, redactor)
+            ctx = call_span.get_span_context()
+            return result, f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
 
         traj = await play(body, record.tool_results or {}, record.max_steps or DEFAULT_MAX_STEPS, send)
         traj.span = span

@@ -43,7 +43,10 @@ BINARY_COLUMNS = {"pass_rate", "error", "timeout"}
 def _scopes(df: pd.DataFrame) -> Iterator[tuple[str, str, pd.DataFrame]]:
     yield "overall", "(all)", df
     groups = {k: v for k, v in df.groupby("cohort", sort=True, observed=True) if len(v)}
-    if len(groups) > 1:
+    # Per cohort when the run has several, even if only one of them has data for this metric
+    # (the categories are the run's cohorts): the others are "no data" downstream, not merged away.
+    declared = len(df["cohort"].cat.categories) if isinstance(df["cohort"].dtype, pd.CategoricalDtype) else len(groups)
+    if max(len(groups), declared) > 1:
         for cohort, part in groups.items():
             yield "cohort", str(cohort), part
 
@@ -188,7 +191,7 @@ def serving_results(pairs: load.ServingPairs, baseline: load.RouteInfo, cand: lo
         else:
             B, C = pairs.times[(spec.column, "base")], pairs.times[(spec.column, "cand")]
             both = ~np.isnan(B).all(axis=1) & ~np.isnan(C).all(axis=1)
-            frame = pd.DataFrame({"i": np.nonzero(both)[0], "cohort": pf["cohort"].to_numpy()[both]})
+            frame = pd.DataFrame({"i": np.nonzero(both)[0], "cohort": pf["cohort"].array[both]})  # keeps the categories
             for scope, cohort, part in _scopes(frame):
                 idx = part["i"].to_numpy()
                 res = stats.paired_quantile(B[idx], C[idx], spec.q, spec.higher_is_better, rng)

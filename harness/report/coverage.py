@@ -97,7 +97,9 @@ def missing_data(report, candidate: str, metric: str, cohort: str) -> Missing:
                 sides.append(f"{route} has no calls{where}")
             elif metric in SUCCESS_ONLY and failed == calls:
                 types = _types(report.error_types, route)
-                sides.append(f"every call to {route}{where} failed ({failed} of {calls}{': ' + types if types else ''})")
+                if types and where:
+                    types = f"{route}'s errors in the run: {types}"
+                sides.append(f"every call to {route}{where} failed ({failed} of {calls}{'; ' + types if types else ''})")
         if sides:
             return Missing("no data", "no data: " + "; ".join(sides))
         return Missing("no data", f"no data: no prompt{where} has a successful call on both {candidate} and {base}")

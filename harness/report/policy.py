@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.config import ConfigError, describe_validation_error, read_yaml
+from harness.config import ConfigError, describe_validation_error, key_text, read_yaml
 from harness.experts.panel import CAPACITY_METRICS, SCALAR_METRICS, is_expert_metric, metric_name
 
 
@@ -161,11 +161,11 @@ def load_policy(path: str | Path) -> Policy:
     problems = []
     for name in ALWAYS_GATED:
         if name in policy.metrics and not policy.metrics[name].enabled:
-            problems.append(f"{path}: metrics.{name}.enabled: {name} is always gated; loosen it with a margin "
+            problems.append(f"{path}: metrics.{key_text(name)}.enabled: {name} is always gated; loosen it with a margin "
                             "(e.g. {margin: 0.05}), it cannot be disabled")
         for cohort, rules in policy.cohorts.items():
             if name in rules and not rules[name].enabled:
-                problems.append(f"{path}: cohorts.{cohort}.{name}.enabled: {name} is always gated; loosen it with a "
+                problems.append(f"{path}: cohorts.{key_text(cohort)}.{key_text(name)}.enabled: {key_text(name)} is always gated; loosen it with a "
                                 "margin, it cannot be disabled")
     for name, rule in policy.metrics.items():
         limits = rule.max is not None or rule.min is not None
@@ -173,13 +173,13 @@ def load_policy(path: str | Path) -> Policy:
             try:
                 metric_name(name)
             except ValueError as e:  # a misspelt expert metric: say what is expected
-                problems.append(f"{path}: metrics.{name}: {e}")
+                problems.append(f"{path}: metrics.{key_text(name)}: {e}")
         elif is_expert_metric(name):
             if not limits or rule.margin is not None or rule.margin_rel is not None or rule.alpha is not None:
-                problems.append(f"{path}: metrics.{name}: an expert routing metric takes an absolute limit "
+                problems.append(f"{path}: metrics.{key_text(name)}: an expert routing metric takes an absolute limit "
                                 "('max' and/or 'min', e.g. {max: 0.05}), not a margin or alpha")
         elif limits:
-            problems.append(f"{path}: metrics.{name}: 'max'/'min' are for expert routing metrics "
+            problems.append(f"{path}: metrics.{key_text(name)}: 'max'/'min' are for expert routing metrics "
                             "(e.g. dropped_token_rate@1.25); a paired metric takes 'margin' or 'margin_rel'")
     if problems:
         raise ConfigError("\n".join(problems))
@@ -203,13 +203,13 @@ def check_policy_metrics(policy: Policy, path: Path | str, available: list[str],
             hint = ""
             if name.rpartition(".")[2] in ("pass_rate", "score"):
                 hint = f" (no scores from {name.rpartition('.')[0]} in this run: was it scored? `routecheck score RUN -e ...`)"
-            problems.append(f"{path}: metrics.{name}: no such metric in this run{hint}; available: {', '.join(available)}")
+            problems.append(f"{path}: metrics.{key_text(name)}: no such metric in this run{hint}; available: {', '.join(map(key_text, available))}")
     for cohort, rules in policy.cohorts.items():
         if cohort not in cohorts:
-            problems.append(f"{path}: cohorts.{cohort}: no such cohort in this run; cohorts: {', '.join(cohorts)}")
+            problems.append(f"{path}: cohorts.{key_text(cohort)}: no such cohort in this run; cohorts: {', '.join(map(key_text, cohorts))}")
         for name in rules:
             if name != "*" and name not in policy.metrics:
-                problems.append(f"{path}: cohorts.{cohort}.{name}: metric is not in 'metrics' (add a rule there first)")
+                problems.append(f"{path}: cohorts.{key_text(cohort)}.{key_text(name)}: metric is not in 'metrics' (add a rule there first)")
     if problems:
         raise ConfigError("\n".join(problems))
 

@@ -56,6 +56,8 @@ TABLES: dict[str, str] = {
         output_tokens   BIGINT,
         total_tokens    BIGINT,
         usage_source    VARCHAR,      -- server | counted
+        usage_raw       VARCHAR,      -- the server's usage as sent, when it could not be used (flag usage_invalid)
+        flags           VARCHAR[],    -- what was kept but marked: partial, usage_invalid, id_coerced, ... (mirror/assemble.py)
         started_at      TIMESTAMPTZ,
         latency_s       DOUBLE,       -- end to end, first byte sent to last byte received
         ttft_s          DOUBLE,       -- time to first content or tool-call token
@@ -203,7 +205,7 @@ def json_columns(table: str) -> frozenset[str]:
 ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "spans": [("engine", "VARCHAR"), ("queue_s", "DOUBLE"), ("prefill_s", "DOUBLE"), ("decode_s", "DOUBLE"), ("e2e_s", "DOUBLE")],
     "server_metrics": [("quantity", "VARCHAR")],
-    # version 3: agent trajectories, warm-up calls
+    # version 3: agent trajectories, warm-up calls, raw usage and call flags
     "prompts": [("tool_results", "JSON"), ("max_steps", "INTEGER")],
-    "responses": [("steps", "INTEGER"), ("stop_reason", "VARCHAR"), ("warmup", "BOOLEAN")],
+    "responses": [("steps", "INTEGER"), ("stop_reason", "VARCHAR"), ("warmup", "BOOLEAN"), ("usage_raw", "VARCHAR"), ("flags", "VARCHAR[]")],
 }

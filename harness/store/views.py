@@ -39,19 +39,25 @@ def list_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute(RUNS_SQL).df()
 
 
+class RunIdError(LookupError):
+    """A run id that names no run, or several; the message says which runs exist."""
+
+
 def resolve_run_id(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
     """`latest` (or a unique prefix) names a run; errors say which runs exist."""
+    if not run_id.strip():
+        raise RunIdError("the run id is empty; give a run id, a unique prefix of one, or 'latest'")
     if run_id == "latest":
         row = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
         if row is None:
-            raise LookupError("the store has no runs yet (run `routecheck mirror` first)")
+            raise RunIdError("the store has no runs yet (run `routecheck mirror` first)")
         return row[0]
     rows = con.execute("SELECT run_id FROM runs WHERE starts_with(run_id, ?)", [run_id]).fetchall()
     if len(rows) == 1:
         return rows[0][0]
     if not rows:
-        raise LookupError(f"no run {run_id!r} in the store (`routecheck runs` lists them)")
-    raise LookupError(f"{run_id!r} matches {len(rows)} runs; give more of the id")
+        raise RunIdError(f"no run {run_id!r} in the store (`routecheck runs` lists them)")
+    raise RunIdError(f"{run_id!r} matches {len(rows)} runs; give more of the id")
 
 
 # -- route summaries -------------------------------------------------------------------------------

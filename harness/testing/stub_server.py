@@ -16,6 +16,11 @@ Per step, for agent trajectories: `{"KEY": {"steps": [STEP, ...]}}`, where STEP 
 or a string (a text answer). The request's step is the number of assistant messages with tool
 calls it already holds (0 on the first request); past the last STEP the last one repeats, so
 `{"steps": [[call]]}` calls forever (a loop) and `{"steps": [[a], [b], "answer"]}` finishes in three.
+
+Faults (`--faults`, then `[[fault:NAME]]` in a prompt; or `--fault NAME` for every request): the
+catalogue in harness/testing/faults.py, each a way a server breaks a completion (bad chunks,
+invalid UTF-8, bad headers, undecodable bodies, wrong usage or ids, truncated streams, valid but
+unusual SSE framing, an echoed API key).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from harness.testing import faults as fault_catalogue
 
 
 @dataclass
@@ -58,6 +65,9 @@ class StubConfig:
     # Marker key -> tool calls [{"name", "arguments"}], or {"steps": [calls or answer text, ...]};
     # used when the last user message has [[stub:KEY]].
     scripted_tool_calls: dict[str, Any] = field(default_factory=dict)
+    # Server faults (harness/testing/faults.py): `faults` honours [[fault:NAME]] markers; `fault` breaks every request.
+    faults: bool = False
+    fault: str | None = None
 
 
 _MARKER = re.compile(r"\[\[stub:([^\]]+)\]\]")
@@ -70,6 +80,7 @@ def _words(text: str) -> list[str]:
 def build_app(cfg: StubConfig) -> Starlette:
     counter = itertools.count()
     seen_headers: list[dict[str, str]] = []
+    seen_bodies: dict[str, int] = {}  # request body -> times seen, for faults that break only the first try
 
     def answer_for(messages: list[dict[str, Any]]) -> str:
         last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
@@ -119,6 +130,15 @@ def build_app(cfg: StubConfig) -> Starlette:
         finish = "tool_calls" if tool_call else ("length" if len(pieces) > max_tokens else "stop")
         pieces = pieces[:max_tokens]
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces), "total_tokens": prompt_tokens + len(pieces)}
+
+        fault = fault_catalogue.select(last, cfg.fault) if (cfg.faults or cfg.fault) else None
+        if fault:
+            key = json.dumps([model, messages])
+            seen = seen_bodies.get(key, 0)
+            seen_bodies[key] = seen + 1
+            answer = fault_catalogue.Answer(rid, model, [p for p in pieces if isinstance(p, str)], usage, finish,
+                                            request.headers.get("authorization", ""), seen)
+            return _fault_response(fault_catalogue.FAULTS[fault][1](answer))
 
         if not body.get("stream"):
             await asyncio.sleep(cfg.ttft_s + (len(pieces) / cfg.tokens_per_s if cfg.tokens_per_s else 0))
@@ -175,6 +195,13 @@ def build_app(cfg: StubConfig) -> Starlette:
     ])
 
 
+def _fault_response(reply: "fault_catalogue.Reply") -> Response:
+    async def parts():
+        for part in reply.parts:
+            yield part
+    return StreamingResponse(parts(), status_code=reply.status, headers=reply.headers)
+
+
 def _scripted(cfg: StubConfig, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | str | None:
     """The scripted calls (or answer text) for this request's [[stub:KEY]] marker and step
     (None = no marker or unknown key)."""
@@ -219,11 +246,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens-per-s", type=float)
     p.add_argument("--answer")
     p.add_argument("--tool-calls", metavar="FILE", help="JSON object: marker key -> scripted tool calls (see above)")
+    p.add_argument("--faults", action="store_true", default=None, help="honour [[fault:NAME]] markers in prompts")
+    p.add_argument("--fault", choices=sorted(fault_catalogue.FAULTS), help="inject this fault into every request")
     args = p.parse_args(argv)
     data: dict[str, Any] = json.loads(open(args.config).read()) if args.config else {}
     if args.tool_calls:
         data["scripted_tool_calls"] = json.loads(open(args.tool_calls).read())
-    for key in ("model", "ttft_s", "tokens_per_s", "answer"):
+    for key in ("model", "ttft_s", "tokens_per_s", "answer", "faults", "fault"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     serve(StubConfig(**data), args.host, args.port)
