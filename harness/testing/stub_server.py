@@ -62,6 +62,7 @@ class StubConfig:
     fail_on: dict[str, int] = field(default_factory=dict)
     include_usage: bool = True  # False: ignore stream_options, like some servers
     record_headers: int = 1000  # keep the headers of the last N requests, for tests
+    record_bodies: int = 0  # keep the exact bytes of the last N answers, by response id (GET /stub/bodies)
     # Marker key -> tool calls [{"name", "arguments"}], or {"steps": [calls or answer text, ...]};
     # used when the last user message has [[stub:KEY]].
     scripted_tool_calls: dict[str, Any] = field(default_factory=dict)
@@ -77,13 +78,27 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text parts of a list of content parts (as `vllm bench serve` sends)."""
+    if isinstance(content, list):
+        return " ".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
+    return content if isinstance(content, str) else ""
+
+
 def build_app(cfg: StubConfig) -> Starlette:
     counter = itertools.count()
     seen_headers: list[dict[str, str]] = []
     seen_bodies: dict[str, int] = {}  # request body -> times seen, for faults that break only the first try
+    sent_bodies: dict[str, str] = {}
+
+    def keep(rid: str, text: str) -> None:
+        if cfg.record_bodies:
+            sent_bodies[rid] = text
+            while len(sent_bodies) > cfg.record_bodies:
+                del sent_bodies[next(iter(sent_bodies))]
 
     def answer_for(messages: list[dict[str, Any]]) -> str:
-        last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+        last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         for key, text in cfg.answers.items():
             if key in last_user:
                 return text
@@ -104,7 +119,7 @@ def build_app(cfg: StubConfig) -> Starlette:
             headers = {"Retry-After": f"{cfg.retry_after_s:g}"} if cfg.retry_after_s is not None else {}
             return JSONResponse({"error": {"message": f"stub failure {status}", "type": "stub"}}, status, headers=headers)
 
-        prompt_tokens = sum(len(_words(m.get("content") or "")) for m in messages)
+        prompt_tokens = sum(len(_words(_text(m.get("content")))) for m in messages)
         model = body.get("model") or cfg.model
         rid = f"chatcmpl-stub-{n}"
         tools = body.get("tools") or []
@@ -145,8 +160,10 @@ def build_app(cfg: StubConfig) -> Starlette:
             message: dict[str, Any] = {"role": "assistant", "content": None if tool_call else "".join(pieces)}
             if tool_call:
                 message["tool_calls"] = [{"id": f"call_{n}" + (f"_{k}" if k else ""), "type": "function", "function": c} for k, c in enumerate(calls)]
-            return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            resp = JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
                                  "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage})
+            keep(rid, resp.body.decode())
+            return resp
 
         want_usage = cfg.include_usage and (body.get("stream_options") or {}).get("include_usage")
 
@@ -176,7 +193,14 @@ def build_app(cfg: StubConfig) -> Starlette:
                                              "choices": [], "usage": usage}) + "\n\n"
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        async def kept():
+            parts = []
+            async for part in events():
+                parts.append(part)
+                yield part
+            keep(rid, "".join(parts))
+
+        return StreamingResponse(kept() if cfg.record_bodies else events(), media_type="text/event-stream")
 
     async def models(_: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": cfg.model, "object": "model", "owned_by": "routecheck-stub"}]})
@@ -187,11 +211,15 @@ def build_app(cfg: StubConfig) -> Starlette:
     async def headers(_: Request) -> Response:
         return JSONResponse(seen_headers)
 
+    async def bodies(_: Request) -> Response:
+        return JSONResponse(sent_bodies)
+
     return Starlette(routes=[
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/models", models),
         Route("/health", health),
         Route("/stub/headers", headers),
+        Route("/stub/bodies", bodies),
     ])
 
 
@@ -207,7 +235,7 @@ def _scripted(cfg: StubConfig, messages: list[dict[str, Any]]) -> list[dict[str,
     (None = no marker or unknown key)."""
     if not cfg.scripted_tool_calls:
         return None
-    last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     found = _MARKER.search(last_user if isinstance(last_user, str) else json.dumps(last_user))
     entry = cfg.scripted_tool_calls.get(found.group(1)) if found else None
     if isinstance(entry, dict) and "steps" in entry:
