@@ -30,11 +30,11 @@ def proxy_command(
     listen: str = typer.Option("127.0.0.1:8080", "--listen", help="HOST:PORT to listen on (loopback unless told otherwise; port 0 picks one)."),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="DuckDB store."),
     primary: Optional[str] = typer.Option(None, "--primary", help="Route that answers the clients (default: the baseline)."),
-    mirror_rate: float = typer.Option(1.0, "--mirror-rate", min=0.0, max=1.0, help="Share of requests mirrored to the candidates; change it live with POST /admin/mirror-rate."),
+    mirror_rate: Optional[float] = typer.Option(None, "--mirror-rate", min=0.0, max=1.0, help="Share of requests mirrored to the candidates (default: --config's mirror_rate, else 1); change it live with POST /admin/mirror-rate or SIGHUP (re-reads --config)."),
     queue_size: int = typer.Option(256, "--queue-size", min=1, help="Mirrored calls waiting per candidate; beyond it they are dropped and counted."),
     auth_token_env: Optional[str] = typer.Option(None, "--auth-token-env", help="Clients must send `Authorization: Bearer $VAR`."),
     window: Optional[str] = typer.Option(None, "--window", help="A new run every window (1h, 30m, ...); default one run per session."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML: cohort_rules, capture_content (docs/proxy.md)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML: cohort_rules, capture_content, mirror_rate (docs/proxy.md); re-read on SIGHUP."),
     capture_content: Optional[bool] = typer.Option(None, "--capture-content/--no-capture-content", help="Store prompt and answer text (default), or only their SHA-256 and length."),
     otlp_endpoint: Optional[str] = typer.Option(None, "--otlp-endpoint", help="Also export spans over OTLP/HTTP."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (reproducible sampling)."),
@@ -49,9 +49,11 @@ def proxy_command(
         settings = load_settings(config)
         if capture_content is not None:
             settings.capture_content = capture_content
+        if mirror_rate is None:
+            mirror_rate = settings.mirror_rate if settings.mirror_rate is not None else 1.0
         opts = ProxyOptions(db=db, host=host, port=port, primary=primary, mirror_rate=mirror_rate, queue_size=queue_size,
                             auth_token_env=auth_token_env, window_s=parse_window(window) if window else None,
-                            settings=settings, otlp_endpoint=otlp_endpoint, seed=seed, shutdown_grace_s=shutdown_grace_s)
+                            settings=settings, config_path=config, otlp_endpoint=otlp_endpoint, seed=seed, shutdown_grace_s=shutdown_grace_s)
     except ConfigError as e:
         fail(str(e))
     if not opts.loopback and not auth_token_env:

@@ -77,6 +77,9 @@ class ProxySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cohort_rules: list[CohortRule] = Field(default_factory=list)
     capture_content: bool = True
+    # Read at start (when --mirror-rate is not given) and again on SIGHUP: the live way to change it
+    # besides POST /admin/mirror-rate.
+    mirror_rate: float | None = Field(None, ge=0.0, le=1.0)
 
 
 def load_settings(path: str | Path | None) -> ProxySettings:
@@ -85,7 +88,7 @@ def load_settings(path: str | Path | None) -> ProxySettings:
     path = Path(path)
     data = read_yaml(path, "proxy settings") or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping (cohort_rules, capture_content), got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a mapping (cohort_rules, capture_content, mirror_rate), got {type(data).__name__}")
     try:
         return ProxySettings.model_validate(data)
     except ValidationError as e:
@@ -105,6 +108,7 @@ class ProxyOptions(BaseModel):
     auth_token_env: str | None = None
     window_s: float | None = Field(None, gt=0)  # None: one run for the whole session
     settings: ProxySettings = Field(default_factory=ProxySettings)
+    config_path: Path | None = None  # --config, re-read on SIGHUP (mirror_rate, cohort_rules)
     otlp_endpoint: str | None = None
     seed: int | None = None  # sampling seed (tests); None: fresh
     shutdown_grace_s: float = Field(10.0, ge=0)  # in-flight mirror calls get this long at shutdown

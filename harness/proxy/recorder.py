@@ -28,6 +28,7 @@ from harness.proxy.capture import Exchange, digest, read_call, redact_messages, 
 from harness.proxy.options import ProxyOptions
 from harness.proxy.shadow import MirrorCounts
 from harness.store import BatchWriter, columns, upsert
+from harness.store.redact import Redactor
 
 FLUSH_INTERVAL_S = 1.0
 _RESPONSE_COLUMNS = frozenset(columns("responses"))
@@ -79,8 +80,9 @@ class RunState:
 
 class Recorder:
     def __init__(self, writer: BatchWriter, opts: ProxyOptions, routes: list[RouteConfig], primary: RouteConfig,
-                 counts: dict[tuple[str, str], MirrorCounts]):
+                 counts: dict[tuple[str, str], MirrorCounts], redactor: Redactor | None = None):
         self.writer = writer
+        self.redactor = redactor
         self.opts = opts
         self.routes = routes
         self.primary = primary
@@ -147,6 +149,8 @@ class Recorder:
              ex: Exchange, span: trace.Span, extra: dict[str, Any] | None = None) -> CallResult:
         """Read an exchange, finish its span, buffer its response row."""
         r = read_call(body, ex)
+        if r.error_message and self.redactor:  # before the span status: a server may echo a key
+            r.error_message = self.redactor.text(r.error_message)
         attrs = result_attributes(r)
         if extra:
             attrs.update(extra)

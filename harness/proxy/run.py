@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
@@ -18,7 +19,7 @@ from harness.proxy.server import Proxy
 from harness.serving.engines import engine_for, server_span_columns
 from harness.serving.metrics import MetricsScraper
 from harness.serving.pool import serving
-from harness.store import BatchWriter, connect
+from harness.store import BatchWriter, connect, shared
 from harness.tracing.otlp_receiver import OTLPReceiver, attach_server_spans
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -38,10 +39,12 @@ def run_proxy(routes: RoutesFile, opts: ProxyOptions, on_ready: Callable[[Proxy]
     """Serve until stopped; `on_ready(proxy)` is called once it accepts connections (proxy.url)."""
     served = [r for r in routes.routes if r.serve is not None]
     engines = {r.name: engine_for(r) for r in served}  # an unknown engine fails before anything starts
-    con = connect(opts.db)
+    owner = f"routecheck proxy on {opts.host}:{opts.port}"
+    con = connect(opts.db, owner=owner)
     writer = BatchWriter(con)
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(shared(opts.db, writer, owner))  # `report`, `runs`, ... read snapshots meanwhile
             urls: dict[str, str] = {}
             receiver = None
             if served:
@@ -76,6 +79,8 @@ def _serve(proxy: Proxy, on_ready: Callable[[Proxy], None] | None) -> tuple[str,
         for sig in STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: print(proxy.reload(), file=sys.stderr, flush=True))
         status = "failed"
         try:
             await proxy.start()
@@ -87,7 +92,7 @@ def _serve(proxy: Proxy, on_ready: Callable[[Proxy], None] | None) -> tuple[str,
             run_ids = await proxy.stop(status)
         return status, run_ids
 
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    previous = {sig: signal.getsignal(sig) for sig in (*STOP_SIGNALS, signal.SIGHUP)}
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(main())

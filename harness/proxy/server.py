@@ -16,6 +16,7 @@ scheduled after the response has been written (recorder.py).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import os
@@ -31,11 +32,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.mirror.attributes import request_attributes
 from harness.proxy.capture import Exchange
-from harness.proxy.options import ProxyOptions, resolve_cohort
+from harness.proxy.options import ProxyOptions, load_settings, resolve_cohort
 from harness.proxy.recorder import Recorder, RunState, wall_ns
 from harness.proxy.shadow import MirrorJob, Shadow
 from harness.proxy.upstream import chat_url, fetch, make_session, new_exchange, request_headers, response_headers
 from harness.store import BatchWriter
+from harness.store.redact import Redactor
 from harness.tracing.provider import make_tracer_provider, tracer
 
 PRIMARY_CONNECTIONS = 1024  # the primary serves real clients: its concurrency is theirs, not max_concurrency
@@ -55,13 +57,18 @@ def resolve_primary(routes: RoutesFile, name: str | None) -> RouteConfig:
     raise ConfigError(f"--primary {name!r}: no such route (routes: {', '.join(r.name for r in routes.routes)})")
 
 
-def read_token(env: str | None) -> bytes | None:
+def read_token(env: str | None) -> str | None:
     if env is None:
         return None
     token = os.environ.get(env)
     if not token:
         raise ConfigError(f"--auth-token-env {env}: the environment variable is not set or empty")
-    return token.encode()
+    return token
+
+
+def _token_digest(token: str) -> bytes:
+    """Tokens are compared as SHA-256 digests: equal lengths, so the comparison time says nothing of the token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 class Proxy:
@@ -75,13 +82,19 @@ class Proxy:
         self.primary = next(r for r in self.routes if r.name == chosen)
         self.candidates = [r for r in self.routes if r.name != chosen]
         self.opts = opts
-        self._token = read_token(opts.auth_token_env)
+        token = read_token(opts.auth_token_env)
+        self._token = _token_digest(token) if token is not None else None
         self._keys = {r.name: r.api_key() for r in self.routes}  # from the environment; never logged or stored
+        # Keys (and the clients' token) are replaced in everything stored: a server may echo one back.
+        secrets = [(r.api_key_env, self._keys[r.name]) for r in self.routes if r.api_key_env]
+        self.redactor = Redactor(secrets + ([(opts.auth_token_env, token)] if token else []))
+        if writer.redactor is None and self.redactor:
+            writer.redactor = self.redactor
         self._urls = {r.name: chat_url(r.base_url) for r in self.routes}
         self.provider = make_tracer_provider(writer, opts.otlp_endpoint)
         self.tracer = tracer(self.provider)
         self.shadow = Shadow(self.candidates, opts.queue_size, opts.mirror_rate, self._mirror_call, opts.seed)
-        self.recorder = Recorder(writer, opts, self.routes, self.primary, self.shadow.counts)
+        self.recorder = Recorder(writer, opts, self.routes, self.primary, self.shadow.counts, self.redactor)
         self._rules = opts.settings.cohort_rules
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._runner: web.AppRunner | None = None
@@ -135,7 +148,25 @@ class Proxy:
             return True
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self._token)
+        ok = hmac.compare_digest(_token_digest(value.strip()), self._token)
+        return ok and scheme.lower() == "bearer"
+
+    def set_mirror_rate(self, rate: float) -> None:
+        self.shadow.rate = rate
+        self.recorder.rate_changed(rate)
+
+    def reload(self) -> str:
+        """SIGHUP: re-read --config; its mirror_rate and cohort_rules apply to the next request. Returns what changed."""
+        if self.opts.config_path is None:
+            return "SIGHUP: no --config to re-read"
+        try:
+            settings = load_settings(self.opts.config_path)
+        except ConfigError as e:
+            return f"SIGHUP: {e} (settings unchanged)"
+        self._rules = settings.cohort_rules
+        if settings.mirror_rate is not None and settings.mirror_rate != self.shadow.rate:
+            self.set_mirror_rate(settings.mirror_rate)
+        return f"SIGHUP: re-read {self.opts.config_path}: mirror rate {self.shadow.rate:g}, {len(self._rules)} cohort rules"
 
     def _upstream_headers(self, route: RouteConfig, base: dict[str, str], span: trace.Span) -> dict[str, str]:
         headers = dict(base)
@@ -181,8 +212,7 @@ class Proxy:
                 return error_body(400, 'expected {"mirror_rate": a number from 0 to 1}', "invalid_request_error")
             if not 0.0 <= rate <= 1.0:
                 return error_body(400, f"mirror_rate {rate} is outside 0..1", "invalid_request_error")
-            self.shadow.rate = rate
-            self.recorder.rate_changed(rate)
+            self.set_mirror_rate(rate)
         return web.json_response({"mirror_rate": self.shadow.rate})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:

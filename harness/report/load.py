@@ -55,6 +55,24 @@ def load_routes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[RouteInfo]:
     return list(routes.values())
 
 
+def proxy_notes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
+    """A `routecheck proxy` run: how many primary calls each mirrored route did not get, and why
+    (the counts the proxy keeps in runs.options); nothing for a corpus run."""
+    row = con.execute("SELECT options FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    opts = json.loads(row[0]) if row and isinstance(row[0], str) else (row[0] if row else None)
+    if not isinstance(opts, dict) or opts.get("source") != "proxy":
+        return []
+    calls = opts.get("calls") or {}
+    primary = calls.get("primary", 0)
+    notes = []
+    for route, c in sorted((calls.get("mirror") or {}).items()):
+        missed = c.get("not_sampled", 0) + c.get("queue_full", 0) + c.get("shutdown", 0)
+        notes.append(f"proxy run (primary {opts.get('primary')}): {missed} of {primary} primary calls were not mirrored "
+                     f"to {route} ({c.get('not_sampled', 0)} not sampled, {c.get('queue_full', 0)} dropped with the "
+                     f"mirror queue full, {c.get('shutdown', 0)} dropped at shutdown); only mirrored prompts are compared")
+    return notes
+
+
 def split_roles(routes: list[RouteInfo]) -> tuple[RouteInfo, list[RouteInfo]]:
     baselines = [r for r in routes if r.role == "baseline"]
     if len(baselines) != 1:
