@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.corpus import content_text
 from harness.mirror.openai_stream import CallResult
 
 
@@ -43,13 +44,6 @@ def _merge_tool_call(acc: dict[int, dict[str, Any]], delta: dict[str, Any]) -> N
         call["function"]["name"] += fn["name"]
     if fn.get("arguments"):
         call["function"]["arguments"] += fn["arguments"]
-
-
-def content_text(content: Any) -> str:
-    """A message's text: a string, or the text parts of a list of content parts (images skipped)."""
-    if isinstance(content, list):
-        return " ".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
-    return content if isinstance(content, str) else ""
 
 
 def _counted_input(body: dict[str, Any]) -> int:

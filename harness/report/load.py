@@ -314,10 +314,12 @@ def load_server_metrics(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataF
 
 
 def prompt_texts(con: duckdb.DuckDBPyConnection, run_id: str, prompt_ids: list[str] | None = None) -> pd.DataFrame:
-    """prompt_id, cohort, text (the user turns joined) from prompts.messages."""
+    """prompt_id, cohort, text (the user turns joined; of content parts, the text parts) from prompts.messages."""
     sql = """
         SELECT prompt_id, coalesce(cohort, 'default') AS cohort,
-               coalesce(string_agg(m->>'content', '\n') FILTER (WHERE m->>'role' = 'user'), '') AS text
+               coalesce(string_agg(CASE WHEN json_type(m->'content') = 'ARRAY' THEN array_to_string(list_transform(
+                   list_filter(CAST(m->'content' AS JSON[]), lambda p: p->>'type' = 'text'), lambda p: p->>'text'), ' ')
+                   ELSE m->>'content' END, '\n') FILTER (WHERE m->>'role' = 'user'), '') AS text
         FROM (SELECT prompt_id, cohort, unnest(CAST(messages AS JSON[])) AS m FROM prompts WHERE run_id = $run {extra})
         GROUP BY prompt_id, cohort
     """

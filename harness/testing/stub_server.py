@@ -42,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from harness.corpus import content_text as _text  # a string, or the text parts of a list (as `vllm bench serve` sends)
 from harness.testing import faults as fault_catalogue
 
 
@@ -76,13 +77,6 @@ _MARKER = re.compile(r"\[\[stub:([^\]]+)\]\]")
 
 def _words(text: str) -> list[str]:
     return text.split()
-
-
-def _text(content: Any) -> str:
-    """A message's text: a string, or the text parts of a list of content parts (as `vllm bench serve` sends)."""
-    if isinstance(content, list):
-        return " ".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
-    return content if isinstance(content, str) else ""
 
 
 def build_app(cfg: StubConfig) -> Starlette:
