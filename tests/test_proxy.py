@@ -575,3 +575,27 @@ def test_window_rolls_runs(tmp_path, stub_server, proxies):
     assert all(per_run.get(r[0], 0) == 2 * r[2] for r in runs)
     # prompts and responses of one request are in the same run
     assert rows(db, "SELECT count(*) FROM responses r LEFT JOIN prompts p USING (run_id, prompt_id) WHERE p.prompt_id IS NULL") == [(0,)]
+
+
+def test_recorded_calls_read_like_the_standard_library_would():
+    """capture.read_call decodes with msgspec, falling back to `json` for what msgspec refuses
+    (lone surrogate escapes, NaN), so such answers are rows with their text, not read errors."""
+    from harness.proxy.capture import Exchange, read_call
+
+    def sse(*payloads: bytes) -> Exchange:
+        chunks = [b"data: " + p + b"\n\n" for p in payloads] + [b"data: [DONE]\n\n"]
+        return Exchange(wall_start=time.time(), t_sent=0.0, status=200, chunks=chunks,
+                        times=[0.01 * (i + 1) for i in range(len(chunks))], t_end=0.1)
+
+    r = read_call({"messages": []}, sse(b'{"id": "a", "choices": [{"index": 0, "delta": {"content": "x \\ud800"}}]}',
+                                        b'{"id": "a", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "x": NaN}'))
+    assert r.error_type is None and r.text == "x \ud800" and r.finish_reason == "stop"
+    assert r.ttft_s == pytest.approx(0.01)
+    bad = read_call({"messages": []}, sse(b'{"choices": [oops'))
+    assert bad.error_type == "bad_response"
+    plain = Exchange(wall_start=time.time(), t_sent=0.0, status=200, chunks=[b'{"id": "b", "choices": [{"message": {"content": "hi"}, '
+                                                                            b'"finish_reason": "stop"}], "usage": {"prompt_tokens": 3, '
+                                                                            b'"completion_tokens": 1, "total_tokens": 4}}'],
+                     times=[0.02], t_end=0.02)
+    r = read_call({"messages": []}, plain)
+    assert (r.text, r.output_tokens, r.usage_source, r.ttft_s) == ("hi", 1, "server", 0.02)

@@ -4,6 +4,8 @@ The proxy copies each upstream chunk to the client and keeps it with its arrival
 parsed on the way. Afterwards `read_call` turns the kept chunks into the same `CallResult` a
 corpus run records (text, tool calls, finish reason, usage, TTFT, ITL), for an SSE stream or a
 whole JSON completion alike. TTFT of a non-streamed answer is the arrival of its first byte.
+JSON is decoded with msgspec: the chunks of every call are decoded here, and the standard
+library's decoder was most of the proxy's CPU per request (docs/benchmarks.md, "Shadow proxy").
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from harness.corpus import content_text
 from harness.mirror.openai_stream import CallResult
@@ -84,8 +88,20 @@ def _usage(r: CallResult, usage: Any) -> None:
         r.usage_source = "server"
 
 
+_fast = msgspec.json.Decoder().decode
+
+
+def _decode(data: bytes) -> Any:
+    """msgspec, and the standard library for what msgspec refuses but `json` reads (lone surrogate
+    escapes, NaN, huge floats), so a recorded call reads exactly as a corpus run's would."""
+    try:
+        return _fast(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return json.loads(data)
+
+
 def _read_json(raw: bytes, ex: Exchange, r: CallResult) -> None:
-    doc = json.loads(raw)
+    doc = _decode(raw)
     if not isinstance(doc, dict) or "choices" not in doc:
         if r.error_type is None and isinstance(doc, dict) and "error" in doc:
             r.error_type, r.error_message = "server_error", json.dumps(doc["error"])[:500]
@@ -122,7 +138,7 @@ def _read_sse(ex: Exchange, r: CallResult) -> None:
             payload = line[5:].strip()
             if payload == b"[DONE]" or not payload:
                 continue
-            chunk = json.loads(payload)
+            chunk = _decode(payload)
             if "error" in chunk and r.error_type is None:
                 r.error_type, r.error_message = "server_error", json.dumps(chunk["error"])[:500]
             if r.response_id is None:
