@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.cli.console import err, out
+from harness.config import key_text
 from harness.report.render.escape import filename, markdown, visible
 from harness.testing.synthetic import deterministic_store
 
@@ -147,7 +148,8 @@ def test_every_command_prints_hostile_names_as_text(tmp_path, hostile_store, wid
     # A hostile policy key: one line naming it (visible), exit 2.
     bad = _policy(tmp_path, {"metrics": {HOSTILE["markup"] + HOSTILE["ansi"]: {"margin": 0.1}}})
     res = _run("gate", "latest", "--db", db, "--policy", bad, code=2)
-    assert f"metrics.{visible(HOSTILE['markup'] + HOSTILE['ansi'])}: no such metric" in res.output
+    # (a key with control characters is quoted, harness/config.py key_text, and shown visibly)
+    assert f"metrics.{visible(key_text(HOSTILE['markup'] + HOSTILE['ansi']))}: no such metric" in res.output
     bad = _policy(tmp_path, {"metrics": {"latency_p99_s": {HOSTILE["markup"]: 1}}})
     res = _run("gate", "latest", "--db", db, "--policy", bad, code=2)
     assert "unknown key" in res.output

@@ -107,3 +107,111 @@ def test_p99_latency_gate_false_alarms_and_power():
     assert _not_above(fa, ALPHA, 300)
     # Bootstrap power for an extreme quantile is approximate: allow 10 points (documented).
     assert power >= claimed - 0.10
+
+
+# -- serving figures under time-correlated load (issue 19) -------------------------------------------
+#
+# Mirror groups in time order, 4 cohorts shuffled over the run. Log latency of a call =
+# prompt difficulty (shared by both routes) + a slow drift of the machine's load (shared, AR(1)
+# with phi 0.995) + each server's own slow swings (its share of the CPU, AR(1) phi 0.9, not shared)
+# + per-call noise. The old method (i.i.d. bootstrap over prompts, Wilcoxon for tokens/s) reads
+# one server's slow stretch as many independent slow calls; the time-aware one resamples blocks.
+
+SERVING_GROUPS = {"a": 300, "b": 300, "c": 300, "d": 300}
+SERVING_SEEDS = 200
+SERVING_POLICY = Policy.model_validate({"alpha": ALPHA, "min_samples": 30, "metrics": {
+    "latency_p99_s": {"margin_rel": 0.2}, "output_tokens_per_s": {"margin_rel": 0.1}}})
+
+
+def _ar1(rng, phi: float, sd: float, shape: tuple[int, ...]):
+    from scipy.signal import lfilter
+
+    return lfilter([1], [1, -phi], rng.normal(0, sd * np.sqrt(1 - phi**2), shape), axis=-1)
+
+
+def _serving_pairs(rng, correlated: bool, factor: float = 1.0):
+    """A ServingPairs as the report loads it (rows in time order); `factor` scales cohort a's candidate."""
+    import pandas as pd
+
+    from harness.report.load import ServingPairs
+
+    cohorts = np.repeat(list(SERVING_GROUPS), list(SERVING_GROUPS.values()))
+    rng.shuffle(cohorts)
+    n = len(cohorts)
+    mu = rng.normal(np.log(0.5), 0.3, n)
+    drift = _ar1(rng, 0.995, 0.5, (n,)) if correlated else 0.0
+    swings = _ar1(rng, 0.9, 0.15, (2, n)) if correlated else np.zeros((2, n))
+    base = np.exp(mu + drift + swings[0] + rng.normal(0, 0.2, n))
+    cand = np.exp(mu + drift + swings[1] + rng.normal(0, 0.2, n))
+    cand[cohorts == "a"] *= factor
+    zeros = np.zeros(n)
+    frame = pd.DataFrame({"cohort": pd.Categorical(cohorts), "error_base": zeros, "error_cand": zeros,
+                          "timeout_base": zeros, "timeout_cand": zeros,
+                          "out_tps_base": 64 / base, "out_tps_cand": 64 / cand})
+    nan = np.full((n, 1), np.nan)
+    return ServingPairs(frame, {("latency_s", "base"): base[:, None], ("latency_s", "cand"): cand[:, None],
+                                ("ttft_s", "base"): nan, ("ttft_s", "cand"): nan})
+
+
+def _old_serving_rows(pairs, rng):
+    """The method before issue 19: prompts as independent (i.i.d. bootstrap, Wilcoxon)."""
+    from harness.report import stats
+    from harness.report.compare import PairedRow, _scopes
+    from harness.report.policy import SERVING_METRICS
+
+    rows = []
+    for spec in SERVING_METRICS:
+        if spec.name == "latency_p99_s":
+            B, C = pairs.times[("latency_s", "base")], pairs.times[("latency_s", "cand")]
+            for scope, cohort, part in _scopes(pairs.frame.assign(i=np.arange(len(B)))):
+                idx = part["i"].to_numpy()
+                rows.append(PairedRow("moe", spec, scope, cohort, stats.paired_quantile(B[idx], C[idx], 0.99, False, rng)))
+        elif spec.name == "output_tokens_per_s":
+            for scope, cohort, part in _scopes(pairs.frame):
+                rows.append(PairedRow("moe", spec, scope, cohort, stats.paired_mean(
+                    part["out_tps_base"].to_numpy(), part["out_tps_cand"].to_numpy(), True, rng)))
+    return rows
+
+
+def _simulate_serving(correlated: bool, factor: float = 1.0, old: bool = False, seeds: int = SERVING_SEEDS):
+    from harness.report.compare import compare_frame, serving_results
+    from harness.report.load import RouteInfo
+    from harness.report.model import Report
+
+    alarms = hit = 0
+    claimed = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        pairs = _serving_pairs(rng, correlated, factor)
+        rows = (_old_serving_rows(pairs, rng) if old else
+                [r for r in serving_results(pairs, RouteInfo("dense", "baseline"), RouteInfo("moe", "candidate"), rng, [])
+                 if r.spec.name in SERVING_POLICY.metrics])
+        comps = compare_frame(rows, SERVING_POLICY, ALPHA, lambda c, s, sc: f"{c}:{s.kind}")
+        report = Report("sim", "", "", "dense", ["moe"], [], {}, list(SERVING_GROUPS), comps, [], [], [], {}, [], None)
+        result = evaluate_gate(report, SERVING_POLICY)
+        alarms += result.exit_code == 1
+        p99 = next(c for c in result.checks if c.cohort == "a" and c.metric == "latency_p99_s")
+        hit += p99.status == "regression"
+        claimed.append(p99.power_at_margin)
+    return alarms / seeds, hit / seeds, float(np.nanmean(claimed))
+
+
+def test_serving_false_alarms_under_time_correlated_load():
+    old, _, _ = _simulate_serving(correlated=True, old=True)
+    new, _, _ = _simulate_serving(correlated=True)
+    calm, _, _ = _simulate_serving(correlated=False)
+    print(f"\nserving gate (p99 latency + tokens/s, 4 cohorts x 300 groups, {SERVING_SEEDS} seeds): false-alarm rate under "
+          f"time-correlated load: old per-prompt method {old:.3f}, time-aware {new:.3f}; without drift {calm:.3f} (alpha {ALPHA})")
+    assert not _not_above(old, ALPHA, SERVING_SEEDS), f"the old method should over-alarm here: {old:.3f}"
+    assert _not_above(new, ALPHA, SERVING_SEEDS), f"time-aware false-alarm rate {new:.3f} significantly above alpha"
+    assert _not_above(calm, ALPHA, SERVING_SEEDS)
+
+
+def test_serving_p99_power_with_time_aware_cis():
+    _, power, claimed = _simulate_serving(correlated=False, factor=1.2)
+    _, power_c, claimed_c = _simulate_serving(correlated=True, factor=1.2)
+    print(f"\n+20% p99 in one cohort (300 groups): caught {power:.3f}, claimed {claimed:.3f}; under time-correlated load "
+          f"caught {power_c:.3f}, claimed {claimed_c:.3f}")
+    # Bootstrap power for an extreme quantile is approximate: allow 10 points, as for the p99 test above.
+    assert power >= claimed - 0.10
+    assert power_c >= claimed_c - 0.10

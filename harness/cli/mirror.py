@@ -16,7 +16,7 @@ from harness.cli.runs import print_route_summary
 from harness.config import ConfigError, RoutesFile, load_routes
 from harness.corpus import check_corpus
 from harness.mirror.order import DEFAULT_WARMUP, ORDERS
-from harness.mirror.runner import MirrorOptions, MirrorSummary, RouteTally, RunFailed, new_run_id, run_mirror
+from harness.mirror.runner import MirrorOptions, MirrorSummary, RouteTally, RunFailed, new_run_id, run_mirrors
 from harness.serving.engines import engine_named
 from harness.store import DEFAULT_DB, StoreError, connect
 from harness.store.views import resolve_run_id
@@ -50,6 +50,8 @@ def mirror(
     seed: Optional[int] = typer.Option(None, "--seed", help="Shuffle seed (default: a fresh one, recorded in the run)."),
     warmup: int = typer.Option(DEFAULT_WARMUP, "--warmup", min=0,
                                help="Warm-up calls per route before measurement: stored as warm-up, left out of every figure."),
+    repeat: int = typer.Option(1, "--repeat", min=1,
+                               help="Runs back to back on the same servers (repeated A/A calibration, docs/report.md)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress per route."),
 ) -> None:
     """Send every prompt to all routes at once and record responses and spans."""
@@ -82,7 +84,7 @@ def mirror(
 
     try:
         with bars:
-            summary = run_mirror(routes_file, opts, on_progress=on_progress)
+            summaries = run_mirrors(routes_file, opts, repeat, on_progress=on_progress)
     except ConfigError as e:
         fail(str(e))
     except RunFailed as e:
@@ -92,8 +94,9 @@ def mirror(
         err.print(visible(f"interrupted; finish it with: routecheck mirror --resume {opts.run_id} --corpus {corpus} --routes {routes}"),
                   markup=False, highlight=False)
         raise typer.Exit(130)
-    _print_summary(summary)
-    print_route_summary(db, summary.run_id)
+    for summary in summaries:
+        _print_summary(summary)
+        print_route_summary(db, summary.run_id)
 
 
 def _print_summary(summary: MirrorSummary) -> None:

@@ -21,6 +21,7 @@ import json
 from time import perf_counter
 from typing import Any
 
+from harness.mirror.latency import StreamClock
 from harness.store.validate import repair_unicode, valid_unicode
 
 MAX_TOKENS = 2**31 - 1  # a usage count above this is not a real count
@@ -56,15 +57,16 @@ def as_text(value: Any) -> str:
 
 
 class Assembly:
-    """One attempt's answer as it arrives: text pieces, tool calls by index, token times, usage."""
+    """One attempt's answer as it arrives: text pieces, tool calls by index, usage, and the arrival
+    moments marked on its StreamClock (harness/mirror/latency.py turns them into the figures)."""
 
-    __slots__ = ("text_parts", "tool_calls", "token_times", "usage", "finish_reason", "response_id", "response_model",
+    __slots__ = ("text_parts", "tool_calls", "clock", "usage", "finish_reason", "response_id", "response_model",
                  "flags", "done", "events")
 
     def __init__(self) -> None:
         self.text_parts: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
-        self.token_times: list[float] = []
+        self.clock = StreamClock(perf_counter())  # the client resets `start` when the request goes out
         self.usage: Any = None
         self.finish_reason: str | None = None
         self.response_id: str | None = None
@@ -112,11 +114,13 @@ class Assembly:
             return
         if type(choices) is not list:
             raise _bad("choices", choices, "a list")
+        if not choices:
+            return  # e.g. the usage chunk: not a chunk with choices for any latency figure
+        got_token = got_content = False
         for choice in choices:
             if type(choice) is not dict:
                 raise _bad("a choice", choice, "an object")
             delta = choice.get("delta")
-            got_token = False
             if delta is not None:
                 if type(delta) is not dict:
                     raise _bad("delta", delta, "an object")
@@ -126,7 +130,9 @@ class Assembly:
                         raise _bad("delta.content", content, "a string")
                     if content:
                         self.text_parts.append(content)
-                        got_token = True
+                        got_token = got_content = True
+                if delta.get("reasoning_content") or delta.get("reasoning"):
+                    got_token = True  # an output token, not answer text
                 calls = delta.get("tool_calls")
                 if calls is not None:
                     if type(calls) is not list:
@@ -139,8 +145,7 @@ class Assembly:
                 if type(finish) is not str:
                     raise _bad("finish_reason", finish, "a string")
                 self.finish_reason = finish
-            if got_token:
-                self.token_times.append(perf_counter())
+        self.clock.chunk(perf_counter(), got_token, got_content)
 
     def _ids(self, obj: dict[str, Any]) -> None:
         rid, model = obj.get("id"), obj.get("model")
@@ -198,8 +203,8 @@ class Assembly:
             if finish is not None and type(finish) is not str:
                 raise _bad("finish_reason", finish, "a string")
             self.finish_reason = finish or self.finish_reason
-        if self.text_parts or self.tool_calls:
-            self.token_times.append(perf_counter())
+        if self.text_parts or self.tool_calls:  # the whole reply is one chunk
+            self.clock.chunk(perf_counter(), True, bool(self.text_parts))
         self.done = True  # a whole reply is complete by construction
 
     # -- the end --------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ def result_attributes(result: CallResult) -> dict[str, Any]:
         "llm.token_count.total": result.total_tokens,
         "routecheck.usage_source": result.usage_source,
         "routecheck.time_to_first_token_s": result.ttft_s,
+        "routecheck.time_to_first_content_s": result.ttft_content_s,
+        "routecheck.time_to_first_chunk_s": result.ttft_chunk_s,
         "routecheck.latency_s": result.latency_s,
         "routecheck.inter_token_latency_mean_s": result.itl_mean_s,
         "routecheck.attempts": result.attempts,

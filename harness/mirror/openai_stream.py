@@ -1,9 +1,10 @@
 """One streamed OpenAI-compatible chat completion, with timing, retries and tool-call assembly.
 
-Timing is taken on the client: latency from the request being sent to the last byte, TTFT to the
-first chunk carrying content or a tool-call delta, inter-token latency between such chunks.
-Every failure inside a call (transport, status, body encoding, SSE framing, chunk shapes, an
-unfinished or empty answer) ends as the CallResult's error_type; see assemble.py for the checks.
+Timing is taken on the client: the moments of each attempt are marked on a StreamClock (by the
+Assembly, as chunks arrive) and every latency figure (ours and `vllm bench serve`'s) is defined in
+harness/mirror/latency.py. Every failure inside a call (transport, status, body encoding, SSE framing,
+chunk shapes, an unfinished or empty answer) ends as the CallResult's error_type; see assemble.py for
+the checks.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import httpx
 
 from harness.corpus import content_text
 from harness.mirror.assemble import Assembly, StreamFault, snippet, usage_problem
+from harness.mirror.latency import figures
 from harness.mirror.sse import SSEDecoder
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -50,6 +52,16 @@ class CallResult:
     flags: list[str] = field(default_factory=list)  # harness/mirror/assemble.py lists them
     usage_raw: str | None = None  # the server's usage as sent, when it could not be used
     usage_problem: str | None = None
+    # the other latency figures (harness/mirror/latency.py)
+    ttft_content_s: float | None = None
+    ttft_chunk_s: float | None = None
+    e2e_chunk_s: float | None = None
+    itl_chunk_mean_s: float | None = None
+    itl_chunk_p99_s: float | None = None
+    tpot_s: float | None = None
+    tpot_chunk_s: float | None = None
+    chunks: int | None = None
+    send_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -136,9 +148,11 @@ def _failed(result: CallResult, acc: Assembly, kind: str, message: str, timed_ou
 
 async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str], result: CallResult,
                    acc: Assembly) -> None:
-    t0 = time.perf_counter()
+    clock = acc.clock
+    clock.start = time.perf_counter()
     try:
-        async with client.stream("POST", "chat/completions", json=body, headers=headers) as resp:
+        async with client.stream("POST", "chat/completions", json=body, headers=headers,
+                                 extensions={"trace": clock.httpcore_trace}) as resp:
             result.http_status = resp.status_code
             if resp.status_code != 200:
                 message = f"HTTP {resp.status_code}: {await _error_detail(resp)}"
@@ -177,18 +191,11 @@ async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dic
         raise _Fatal("bad_url", str(e)) from None
     except httpx.TransportError as e:  # connect, read, write, protocol errors and httpx's own timeouts
         raise _Retryable(type(e).__name__, str(e) or type(e).__name__) from None
-    end = time.perf_counter()
-    result.latency_s = end - t0
+    clock.end = time.perf_counter()
     result.finish_reason, result.response_id, result.response_model = acc.finish_reason, acc.response_id, acc.response_model
     result.text = acc.text()
     result.tool_calls = acc.calls()
-    token_times = acc.token_times
-    if token_times:
-        result.ttft_s = token_times[0] - t0
-        if len(token_times) > 1:
-            gaps = sorted(b - a for a, b in zip(token_times, token_times[1:]))
-            result.itl_mean_s = sum(gaps) / len(gaps)
-            result.itl_p99_s = gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))]
+    token_times = clock.token_times
     usage = acc.usage
     problem = None if usage is None else usage_problem(usage)
     if usage is not None and problem is None:
@@ -207,6 +214,8 @@ async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dic
         result.input_tokens = sum(len(content_text(m.get("content")).split()) for m in body.get("messages", []))
         result.total_tokens = result.input_tokens + result.output_tokens
         result.usage_source = "counted"
+    for key, value in figures(clock, result.output_tokens).items():
+        setattr(result, key, value)
     result.flags = acc.flags
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import time
@@ -26,6 +27,7 @@ from harness import __version__
 from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.corpus import CorpusStats, PromptRecord, corpus_sha256, read_corpus
 from harness.mirror.http_pool import ShardedTransport
+from harness.mirror.latency import FIGURES
 from harness.mirror.order import DEFAULT_WARMUP, new_seed, ordered, peek
 from harness.mirror.openai_stream import CallResult
 from harness.mirror.call import traced_chat
@@ -164,10 +166,7 @@ def _response_row(run_id: str, route: RouteConfig, record: PromptRecord, sample:
         "usage_raw": r.usage_raw,
         "flags": r.flags or None,
         "started_at": datetime.fromtimestamp(r.started_at, tz=timezone.utc),
-        "latency_s": r.latency_s,
-        "ttft_s": r.ttft_s,
-        "itl_mean_s": r.itl_mean_s,
-        "itl_p99_s": r.itl_p99_s,
+        **{key: getattr(r, key) for key in FIGURES},  # every latency figure (harness/mirror/latency.py)
         "attempts": r.attempts,
         "http_status": r.http_status,
         "error_type": r.error_type,
@@ -183,7 +182,7 @@ class Mirror:
     """One mirror run. Use `asyncio.run(Mirror(routes, opts).run())`."""
 
     def __init__(self, routes: RoutesFile, opts: MirrorOptions,
-                 on_progress: Callable[[str, RouteTally], None] | None = None):
+                 on_progress: Callable[[str, RouteTally], None] | None = None, writer: BatchWriter | None = None):
         self.routes = routes.routes
         self.opts = opts
         self.base_urls: dict[str, str | None] = {r.name: r.base_url for r in self.routes}
@@ -193,8 +192,9 @@ class Mirror:
         # Keys in use are redacted from everything stored (a server may echo one back).
         self.redactor = Redactor((r.api_key_env, r.api_key()) for r in self.routes if r.api_key_env)
         self.owner = f"routecheck mirror, run {self.run_id}"  # what a second process on the store is told
-        self.con = connect(opts.db, owner=self.owner)
-        self.writer = BatchWriter(self.con, self.redactor)
+        # repeated runs share one writer (run_mirrors)
+        self.writer = writer or BatchWriter(connect(opts.db, owner=self.owner), self.redactor)
+        self.con = self.writer.con
         self._slots = {r.name: asyncio.Semaphore(r.max_concurrency) for r in self.routes}
         self._limiter = _RateLimiter(opts.rate) if opts.rate else None
 
@@ -441,31 +441,49 @@ def run_mirror(routes: RoutesFile, opts: MirrorOptions, on_progress: Callable[[s
     """Run a mirror: start the serve: routes' servers (with an OTLP receiver for their spans and a
     metrics scraper), send the corpus, stop the servers. SIGTERM and Ctrl-C mark the run interrupted.
     """
+    return run_mirrors(routes, opts, 1, on_progress, scrape_interval_s)[0]
+
+
+def run_mirrors(routes: RoutesFile, opts: MirrorOptions, repeat: int = 1,
+                on_progress: Callable[[str, RouteTally], None] | None = None,
+                scrape_interval_s: float = 10.0) -> list[MirrorSummary]:
+    """`repeat` runs back to back on one set of servers (repeated A/A calibration; the servers start
+    once). Each run has its own id, warm-up and order (seed + i when a seed is given, else fresh)."""
+    if repeat > 1 and opts.resume:
+        raise ConfigError("--repeat cannot be combined with --resume")
     served = [r for r in routes.routes if r.serve is not None]
     engines = {r.name: engine_for(r) for r in served}  # an unknown engine fails before anything starts
-    mirror = Mirror(routes, opts, on_progress)
+    first = Mirror(routes, opts, on_progress)
+    writer, summaries = first.writer, []
     try:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(shared(opts.db, mirror.writer, mirror.owner))  # readers get snapshots meanwhile
+            stack.enter_context(shared(opts.db, writer, first.owner))  # readers get snapshots meanwhile
             if served:
-                receiver = stack.enter_context(OTLPReceiver(mirror.writer, span_columns=server_span_columns))
-                log_dir = opts.db.parent / "logs" / mirror.run_id
+                receiver = stack.enter_context(OTLPReceiver(writer, span_columns=server_span_columns))
+                log_dir = opts.db.parent / "logs" / first.run_id
                 urls = stack.enter_context(serving(served, log_dir, receiver.endpoint))
+            expected = 0
+            for i in range(repeat):
+                mirror = first if i == 0 else Mirror(routes, dataclasses.replace(
+                    opts, run_id=None, seed=None if opts.seed is None else opts.seed + i), on_progress, writer)
+                if not served:
+                    summaries.append(_run_loop(mirror))
+                    continue
                 mirror.base_urls.update(urls)
-                stack.enter_context(MetricsScraper(urls, mirror.writer, mirror.run_id, interval_s=scrape_interval_s,
-                                                   engines=engines))
-            summary = _run_loop(mirror)
-            if served:
-                # Servers export their request spans in batches every few seconds: wait for them before stopping.
-                expected = sum(summary.per_route[r.name].requests + opts.warmup for r in served)
+                with MetricsScraper(urls, writer, mirror.run_id, interval_s=scrape_interval_s, engines=engines):
+                    summary = _run_loop(mirror)
+                summaries.append(summary)
+                # Servers export their request spans in batches every few seconds: wait for them before going on.
+                expected += sum(summary.per_route[r.name].requests + mirror.opts.warmup for r in served)
                 receiver.wait_for_server_spans(expected, SERVER_SPAN_WAIT_S)
         if served:
-            mirror.writer.flush()
-            attach_server_spans(mirror.con, mirror.run_id)
-        return summary
+            writer.flush()
+            for summary in summaries:
+                attach_server_spans(writer.con, summary.run_id)
+        return summaries
     finally:
-        mirror.writer.flush()
-        mirror.con.close()
+        writer.flush()
+        writer.con.close()
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -30,6 +30,7 @@ from harness.corpus import (DEFAULT_MAX_STEPS, STOP_ANSWER, STOP_ERROR, STOP_MAX
                             ToolRule)
 from harness.mirror.attributes import request_attributes
 from harness.mirror.call import traced_chat
+from harness.mirror.latency import over_steps
 from harness.mirror.openai_stream import CallResult
 from harness.store.redact import Redactor
 
@@ -90,8 +91,8 @@ class Trajectory:
 
     @functools.cached_property
     def total(self) -> CallResult:
-        """The response row's figures: the last step's answer, tokens and latency summed over steps
-        (so cost per trace is summed too), TTFT of the first step."""
+        """The response row's figures: the last step's answer, tokens summed over steps (so cost per
+        trace is summed too), latency figures combined by harness/mirror/latency.py's over_steps."""
         first, last = self.steps[0].result, self.steps[-1].result
         results = [s.result for s in self.steps]
 
@@ -99,19 +100,13 @@ class Trajectory:
             values = [getattr(r, attr) for r in results if getattr(r, attr) is not None]
             return sum(values) if values else None
 
-        weighted = [(r.itl_mean_s, r.output_tokens or 0) for r in results if r.itl_mean_s is not None]
-        weight = sum(w for _, w in weighted)
-        p99s = [r.itl_p99_s for r in results if r.itl_p99_s is not None]
-        latencies = [r.latency_s for r in results if r.latency_s is not None]
         return CallResult(
             text=last.text, tool_calls=last.tool_calls, finish_reason=last.finish_reason,
             response_id=last.response_id, response_model=last.response_model,
             input_tokens=total_of("input_tokens"), output_tokens=total_of("output_tokens"),
             total_tokens=total_of("total_tokens"),
             usage_source="server" if all(r.usage_source == "server" for r in results) else "counted",
-            started_at=first.started_at, latency_s=sum(latencies) if latencies else None, ttft_s=first.ttft_s,
-            itl_mean_s=sum(v * w for v, w in weighted) / weight if weight else None,
-            itl_p99_s=max(p99s) if p99s else None, attempts=sum(r.attempts for r in results),
+            started_at=first.started_at, **over_steps(results), attempts=sum(r.attempts for r in results),
             http_status=last.http_status, error_type=last.error_type, error_message=last.error_message,
             timed_out=any(r.timed_out for r in results),
         )

@@ -13,7 +13,8 @@ import pandas as pd
 from harness import __version__
 from harness.experts.run import load_panel
 from harness.report import load, stats
-from harness.report.compare import compare_frame, quality_results, serving_results
+from harness.report.calibration import aa_candidates, aa_note, server_phase_warnings
+from harness.report.compare import SERVING_CI_METHOD, compare_frame, quality_results, serving_results
 from harness.report.coverage import missing_data, run_no_data
 from harness.report.model import Comparison, Report, WorstExample
 from harness.report.policy import MIN_SAMPLES, SERVING_METRICS, Policy
@@ -92,6 +93,12 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
     comparisons = compare_frame(rows, policy, alpha, lambda cand, spec, scope: f"{cand}:{spec.kind}")
     timings["statistics"] = time.perf_counter() - t
 
+    notes = [SERVING_CI_METHOD]
+    for cand in aa_candidates(baseline, candidates):
+        notes.append(aa_note(baseline, cand, comparisons))
+        warnings += server_phase_warnings(baseline, cand, load.load_server_phase_pairs(con, run_id, baseline.name, cand.name),
+                                          alpha, rng)
+
     t = time.perf_counter()
     summary = load.load_serving_summary(con, run_id, routes)
     phases = load.load_server_spans(con, run_id)
@@ -118,8 +125,11 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
         "families": "one per candidate and kind: all cohorts x metrics of quality, and of serving, are corrected together",
         "unit": "prompt (samples are averaged within a prompt; bootstraps resample prompts)",
         "mean_ci": f"paired bootstrap (percentile, {stats.BOOTSTRAP_RESAMPLES} resamples) up to {stats.BOOTSTRAP_MAX_N} prompts, t-interval above",
-        "quantile_ci": f"paired bootstrap over prompts ({stats.QUANTILE_RESAMPLES} resamples; m-out-of-n with m={stats.QUANTILE_BOOT_M} above that)",
-        "tests": "McNemar exact (pass/fail, one sample per prompt); Wilcoxon signed-rank (scores, averaged samples); bootstrap normal approximation (quantiles)",
+        "quantile_ci": f"circular block bootstrap over mirror groups in time order ({stats.QUANTILE_RESAMPLES} resamples; m-out-of-n with m={stats.QUANTILE_BOOT_M} above that)",
+        "serving_ci": SERVING_CI_METHOD,
+        "tests": "quality: McNemar exact (pass/fail, one sample per prompt), Wilcoxon signed-rank (scores, averaged samples); "
+                 "serving: block bootstrap with Student's t (times, tokens/s, cost), McNemar exact (error and timeout rates)",
+        "aa_candidates": [c.name for c in aa_candidates(baseline, candidates)],
         "verdict_rule": "insufficient below min_samples prompts (untested); else no change if the 95% CI is inside +-margin; "
                         "else regression/improvement if Holm-adjusted p < alpha; else inconclusive",
         "min_samples": policy.min_samples if policy is not None else MIN_SAMPLES,
@@ -133,12 +143,12 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
     report = Report(
         run_id=run_id, generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), tool_version=__version__,
         baseline=baseline.name, candidates=[c.name for c in candidates],
-        routes=[{"name": r.name, "role": r.role, "architecture": r.architecture, "model": r.model,
+        routes=[{"name": r.name, "role": r.role, "architecture": r.architecture, "model": r.model, "checkpoint": r.checkpoint,
                  "input_per_mtok": r.input_per_mtok, "output_per_mtok": r.output_per_mtok, **r.extra} for r in routes],
         settings=settings, cohorts=cohorts, comparisons=comparisons, serving=serving,
         server_phases=_records(phases), server_metrics=_records(metrics), latency_cdf=cdf,
         worst_examples=examples, discovery=discovery, warnings=warnings, experts=experts, trajectories=trajectories,
-        timings_s=timings,
+        timings_s=timings, notes=notes,
         no_data=run_no_data(serving, errors, baseline.name, [c.name for c in candidates]),
         score_coverage=load.score_coverage(con, run_id), error_types=errors,
     )

@@ -174,8 +174,18 @@ def quality_results(quality: pd.DataFrame, candidate: str, rng: np.random.Genera
     return rows
 
 
+# What the report says about the serving CIs (settings.serving_ci and a note in every format).
+SERVING_CI_METHOD = (
+    "serving CIs resample mirror groups in time order: a circular block bootstrap (blocks of consecutive "
+    "groups, length from the routes' per-group difference by Politis-White via arch, doubled; 1 where no "
+    "dependence shows), tested with Student's t on the bootstrap SE (blocks - 1 df); error and timeout "
+    "rates keep McNemar's exact test. Quality comparisons are per prompt (paired bootstrap, McNemar/Wilcoxon)."
+)
+
+
 def serving_results(pairs: load.ServingPairs, baseline: load.RouteInfo, cand: load.RouteInfo,
                     rng: np.random.Generator, warnings: list[str]) -> list[PairedRow]:
+    """Paired serving results for one candidate; rows of `pairs` are mirror groups in time order."""
     rows = []
     pf = pairs.frame
     priced = any(p > 0 for p in (baseline.input_per_mtok, baseline.output_per_mtok, cand.input_per_mtok, cand.output_per_mtok))
@@ -186,7 +196,9 @@ def serving_results(pairs: load.ServingPairs, baseline: load.RouteInfo, cand: lo
             b, c = spec.column + "_base", spec.column + "_cand"
             sub = pf[[b, c, "cohort"]].dropna()
             for scope, cohort, part in _scopes(sub):
-                res = stats.paired_mean(part[b].to_numpy(), part[c].to_numpy(), spec.higher_is_better, rng)
+                bv, cv = part[b].to_numpy(), part[c].to_numpy()
+                block = stats.time_series_block_length(bv, cv, positive=spec.column == "out_tps")
+                res = stats.paired_mean_in_time(bv, cv, spec.higher_is_better, rng, block)
                 rows.append(PairedRow(cand.name, spec, scope, cohort, res))
         else:
             B, C = pairs.times[(spec.column, "base")], pairs.times[(spec.column, "cand")]
@@ -194,7 +206,8 @@ def serving_results(pairs: load.ServingPairs, baseline: load.RouteInfo, cand: lo
             frame = pd.DataFrame({"i": np.nonzero(both)[0], "cohort": pf["cohort"].array[both]})  # keeps the categories
             for scope, cohort, part in _scopes(frame):
                 idx = part["i"].to_numpy()
-                res = stats.paired_quantile(B[idx], C[idx], spec.q, spec.higher_is_better, rng)
+                block = stats.time_series_block_length(B[idx], C[idx], positive=True)
+                res = stats.paired_quantile(B[idx], C[idx], spec.q, spec.higher_is_better, rng, block=block)
                 rows.append(PairedRow(cand.name, spec, scope, cohort, res))
     msg = "no route has prices in routes.yaml: cost per trace is not compared"
     if not priced and msg not in warnings:

@@ -30,6 +30,7 @@ class RouteInfo:
     output_per_mtok: float = 0.0
     model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None   # what it serves: serve.model (+ args), else the model name (A/A detection)
 
 
 def load_routes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[RouteInfo]:
@@ -49,6 +50,7 @@ def load_routes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[RouteInfo]:
                 output_per_mtok=float(prices.get("output_per_mtok") or 0.0), model=r.get("model"),
                 extra={k: r.get(k) for k in ("total_params", "active_params", "num_experts", "active_experts", "capacity_factor")
                        if r.get(k) is not None},
+                checkpoint=_checkpoint(r),
             )
     for name, role in seen:
         routes.setdefault(name, RouteInfo(name=name, role=role or "candidate"))
@@ -71,6 +73,16 @@ def proxy_notes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
                      f"to {route} ({c.get('not_sampled', 0)} not sampled, {c.get('queue_full', 0)} dropped with the "
                      f"mirror queue full, {c.get('shutdown', 0)} dropped at shutdown); only mirrored prompts are compared")
     return notes
+
+
+def _checkpoint(snapshot: dict[str, Any]) -> str | None:
+    """The checkpoint a route answers from: a served route's serve.model with its engine arguments
+    (another dtype is another checkpoint), else the model name the endpoint is asked for."""
+    serve = snapshot.get("serve") or {}
+    if serve.get("model"):
+        args = " ".join(map(str, serve.get("args") or []))
+        return f"{serve['model']}" + (f" [{args}]" if args else "")
+    return snapshot.get("model")
 
 
 def split_roles(routes: list[RouteInfo]) -> tuple[RouteInfo, list[RouteInfo]]:
@@ -228,17 +240,20 @@ def _serving_pairs_sql(k: int) -> str:
         ]
     return f"""
         SELECT list_position($cohorts, coalesce(any_value(cohort), 'default')) - 1 AS cohort_code,
+               epoch(min(started_at)) AS group_started,
                {', '.join(means + per_sample)}
         FROM {views.MEASURED_RESPONSES} WHERE run_id = $run AND route IN ($baseline, $candidate)
         GROUP BY prompt_id
         HAVING count(*) FILTER (WHERE route = $baseline) > 0 AND count(*) FILTER (WHERE route = $candidate) > 0
+        ORDER BY group_started NULLS LAST, prompt_id
     """
 
 
 @dataclass
 class ServingPairs:
     """Per prompt answered by both routes: per-prompt means (columns <name>_base/_cand) and
-    per-sample times as (prompts x samples) arrays, NaN where a call failed or is missing."""
+    per-sample times as (prompts x samples) arrays, NaN where a call failed or is missing.
+    Rows are in time order (the prompt's first mirror group), for the time-aware serving CIs."""
 
     frame: pd.DataFrame
     times: dict[tuple[str, str], np.ndarray]    # (column, "base"|"cand") -> matrix
@@ -300,6 +315,24 @@ def load_trajectories(con: duckdb.DuckDBPyConnection, run_id: str, routes: list[
     df["cohort"] = df["cohort"].fillna("(all)")
     df["cost_per_trace_usd"] = cost_per_trace(df, routes)
     return df.drop(columns=["input_tokens_mean", "output_tokens_mean"])
+
+
+SERVER_PHASE_PAIRS_SQL = f"""
+SELECT prompt_id, epoch(min(started_at)) AS group_started,
+       {{cols}}
+FROM ({views.RESPONSE_TIMINGS_SQL}) WHERE run_id = $run AND route IN ($baseline, $candidate)
+GROUP BY prompt_id ORDER BY group_started NULLS LAST, prompt_id
+"""
+SERVER_PHASES = ("queue", "prefill", "decode")
+
+
+def load_server_phase_pairs(con: duckdb.DuckDBPyConnection, run_id: str, baseline: str, candidate: str) -> pd.DataFrame:
+    """Per prompt in time order: each route's mean server-side queue / prefill / decode seconds
+    (<phase>_base, <phase>_cand; NaN where the server sent no span)."""
+    cols = ", ".join(f"avg(server_{p}_s) FILTER (WHERE route = {r}) AS {p}_{side}"
+                     for p in SERVER_PHASES for side, r in (("base", "$baseline"), ("cand", "$candidate")))
+    return con.execute(SERVER_PHASE_PAIRS_SQL.format(cols=cols),
+                       {"run": run_id, "baseline": baseline, "candidate": candidate}).df()
 
 
 def load_server_spans(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:

@@ -105,6 +105,7 @@ class Report:
     score_coverage: list[dict[str, Any]] = field(default_factory=list)
     # ... and the failed calls per route and error type (load.error_types).
     error_types: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how serving CIs were made; A/A runs (harness/report/calibration.py)
 
     def summary(self) -> dict[str, int]:
         counts = {v: 0 for v in VERDICTS}

@@ -159,14 +159,147 @@ def paired_mean(base: np.ndarray, cand: np.ndarray, higher_is_better: bool, rng:
     return PairedResult(n, bi, ci, diff, lo, hi, se, sd, ci_method, test, p2, pw)
 
 
+# -- serving: mirror groups in time order -----------------------------------------------------------
+#
+# Latencies close in time share the servers' state (load, contention, a noisy neighbour), so
+# per-prompt values are not independent: an i.i.d. bootstrap over prompts reads one slow minute of
+# one route as many independent slow calls. Serving comparisons therefore resample *blocks* of
+# consecutive mirror groups (circular block bootstrap, Politis & Romano 1992) with the block length
+# chosen from the data (Politis & White 2004, arch's optimal_block_length). Both routes of a group
+# stay together (paired: a group is one moment on both routes).
+
+MIN_BLOCK_N = 20          # below this many groups the block length is 1 (too few to estimate it)
+MAX_BLOCK_SHARE = 0.1     # and never more than this share of the groups (keep >= 10 blocks)
+BLOCK_FACTOR = 2.0        # times the Politis-White length: blocks that short understate the variance
+BLOCK_EST_MAX = 5000      # points the block-length estimate looks at (chunk means above that)
+
+
+def block_length(*series: np.ndarray) -> int:
+    """Block length for series in time order: the largest Politis-White circular estimate over
+    the series (NaN dropped), rounded up, within [1, MAX_BLOCK_SHARE * n]."""
+    from arch.bootstrap import optimal_block_length
+
+    n = len(series[0]) if series else 0
+    if n < MIN_BLOCK_N:
+        return 1
+    # Politis-White costs ~20 s on a million points: above BLOCK_EST_MAX, estimate on the means of
+    # consecutive chunks and scale back (dependence shorter than a chunk then reads as none).
+    chunk = max(1, -(-n // BLOCK_EST_MAX))
+    best = 1.0
+    for x in series:
+        x = np.asarray(x, dtype=float)
+        x = x[np.isfinite(x)]
+        if chunk > 1:
+            x = x[: len(x) // chunk * chunk].reshape(-1, chunk).mean(axis=1)
+        if len(x) < MIN_BLOCK_N or np.ptp(x) <= 1e-9 * max(1.0, float(np.abs(x).max())):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            b = float(optimal_block_length(x)["circular"].iloc[0])
+        if math.isfinite(b):
+            best = max(best, b)
+    if best <= 1.5:
+        return 1
+    return int(max(1, min(math.ceil(BLOCK_FACTOR * best * chunk), math.floor(MAX_BLOCK_SHARE * n))))
+
+
+def time_series_block_length(base: np.ndarray, cand: np.ndarray, positive: bool) -> int:
+    """The block length for one paired serving comparison, from the per-group difference between
+    the routes in time order (of logs, for positive quantities such as times). A drift both routes
+    share cancels in the difference and needs no long blocks; each route's own slow swings (one
+    server getting less CPU for a minute) do not cancel, and lengthen the blocks."""
+    b, c = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
+    if b.ndim == 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            b, c = np.nanmean(b, axis=1), np.nanmean(c, axis=1)
+    if positive:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            b, c = np.log(np.where(b > 0, b, np.nan)), np.log(np.where(c > 0, c, np.nan))
+    return block_length(c - b)
+
+
+def _block_indices(n: int, block: int, size: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(resamples x size) indices of circular blocks of `block` consecutive groups out of n."""
+    nb = -(-size // block)
+    starts = rng.integers(0, n, size=(resamples, nb))
+    idx = (starts[:, :, None] + np.arange(block)) % n
+    return idx.reshape(resamples, nb * block)[:, :size]
+
+
+def _block_t(block: int, size: int) -> tuple[float, float]:
+    """(df, t quantile for the 95% CI): the bootstrap SE comes from ~size/block blocks, so the
+    reference distribution is Student's t with blocks - 1 degrees of freedom (normal for block 1)."""
+    nb = max(2, -(-size // block))
+    df = float("inf") if block == 1 else float(nb - 1)
+    return df, float(stats.t.isf((1 - CONFIDENCE) / 2, df))
+
+
+def _t_p(diff: float, se: float, df: float, higher_is_better: bool) -> tuple[float, float]:
+    if se == 0 or math.isnan(se):
+        return (1.0, 1.0) if diff == 0 else (0.0, 0.0)
+    z = diff / se
+    return float(2 * stats.t.sf(abs(z), df)), float(stats.t.cdf(z, df) if higher_is_better else stats.t.sf(z, df))
+
+
+def _block_note(block: int, n: int, resamples: int, m: int | None = None) -> str:
+    where = f"circular block bootstrap over mirror groups in time order (block {block} groups"
+    where += ", Politis-White" if block > 1 else ", Politis-White found no dependence"
+    if m is not None and m < n:
+        where += f"; m-out-of-n, m={m}, sqrt(m/n) rescaled"
+    return where + (f"; {resamples} resamples)" if resamples else "; exact bootstrap variance of the mean)")
+
+
+def paired_mean_in_time(base: np.ndarray, cand: np.ndarray, higher_is_better: bool, rng: np.random.Generator,
+                        block: int) -> PairedResult:
+    """Paired mean difference of a serving figure per mirror group, groups in time order.
+
+    CI: circular block bootstrap of the mean difference (percentile), from block sums, so its
+    cost does not grow with the resample size. Test: the normal approximation with the block
+    bootstrap's standard error; pass/fail figures (errors, timeouts: rare events, where a normal
+    approximation overstates a handful) keep McNemar's exact test.
+    """
+    base = np.asarray(base, dtype=float)
+    cand = np.asarray(cand, dtype=float)
+    n = len(base)
+    d = cand - base
+    if n < 2 or float(d.std(ddof=1)) == 0:  # nothing to resample: the plain paired comparison says so
+        return paired_mean(base, cand, higher_is_better, rng)
+    binary = _is_binary(base) and _is_binary(cand)
+    bi, ci = mean_interval(base, binary), mean_interval(cand, binary)
+    diff, sd = float(d.mean()), float(d.std(ddof=1))
+    block = max(1, min(block, n))
+    nb = -(-n // block)
+    ext = np.concatenate([d, d[: block - 1]])
+    csum = np.concatenate([[0.0], np.cumsum(ext)])
+    sums = csum[block : block + n] - csum[:n]                      # circular block sums, one per start
+    # A resample's mean is the mean of nb block sums drawn uniformly from these n: its variance is
+    # known exactly, so no resampling is needed (same SE as infinitely many resamples).
+    se = float(np.std(sums) / (block * math.sqrt(nb)))
+    df, tq = _block_t(block, n)
+    lo, hi = diff - tq * se, diff + tq * se
+    method = _block_note(block, n, 0)
+    if binary:
+        ref = paired_mean(base, cand, higher_is_better, rng)
+        return PairedResult(n, bi, ci, diff, lo, hi, se, sd, method, ref.test, ref.p_two_sided, ref.p_worse)
+    p2, pw = _t_p(diff, se, df, higher_is_better)
+    return PairedResult(n, bi, ci, diff, lo, hi, se, sd, method, _block_test(df), p2, pw)
+
+
+def _block_test(df: float) -> str:
+    return "block bootstrap (normal approx.)" if math.isinf(df) else f"block bootstrap (t, {df:g} df)"
+
+
 def paired_quantile(base: np.ndarray, cand: np.ndarray, q: float, higher_is_better: bool,
-                    rng: np.random.Generator) -> PairedResult:
+                    rng: np.random.Generator, block: int | None = None) -> PairedResult:
     """Difference of a quantile (e.g. p99 latency) between routes, bootstrapping prompts.
 
     `base`/`cand` are (prompts x samples) arrays (NaN = no value, e.g. a failed call): a
-    resample draws whole prompts, so all samples of a prompt stay together. Above
-    QUANTILE_BOOT_M prompts an m-out-of-n bootstrap is used, its deviations rescaled by
-    sqrt(m/n). The p-value is the normal approximation with the bootstrap standard error.
+    resample draws whole prompts, so all samples of a prompt stay together. With `block`, rows are
+    mirror groups in time order and a resample draws circular blocks of `block` consecutive
+    groups (serving figures: see above). Above QUANTILE_BOOT_M prompts an m-out-of-n bootstrap
+    is used, its deviations rescaled by sqrt(m/n). The p-value is the normal approximation with
+    the bootstrap standard error.
     """
     base = np.asarray(base, dtype=float)
     cand = np.asarray(cand, dtype=float)
@@ -180,7 +313,10 @@ def paired_quantile(base: np.ndarray, cand: np.ndarray, q: float, higher_is_bett
     if n < 5 or math.isnan(diff):
         return PairedResult(n, bi, ci, diff, nan, nan, nan, nan, "none (fewer than 5 prompts)", "bootstrap", nan, nan)
     m = min(n, QUANTILE_BOOT_M)
-    if np.isnan(base).any() or np.isnan(cand).any() or m * base.shape[1] < 1000:
+    if block is not None:
+        idx = _block_indices(n, max(1, min(block, n)), m, QUANTILE_RESAMPLES, rng)
+        qb, qc = _boot_quantiles_gather(base, cand, q, m, rng, idx)
+    elif np.isnan(base).any() or np.isnan(cand).any() or m * base.shape[1] < 1000:
         qb, qc = _boot_quantiles_gather(base, cand, q, m, rng)
     else:
         qb, qc = _boot_quantiles_tail(base, cand, q, m, rng)
@@ -193,20 +329,32 @@ def paired_quantile(base: np.ndarray, cand: np.ndarray, q: float, higher_is_bett
     bi = Interval(b_est, *map(float, np.nanquantile(bstar_b, [a, 1 - a])))
     ci = Interval(c_est, *map(float, np.nanquantile(bstar_c, [a, 1 - a])))
     se = float(np.nanstd(diffs, ddof=1))
+    if block is not None and block > 1:
+        # Few blocks: Student's t on the block bootstrap SE (the percentile interval is too narrow).
+        df, tq = _block_t(min(block, n), m)
+        lo, hi = diff - tq * se, diff + tq * se
+        p2, pw = _t_p(diff, se, df, higher_is_better)
+        method = _block_note(min(block, n), n, QUANTILE_RESAMPLES, m)
+        return PairedResult(n, bi, ci, diff, float(lo), float(hi), se, nan, method, _block_test(df), p2, pw)
     if se == 0 or math.isnan(se):
         p2 = pw = 1.0 if diff == 0 else 0.0
     else:
         z = diff / se
         p2 = float(2 * stats.norm.sf(abs(z)))
         pw = float(stats.norm.sf(z) if not higher_is_better else stats.norm.cdf(z))
-    method = (f"paired bootstrap over prompts ({QUANTILE_RESAMPLES} resamples)" if m == n else
-              f"paired m-out-of-n bootstrap over prompts (m={m}, {QUANTILE_RESAMPLES} resamples, sqrt(m/n) rescaled)")
+    if block is not None:
+        method = _block_note(max(1, min(block, n)), n, QUANTILE_RESAMPLES, m)
+    else:
+        method = (f"paired bootstrap over prompts ({QUANTILE_RESAMPLES} resamples)" if m == n else
+                  f"paired m-out-of-n bootstrap over prompts (m={m}, {QUANTILE_RESAMPLES} resamples, sqrt(m/n) rescaled)")
     return PairedResult(n, bi, ci, diff, float(lo), float(hi), se, nan, method, "bootstrap (normal approx.)", p2, pw)
 
 
-def _boot_quantiles_gather(base: np.ndarray, cand: np.ndarray, q: float, m: int, rng: np.random.Generator):
-    """Quantile of each resample (m prompts with replacement, whole prompts), by brute force."""
-    idx = rng.integers(0, base.shape[0], size=(QUANTILE_RESAMPLES, m))
+def _boot_quantiles_gather(base: np.ndarray, cand: np.ndarray, q: float, m: int, rng: np.random.Generator,
+                           idx: np.ndarray | None = None):
+    """Quantile of each resample (m prompts with replacement, whole prompts, or the rows `idx`), by brute force."""
+    if idx is None:
+        idx = rng.integers(0, base.shape[0], size=(QUANTILE_RESAMPLES, m))
     has_nan = bool(np.isnan(base).any() or np.isnan(cand).any())
     # float32 halves the memory traffic of the gather and the partition; quantiles of times need no more.
     b32, c32 = base.astype(np.float32), cand.astype(np.float32)

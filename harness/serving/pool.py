@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,7 +23,7 @@ from harness.serving.process import (
     wait_ready,
 )
 
-__all__ = ["GiB", "ServerPool", "dir_size_bytes", "estimate_server_bytes", "plan_start_batches", "serving"]
+__all__ = ["GiB", "ServerPool", "dir_size_bytes", "estimate_server_bytes", "pinned", "plan_cpu_sets", "plan_start_batches", "serving"]
 
 
 def dir_size_bytes(path: str | Path) -> int:
@@ -57,6 +58,33 @@ def plan_start_batches(routes: Sequence[RouteConfig], available_bytes: int | Non
     return batches
 
 
+def plan_cpu_sets(routes: Sequence[RouteConfig], cpus: Sequence[int] | None = None) -> dict[str, list[int]]:
+    """Disjoint cores for each served route whose engine can bind its threads, so two servers of
+    one run (an A/A pair above all) get equal CPU instead of fighting over every core. Only when
+    two or more such routes run and there is at least a core for each; a route whose serve.env
+    already sets the binding keeps it (and is left out of the split)."""
+    cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+    bindable = []
+    for r in routes:
+        if r.serve is None:
+            continue
+        binding = getattr(engine_for(r), "cpu_binding", lambda _c: None)(cpus[:1])
+        if binding and not set(binding) & set(r.serve.env):
+            bindable.append(r)
+    if len(bindable) < 2 or len(cpus) < len(bindable):
+        return {}
+    share = len(cpus) // len(bindable)
+    return {r.name: list(cpus[i * share:(i + 1) * share]) for i, r in enumerate(bindable)}
+
+
+def pinned(route: RouteConfig, cpus: list[int] | None) -> RouteConfig:
+    """The route with its engine's binding to `cpus` added to serve.env (unchanged without cpus)."""
+    if not cpus or route.serve is None:
+        return route
+    env = {**(engine_for(route).cpu_binding(cpus) or {}), **route.serve.env}
+    return route.model_copy(update={"serve": route.serve.model_copy(update={"env": env})})
+
+
 class ServerPool:
     """The servers of a run. `start()` launches them (in parallel batches that fit in memory) and
     waits until all are ready; `stop()` stops them all."""
@@ -70,6 +98,7 @@ class ServerPool:
         self.available_bytes = available_bytes
         self.handles: dict[str, ServerHandle] = {}
         self.batches: list[list[str]] = []
+        self.cpu_sets = plan_cpu_sets(self.routes)  # route -> its own cores (engines that can bind)
 
     @property
     def base_urls(self) -> dict[str, str]:
@@ -81,7 +110,7 @@ class ServerPool:
                 self.batches.append([r.name for r in batch])
                 started = []
                 for r in batch:  # recorded one by one, so an interrupt mid-batch still stops them
-                    h = start_server(r, self.log_dir, self.otlp_traces_endpoint)
+                    h = start_server(pinned(r, self.cpu_sets.get(r.name)), self.log_dir, self.otlp_traces_endpoint)
                     self.handles[h.route] = h
                     started.append(h)
                 wait_ready(started, {r.name: _spec(r).startup_timeout_s for r in batch})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 TABLES: dict[str, str] = {
     "runs": """
@@ -60,8 +60,8 @@ TABLES: dict[str, str] = {
         flags           VARCHAR[],    -- what was kept but marked: partial, usage_invalid, id_coerced, ... (mirror/assemble.py)
         started_at      TIMESTAMPTZ,
         latency_s       DOUBLE,       -- end to end, first byte sent to last byte received
-        ttft_s          DOUBLE,       -- time to first content or tool-call token
-        itl_mean_s      DOUBLE,       -- mean inter-token (inter-chunk) latency
+        ttft_s          DOUBLE,       -- time to first output token (content, reasoning or tool-call delta)
+        itl_mean_s      DOUBLE,       -- mean gap between output-token chunks
         itl_p99_s       DOUBLE,
         attempts        INTEGER,
         http_status     INTEGER,
@@ -73,6 +73,16 @@ TABLES: dict[str, str] = {
         steps           INTEGER,      -- trajectories: model calls made (rows in `steps`); NULL for one call
         stop_reason     VARCHAR,      -- trajectories: answer | max_steps | unscripted_tool | error
         warmup          BOOLEAN,      -- a warm-up call (sent before measurement, sample < 0): stored, never reported
+        -- latency figures under other definitions (harness/mirror/latency.py defines every one)
+        ttft_content_s  DOUBLE,       -- time to first non-empty delta.content
+        ttft_chunk_s    DOUBLE,       -- time to first chunk with choices (vllm bench serve's TTFT)
+        e2e_chunk_s     DOUBLE,       -- time to last chunk with choices (vllm bench serve's E2EL)
+        itl_chunk_mean_s DOUBLE,      -- gaps between chunks with choices (vllm bench serve's ITL)
+        itl_chunk_p99_s DOUBLE,
+        tpot_s          DOUBLE,       -- (last - first token chunk) / (output_tokens - 1)
+        tpot_chunk_s    DOUBLE,       -- (e2e_chunk_s - ttft_chunk_s) / (output_tokens - 1): vllm bench serve's TPOT
+        chunks          INTEGER,      -- chunks with choices
+        send_s          DOUBLE,       -- start -> request headers begin to go out (connection ready)
         PRIMARY KEY (run_id, prompt_id, route, sample)
     """,
     # One row per model call of an agent trajectory (harness/mirror/trajectory.py); the response row
@@ -201,11 +211,15 @@ def json_columns(table: str) -> frozenset[str]:
 
 
 
-# Columns added after schema version 1 (version 2: spans' engine columns, quantity; 3: warmup): a store written by an older routecheck gains them on open.
+# Columns added after schema version 1 (version 2: spans' engine columns, quantity; 3: warmup, flags; 4: latency figures under other definitions): a store written by an older routecheck gains them on open.
 ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "spans": [("engine", "VARCHAR"), ("queue_s", "DOUBLE"), ("prefill_s", "DOUBLE"), ("decode_s", "DOUBLE"), ("e2e_s", "DOUBLE")],
     "server_metrics": [("quantity", "VARCHAR")],
     # version 3: agent trajectories, warm-up calls, raw usage and call flags
     "prompts": [("tool_results", "JSON"), ("max_steps", "INTEGER")],
-    "responses": [("steps", "INTEGER"), ("stop_reason", "VARCHAR"), ("warmup", "BOOLEAN"), ("usage_raw", "VARCHAR"), ("flags", "VARCHAR[]")],
+    "responses": [("steps", "INTEGER"), ("stop_reason", "VARCHAR"), ("warmup", "BOOLEAN"), ("usage_raw", "VARCHAR"), ("flags", "VARCHAR[]"),
+                  # version 4: latency figures under other definitions (harness/mirror/latency.py)
+                  ("ttft_content_s", "DOUBLE"), ("ttft_chunk_s", "DOUBLE"), ("e2e_chunk_s", "DOUBLE"),
+                  ("itl_chunk_mean_s", "DOUBLE"), ("itl_chunk_p99_s", "DOUBLE"), ("tpot_s", "DOUBLE"),
+                  ("tpot_chunk_s", "DOUBLE"), ("chunks", "INTEGER"), ("send_s", "DOUBLE")],
 }

@@ -115,7 +115,7 @@ def route_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
 # the traceparent header); NULL where none arrived. Engines map their span attributes to these
 # typed columns when the span is received.
 RESPONSE_TIMINGS_SQL = f"""
-SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort,
+SELECT r.run_id, r.prompt_id, r.route, r.sample, r.cohort, r.started_at,
        r.latency_s, r.ttft_s,
        s.queue_s   AS server_queue_s,
        s.prefill_s AS server_prefill_s,

@@ -177,6 +177,11 @@ class BatchWriter:
                 self.failure = self.failure or error
                 raise error
 
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The connection itself, for its owner (opening and closing it); others use `locked()`."""
+        return self._con
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """The shared connection, with no flush running until the block ends."""

@@ -49,8 +49,9 @@ from harness.testing import faults as fault_catalogue
 @dataclass
 class StubConfig:
     model: str = "stub"
-    ttft_s: float = 0.0  # delay before the first token
-    tokens_per_s: float = 0.0  # 0 = as fast as possible
+    ttft_s: float = 0.0  # delay before the first token (the role-only first chunk is sent at once, as vLLM does)
+    tokens_per_s: float = 0.0  # 0 = as fast as possible; else token i is due at first token + i / tokens_per_s
+    reasoning: str | None = None  # words streamed as `reasoning_content` deltas before the answer
     answer: str | None = None  # fixed answer; default echoes the last user message
     # Substring of the last user message -> answer text, checked in order before `answer`.
     answers: dict[str, str] = field(default_factory=dict)
@@ -72,11 +73,22 @@ class StubConfig:
     fault: str | None = None
 
 
+# `--preset realistic`: a server's pacing (20 ms to the first token, then 5 ms per token), for
+# latency comparisons between clients (bench/peers.py); `fast` answers as fast as it can.
+PRESETS: dict[str, dict[str, Any]] = {"fast": {}, "realistic": {"ttft_s": 0.02, "tokens_per_s": 200.0}}
+
 _MARKER = re.compile(r"\[\[stub:([^\]]+)\]\]")
 
 
 def _words(text: str) -> list[str]:
     return text.split()
+
+
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text parts of a content list (as `vllm bench serve` sends)."""
+    if isinstance(content, list):
+        return " ".join(p.get("text") or "" for p in content if isinstance(p, dict))
+    return content or ""
 
 
 def build_app(cfg: StubConfig) -> Starlette:
@@ -138,7 +150,9 @@ def build_app(cfg: StubConfig) -> Starlette:
         max_tokens = body.get("max_tokens") or 10**9
         finish = "tool_calls" if tool_call else ("length" if len(pieces) > max_tokens else "stop")
         pieces = pieces[:max_tokens]
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces), "total_tokens": prompt_tokens + len(pieces)}
+        thoughts = [w if i == 0 else " " + w for i, w in enumerate(_words(cfg.reasoning or ""))]
+        completion_tokens = len(thoughts) + len(pieces)  # reasoning tokens count as completion tokens (as in vLLM)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
         fault = fault_catalogue.select(last, cfg.fault) if (cfg.faults or cfg.fault) else None
         if fault:
@@ -169,9 +183,16 @@ def build_app(cfg: StubConfig) -> Starlette:
             yield chunk({"role": "assistant", "content": ""})
             if cfg.ttft_s:
                 await asyncio.sleep(cfg.ttft_s)
-            for i, piece in enumerate(pieces):
+            # Paced against deadlines, so the sleeps' overshoot does not add up over the answer.
+            t_first = time.monotonic()
+            for i, thought in enumerate(thoughts):
                 if i and cfg.tokens_per_s:
-                    await asyncio.sleep(1.0 / cfg.tokens_per_s)
+                    await asyncio.sleep(max(0.0, t_first + i / cfg.tokens_per_s - time.monotonic()))
+                yield chunk({"reasoning_content": thought})
+            for i, piece in enumerate(pieces, start=len(thoughts)):
+                if i and cfg.tokens_per_s:
+                    await asyncio.sleep(max(0.0, t_first + i / cfg.tokens_per_s - time.monotonic()))
+                i -= len(thoughts)
                 if tool_call:
                     k, piece = piece
                     first = i == 0 or pieces[i - 1][0] != k
@@ -264,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
     p.add_argument("--config", help="JSON file with StubConfig fields; flags below override it")
     p.add_argument("--model")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="pacing: realistic = 20 ms to the first token, 5 ms per token")
     p.add_argument("--ttft-s", type=float)
     p.add_argument("--tokens-per-s", type=float)
     p.add_argument("--answer")
@@ -272,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fault", choices=sorted(fault_catalogue.FAULTS), help="inject this fault into every request")
     args = p.parse_args(argv)
     data: dict[str, Any] = json.loads(open(args.config).read()) if args.config else {}
+    if args.preset:
+        data = {**PRESETS[args.preset], **data}
     if args.tool_calls:
         data["scripted_tool_calls"] = json.loads(open(args.tool_calls).read())
     for key in ("model", "ttft_s", "tokens_per_s", "answer", "faults", "fault"):

@@ -196,7 +196,7 @@ table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px soli
 th{background:#f5f5f5;text-align:left}.v-regression{color:#c62828;font-weight:bold}.v-improvement{color:#2e7d32}
 .v-inconclusive{color:#a67c00}.v-no-change{color:#757575}.v-insufficient{color:#a67c00;font-style:italic}.fail{color:#c62828}.pass{color:#2e7d32}
 pre{white-space:pre-wrap;word-break:break-word;max-width:420px;max-height:220px;overflow:auto;margin:0;font-size:11px}
-.muted{color:#666;font-size:12px}svg{max-width:100%;height:auto}
+.muted{color:#666;font-size:12px}.note{color:#444;font-size:13px;border-left:3px solid #bbb;padding-left:6px}svg{max-width:100%;height:auto}
 """
 
 
@@ -212,6 +212,7 @@ def to_html(report: Report) -> str:
     parts.append(f'<p class="muted">Baseline <b>{esc(report.baseline)}</b>; candidates {esc(", ".join(report.candidates))}. '
                  f"alpha {esc(s['alpha'])}; {esc(s['correction'])}; {esc(s['families'])}. Unit: {esc(s['unit'])}. "
                  f"Verdict: {esc(s['verdict_rule'])}. Generated {esc(report.generated_at)}.</p>")
+    parts += [f'<p class="note">{esc(note)}</p>' for note in report.notes]
     parts.append('<h2>Per-cohort differences (forest plot)</h2><div id="forest-plot">')
     for cand in report.candidates:
         rows = [c for c in report.comparisons if c.candidate == cand and c.kind == "quality"]

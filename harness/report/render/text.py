@@ -130,6 +130,8 @@ def print_report(report: Report, console: Console | None = None, html_path: str 
     console.print(term(f"routecheck report  run {report.run_id}  baseline {report.baseline}  "
                        f"candidates {', '.join(report.candidates)}", style="bold"))
     console.print(Text(f"alpha {s['alpha']}, {s['correction']}; unit: prompt; CI 95%", style="dim"))
+    for note in report.notes:
+        console.print(Text(f"note: {note}", style="dim"))
     for cand in report.candidates:
         rows, hidden = shown_rows(report, cand)
         t = Table(title=term(f"{cand} vs {report.baseline}"), show_lines=False, header_style="bold")
@@ -249,6 +251,8 @@ def to_markdown(report: Report, html_name: str | None = None) -> str:
     lines += [f"Baseline **{md_cell(report.baseline)}**; candidates: {', '.join(f'**{md_cell(c)}**' for c in report.candidates)}. "
               f"alpha = {s['alpha']}, p-values corrected with {s['correction']} ({s['families']}). "
               f"Unit: {s['unit']}. Verdict: {s['verdict_rule']}.", ""]
+    for note in report.notes:  # plain paragraphs: the report's own structure is headings, tables and lists
+        lines += [f"Note: {md_cell(note)}", ""]
     for cand in report.candidates:
         rows, hidden = shown_rows(report, cand)
         lines += [f"## {md_cell(cand)} vs {md_cell(report.baseline)}", ""]

@@ -34,6 +34,12 @@ class Engine(Protocol):
         """Host memory one server needs, given its environment and the model's size on disk."""
         ...
 
+    def cpu_binding(self, cpus: list[int]) -> dict[str, str] | None:
+        """Environment that confines the server's compute threads to `cpus` (so two servers on one
+        machine do not fight over cores), or None where the engine cannot (a GPU engine). Optional:
+        an engine without this method is never pinned."""
+        ...
+
     def span_columns(self, name: str, attributes: Mapping[str, Any]) -> dict[str, Any] | None:
         """Typed columns (`engine` and SPAN_TIMING_COLUMNS) for the engine's per-request span;
         None for any other span."""

@@ -27,6 +27,7 @@ from harness.serving.errors import ServeError
 # resident memory beyond its KV cache (API server, EngineCore and Worker processes together).
 SERVER_OVERHEAD_BYTES = int(2.5 * GiB)
 DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+CPU_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 REQUEST_SPAN = "llm_request"
 # Span attribute -> typed `spans` column.
 SPAN_ATTRIBUTES = {
@@ -131,6 +132,13 @@ class VllmEngine:
         except ValueError:
             kv = 4 * GiB  # vLLM's own default when the value is unusable
         return int(2 * model_bytes + kv + SERVER_OVERHEAD_BYTES)
+
+    def cpu_binding(self, cpus: list[int]) -> dict[str, str] | None:
+        """vLLM CPU binds its OpenMP compute threads to VLLM_CPU_OMP_THREADS_BIND (default `auto`:
+        every core of the NUMA node, so two servers share all cores)."""
+        if flavour() != "cpu" or not cpus:
+            return None
+        return {CPU_BIND_ENV: ",".join(str(c) for c in cpus)}
 
     def span_columns(self, name: str, attributes: Mapping[str, Any]) -> dict[str, Any] | None:
         if name != REQUEST_SPAN:
