@@ -23,6 +23,7 @@ from harness.store import BatchWriter, connect, shared
 from harness.tracing.otlp_receiver import OTLPReceiver, attach_server_spans
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STORE_MEMORY_LIMIT = "64MB"
 
 
 @dataclass
@@ -41,6 +42,10 @@ def run_proxy(routes: RoutesFile, opts: ProxyOptions, on_ready: Callable[[Proxy]
     engines = {r.name: engine_for(r) for r in served}  # an unknown engine fails before anything starts
     owner = f"routecheck proxy on {opts.host}:{opts.port}"
     con = connect(opts.db, owner=owner)
+    # DuckDB keeps written blocks cached up to its memory limit (80 % of RAM by default): over hours
+    # of traffic that is the proxy's memory growth. Rows are written once and read by other
+    # processes, so a small cache costs nothing.
+    con.execute(f"SET memory_limit = '{STORE_MEMORY_LIMIT}'")
     writer = BatchWriter(con)
     try:
         with contextlib.ExitStack() as stack:
