@@ -599,3 +599,36 @@ def test_recorded_calls_read_like_the_standard_library_would():
                      times=[0.02], t_end=0.02)
     r = read_call({"messages": []}, plain)
     assert (r.text, r.output_tokens, r.usage_source, r.ttft_s) == ("hi", 1, "server", 0.02)
+
+
+def test_two_replicas_gathered_into_one_store_as_docs_proxy_md_says(tmp_path, stub_server, proxies):
+    """docs/proxy.md's deployment sketch: each replica its own store; copy one, attach the others,
+    INSERT OR REPLACE each table; then `report` each run from the gathered store."""
+    import shutil
+
+    from harness.cli import app
+
+    base, cand = stub_server(), stub_server(ttft_s=0.001)
+    routes = two_routes(tmp_path, base.base_url, cand.base_url)
+    stores = [tmp_path / "store-1.duckdb", tmp_path / "store-2.duckdb"]
+    for k, db in enumerate(stores):
+        p = proxies(routes, db)
+        for i in range(12 + k):
+            client(p).chat.completions.create(model="x", messages=[{"role": "user", "content": f"replica {k} q{i}"}])
+        assert p.stop() == 0
+    gathered = tmp_path / "all.duckdb"
+    shutil.copy(stores[0], gathered)
+    con = duckdb.connect(str(gathered))
+    con.execute(f"ATTACH '{stores[1]}' AS r2 (READ_ONLY)")
+    for table in ("runs", "prompts", "responses", "spans"):
+        con.execute(f"INSERT OR REPLACE INTO {table} SELECT * FROM r2.{table}")
+    runs = con.execute("SELECT run_id, n_prompts FROM runs ORDER BY n_prompts").fetchall()
+    con.close()
+    assert [n for _, n in runs] == [12, 13]
+    runner = CliRunner()
+    for run_id, n in runs:
+        out = tmp_path / run_id
+        res = runner.invoke(app, ["report", run_id, "--db", str(gathered), "--out-dir", str(out)])
+        assert res.exit_code == 0, res.output
+        report = json.loads((out / "report.json").read_text())
+        assert any(f"0 of {n} primary calls were not mirrored" in w for w in report["warnings"])
