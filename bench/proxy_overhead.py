@@ -14,7 +14,7 @@ proxy's CPU per request (user + system from /proc, psutil), and what each proxy 
 
 Then the one-core ramp: a fresh proxy pinned to one core (taskset) at 100% mirroring, each rate of
 --ramp for --ramp-s; a rate is sustained when every request succeeds, nothing is dropped from the
-mirror queue and the total p99 stays within 2x the lowest rate's p99 + 50 ms. The stubs and the load
+mirror queue, and total latency stays near the stub's own (~100 ms): p50 <= 200 ms, p99 <= 1 s. The stubs and the load
 generator run beside it on the other core, so on a small machine this is a lower bound.
 
     python bench/proxy_overhead.py [--rate 200] [--block-s 10] [--rounds 2] [--ramp 200,400,600,800] [--ramp-s 6]
@@ -145,6 +145,9 @@ def main() -> None:
                       f"{ms(dif['ttft_p50_s']):>9} {ms(dif['ttft_p99_s']):>6} {ms(dif['latency_p50_s']):>8} {ms(dif['latency_p99_s']):>6} "
                       f"{(1000 * cpu[c] / max(len(samples[c]), 1)) if p else float('nan'):>10.3f} "
                       f"{m['mirrored'] if m else '-':>8} {m['queue_full'] if m else '-':>7}", flush=True)
+            for c, (_, p) in conds.items():
+                if p:
+                    print(f"{c}: {1000 * cpu[c] / max(len(samples[c]), 1) * args.rate / 1000:.2f} cores of CPU at {args.rate:g} req/s")
             for p in proxies:
                 p.stop(signal.SIGTERM)
             proxies.clear()
@@ -159,7 +162,7 @@ def main() -> None:
             print(f"\none core (taskset -c {args.core}), mirroring 100% to a healthy candidate, {args.ramp_s:g} s per rate:")
             print(f"{'offered/s':>9} {'done/s':>7} {'ok':>6} {'err':>4} {'total p50':>9} {'p99':>7} {'proxy CPU':>9} "
                   f"{'ms/req':>7} {'mirrored':>8} {'dropped':>7} sustained")
-            best, first_p99 = None, None
+            best = None
             for rate in [float(x) for x in args.ramp.split(",")]:
                 m0, c0, w0 = mirror_counts(p), cpu_s(p.pid), time.perf_counter()
                 got = uvloop.run(run_load(url, rate, args.ramp_s, body=body, seed=int(rate)))
@@ -168,10 +171,9 @@ def main() -> None:
                 time.sleep(1.0)  # mirrored calls finish
                 m1 = mirror_counts(p)
                 s = summary(got)
-                first_p99 = first_p99 or s["latency_p99_s"]
                 dropped = m1["queue_full"] - m0["queue_full"]
                 ok = (s["errors"] == 0 and dropped == 0 and s["latency_p99_s"] is not None
-                      and s["latency_p99_s"] <= 2 * first_p99 + 0.05)
+                      and s["latency_p50_s"] <= 0.2 and s["latency_p99_s"] <= 1.0)
                 if ok:
                     best = rate
                 print(f"{rate:>9g} {s['ok'] / wall:>7.0f} {s['ok']:>6} {s['errors']:>4} {ms(s['latency_p50_s']):>9} "
