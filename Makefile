@@ -27,6 +27,10 @@ system-deps:
 
 # The main job: start both testbed routes, mirror the corpus, score every answer, replay the MoE
 # route's answers through its checkpoint for expert routing (offline probe), report per cohort.
+# Expert routing comes from the offline probe here: live capture (`expert_capture: true`, docs/experts.md)
+# costs little (docs/benchmarks.md) but needs --enforce-eager, and --no-enable-prefix-caching to cover
+# the same tokens, on the MoE route; both routes would have to change together to stay comparable,
+# and that demo has not been run yet.
 demo: setup
 	$(RC) mirror --corpus examples/corpus.jsonl --routes routes.yaml
 	$(RC) score latest

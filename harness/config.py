@@ -65,6 +65,11 @@ class RouteConfig(_Strict):
     # Read by `routecheck proxy`: false keeps only the SHA-256 and length of this route's answers
     # (and of the prompts it is sent), for traffic that must not be stored (docs/proxy.md).
     capture_content: bool = True
+    # MoE routing from the server (harness/experts/capture.py): `expert_capture` loads routecheck's
+    # plugin into the served engine (live top-k ids and router logits per request);
+    # `return_routed_experts` sends non-streamed calls and stores the `routed_experts` the server returns.
+    expert_capture: bool = False
+    return_routed_experts: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -89,6 +94,10 @@ class RouteConfig(_Strict):
             raise ValueError("architecture 'moe' needs 'num_experts' and 'active_experts'")
         if self.num_experts and self.active_experts and self.active_experts > self.num_experts:
             raise ValueError("'active_experts' cannot exceed 'num_experts'")
+        if self.expert_capture and (self.serve is None or self.architecture != "moe"):
+            raise ValueError("'expert_capture' needs a 'serve:' route (routecheck starts the server) with architecture 'moe'")
+        if self.return_routed_experts and self.architecture != "moe":
+            raise ValueError("'return_routed_experts' needs architecture 'moe' (and 'num_experts')")
         return self
 
     def api_key(self) -> str | None:

@@ -105,6 +105,9 @@ def _print_summary(summary: MirrorSummary) -> None:
                   + (f", {summary.skipped_rows} invalid rows skipped" if summary.skipped_rows else "")
                   + (f", {summary.resumed_skipped_calls} calls already done" if summary.resumed_skipped_calls else "")
                   + (f", {summary.spans_restored} call spans restored" if summary.spans_restored else "")))
+    for route, n in summary.experts_live.items():
+        out.print(Text(f"live expert capture: {n} responses of route {visible(route)} have routing from the server "
+                       f"(routecheck experts {visible(summary.run_id)} --route {visible(route)})"))
     if summary.rows_repaired or summary.rows_rejected:
         err.print(Text(f"warning: {summary.rows_repaired} rows stored with values the store could not take set to NULL "
                        f"(marked), {summary.rows_rejected} rows not stored; for example: "

@@ -165,3 +165,46 @@ def load_panel(con: duckdb.DuckDBPyConnection, run_id: str) -> list[PanelRow]:
             if other is not None:
                 rest[(route, cohort, source)] = other
     return panel_rows(stats, rest)
+
+
+# Every id a call of the run is known by -> its response: the response row's id (single calls), each
+# call span's gen_ai.response.id (trajectory steps too) and each server span's gen_ai.request.id
+# (`attach_server_spans` gave it the client span's run, route, prompt and sample). Warm-ups (sample < 0) are left out.
+_CALL_IDS_SQL = """
+SELECT DISTINCT rid, prompt_id, sample FROM (
+    SELECT response_id AS rid, prompt_id, sample FROM responses WHERE run_id = ? AND route = ?
+    UNION ALL
+    SELECT json_extract_string(attributes, '$."gen_ai.response.id"'), prompt_id, sample
+    FROM spans WHERE run_id = ? AND route = ? AND engine IS NULL
+    UNION ALL
+    SELECT json_extract_string(attributes, '$."gen_ai.request.id"'), prompt_id, sample
+    FROM spans WHERE run_id = ? AND route = ? AND engine IS NOT NULL
+) WHERE rid IS NOT NULL AND prompt_id IS NOT NULL AND sample >= 0
+"""
+
+
+def store_live(con: duckdb.DuckDBPyConnection, run_id: str, route: str, spool: Any,
+               capacity_factors: Sequence[float] = DEFAULT_CAPACITY_FACTORS) -> int:
+    """Join a live-capture spool (harness.experts.capture.Spool, already polled) to the run's responses
+    by request id and replace the route's `live` rows; a trajectory's model calls are summed into
+    its response. Returns how many responses got routing."""
+    from collections import defaultdict
+
+    from harness.experts.stats import merge_records
+
+    by_response: dict[tuple[str, int], list[ResponseRecord]] = defaultdict(list)
+    seen: set[tuple[str, str, int]] = set()
+    for rid, prompt_id, sample in con.execute(_CALL_IDS_SQL, [run_id, route] * 3).fetchall():
+        if (rid, prompt_id, sample) in seen:
+            continue
+        seen.add((rid, prompt_id, sample))
+        rec = spool.record(rid, capacity_factors)
+        if rec is not None:
+            by_response[(prompt_id, int(sample))].append(rec)
+    now = datetime.now(timezone.utc)
+    rows: list[dict[str, Any]] = []
+    for (prompt_id, sample), recs in sorted(by_response.items()):
+        rows += to_rows(run_id, prompt_id, route, sample, "live", merge_records(recs, source="live") if len(recs) > 1 else recs[0], now)
+    con.execute("DELETE FROM expert_stats WHERE run_id = ? AND route = ? AND source = 'live'", [run_id, route])
+    upsert(con, "expert_stats", rows)
+    return len(by_response)

@@ -13,6 +13,8 @@ fault's kind) or is kept and marked with a flag on the row. The flags:
     no_done           finish_reason arrived but the stream ended without [DONE]
     no_finish_reason  [DONE] arrived but no choice had a finish_reason
     bad_unicode       the text held unpaired surrogates (escaped in the JSON), replaced by U+FFFD
+    routed_experts_invalid  the reply's `routed_experts` could not be read (not base64 .npy ids of the
+                      route's experts): the answer is kept, no routing is stored for it
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class Assembly:
     moments marked on its StreamClock (harness/mirror/latency.py turns them into the figures)."""
 
     __slots__ = ("text_parts", "tool_calls", "clock", "usage", "finish_reason", "response_id", "response_model",
-                 "flags", "done", "events")
+                 "flags", "done", "events", "routed_experts")
 
     def __init__(self) -> None:
         self.text_parts: list[str] = []
@@ -74,6 +76,7 @@ class Assembly:
         self.flags: list[str] = []
         self.done = False  # [DONE] seen
         self.events = 0  # data events seen (the JSON reply counts as one)
+        self.routed_experts: str | None = None  # vLLM --enable-return-routed-experts: the first choice's field
 
     @property
     def received(self) -> bool:
@@ -203,6 +206,12 @@ class Assembly:
             if finish is not None and type(finish) is not str:
                 raise _bad("finish_reason", finish, "a string")
             self.finish_reason = finish or self.finish_reason
+            routed = choice.get("routed_experts")
+            if routed is not None and self.routed_experts is None:
+                if type(routed) is str:
+                    self.routed_experts = routed
+                elif "routed_experts_invalid" not in self.flags:
+                    self.flags.append("routed_experts_invalid")  # telemetry, not the answer: kept, marked
         if self.text_parts or self.tool_calls:  # the whole reply is one chunk
             self.clock.chunk(perf_counter(), True, bool(self.text_parts))
         self.done = True  # a whole reply is complete by construction

@@ -3,7 +3,7 @@ call and each step of an agent trajectory carry the same attributes, status and 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import time
 
@@ -18,11 +18,13 @@ from harness.store.redact import Redactor
 
 
 async def traced_chat(tracer: trace.Tracer, route: RouteConfig, client: httpx.AsyncClient, body: dict[str, Any],
-                      attributes: dict[str, Any], redactor: Redactor | None = None) -> tuple[CallResult, trace.Span]:
+                      attributes: dict[str, Any], redactor: Redactor | None = None,
+                      experts: Callable[[CallResult], dict[str, Any]] | None = None) -> tuple[CallResult, trace.Span]:
     """Stream one chat completion inside a `chat <model>` span; the span is ended when this returns
     (its context stays readable for the store's trace and span ids). Never raises: whatever goes
     wrong is this call's error row. Known API keys are redacted from the error before the span
-    gets it, since spans may leave over OTLP."""
+    gets it, since spans may leave over OTLP. `experts` gives the call's measured routing
+    attributes (`routecheck.experts.*`) from the result, when the route records routing."""
     with tracer.start_as_current_span(
         f"chat {route.model}", kind=SpanKind.CLIENT, attributes=attributes,
         record_exception=False, set_status_on_exception=False,
@@ -36,6 +38,12 @@ async def traced_chat(tracer: trace.Tracer, route: RouteConfig, client: httpx.As
         if not result.ok and redactor and result.error_message:
             result.error_message = redactor.text(result.error_message)
         span.set_attributes(result_attributes(result))
+        if experts is not None and result.ok:
+            try:
+                span.set_attributes(experts(result))
+            except Exception as e:  # telemetry must never cost the call
+                result.flags.append("experts_invalid")
+                span.set_attribute("routecheck.experts.error", f"{type(e).__name__}: {e}"[:300])
         if not result.ok:
             span.set_status(Status(StatusCode.ERROR, result.error_message))
     return result, span

@@ -52,6 +52,8 @@ class CallResult:
     flags: list[str] = field(default_factory=list)  # harness/mirror/assemble.py lists them
     usage_raw: str | None = None  # the server's usage as sent, when it could not be used
     usage_problem: str | None = None
+    routed_experts: str | None = None  # a non-streamed choice's `routed_experts` (base64 .npy), as sent
+    expert_record: Any = None  # the call's measured routing (harness.experts ResponseRecord), when recorded
     # the other latency figures (harness/mirror/latency.py)
     ttft_content_s: float | None = None
     ttft_chunk_s: float | None = None
@@ -193,6 +195,7 @@ async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dic
         raise _Retryable(type(e).__name__, str(e) or type(e).__name__) from None
     clock.end = time.perf_counter()
     result.finish_reason, result.response_id, result.response_model = acc.finish_reason, acc.response_id, acc.response_model
+    result.routed_experts = acc.routed_experts
     result.text = acc.text()
     result.tool_calls = acc.calls()
     token_times = clock.token_times

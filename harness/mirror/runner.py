@@ -37,9 +37,11 @@ from harness.store import BatchWriter, connect, shared, upsert
 from harness.store.redact import Redactor
 from harness.store.writer import StoreWriteError
 from harness.mirror.attributes import request_attributes
+from harness.mirror.experts import RouteExperts, collect_live
 from harness.serving.engines import engine_for, server_span_columns
 from harness.serving.metrics import MetricsScraper
 from harness.serving.pool import serving
+from harness.serving.process import expert_spool_dir
 from harness.tracing.otlp_receiver import OTLPReceiver, attach_server_spans
 from harness.tracing.provider import make_tracer_provider, tracer
 
@@ -87,6 +89,7 @@ class MirrorSummary:
     resumed_skipped_calls: int
     duration_s: float
     per_route: dict[str, RouteTally] = field(default_factory=dict)
+    experts_live: dict[str, int] = field(default_factory=dict)  # route -> responses with live-captured routing
     rows_written: int = 0  # responses rows this process wrote: equals `calls` when nothing was lost
     rows_repaired: int = 0  # rows stored with a value the store could not take set to NULL (marked)
     rows_rejected: int = 0  # rows (any table) not stored at all: their key could not be
@@ -134,6 +137,9 @@ def _build_body(route: RouteConfig, record: PromptRecord, sample: int) -> dict[s
         "temperature": req.temperature,
         "max_tokens": req.max_tokens,
     }
+    if route.return_routed_experts:  # vLLM returns routed_experts on non-streamed choices only
+        body["stream"] = False
+        del body["stream_options"]
     if req.seed is not None:
         body["seed"] = req.seed + sample  # each sample its own reproducible draw
     if req.top_p is not None:
@@ -196,6 +202,9 @@ class Mirror:
         self.writer = writer or BatchWriter(connect(opts.db, owner=self.owner), self.redactor)
         self.con = self.writer.con
         self._slots = {r.name: asyncio.Semaphore(r.max_concurrency) for r in self.routes}
+        # Routes whose server reports routing (live capture spool, returned ids): harness/mirror/experts.py
+        self.experts: dict[str, RouteExperts] = {r.name: RouteExperts(r) for r in self.routes
+                                                 if r.return_routed_experts or r.expert_capture}
         self._limiter = _RateLimiter(opts.rate) if opts.rate else None
 
     # -- run bookkeeping -------------------------------------------------------------------------
@@ -407,9 +416,13 @@ class Mirror:
     async def _call(self, route: RouteConfig, record: PromptRecord, sample: int, client: httpx.AsyncClient,
                     warmup: bool = False) -> None:
         body = _build_body(route, record, sample)
+        experts = self.experts.get(route.name)
+        hook = experts.span_attributes if experts else None
         if record.is_trajectory:  # an agent row: the tool loop, one call span per step (harness/mirror/trajectory.py)
-            traj = await play_trajectory(self._tracer, route, self.run_id, record, sample, client, body, self.redactor)
+            traj = await play_trajectory(self._tracer, route, self.run_id, record, sample, client, body, self.redactor, hook)
             self.writer.add("steps", traj.step_rows(self.run_id, route.name, record.id, sample))
+            if experts and not warmup:
+                self.writer.add("expert_stats", experts.returned_rows(self.run_id, record.id, sample, [s.result for s in traj.steps]))
             self.writer.add("responses", [{**_response_row(self.run_id, route, record, sample, traj.total, traj.span, warmup),
                                            **traj.columns()}])
             if warmup:
@@ -419,8 +432,10 @@ class Mirror:
             return
         result, span = await traced_chat(self._tracer, route, client, body,
                                          request_attributes(route, self.run_id, record.id, record.cohort, sample, body),
-                                         self.redactor)
+                                         self.redactor, hook)
         self.writer.add("responses", [_response_row(self.run_id, route, record, sample, result, span, warmup)])
+        if experts and not warmup:
+            self.writer.add("expert_stats", experts.returned_rows(self.run_id, record.id, sample, [result]))
         if warmup:
             self._warmup_rows += 1
         else:
@@ -454,7 +469,7 @@ def run_mirrors(routes: RoutesFile, opts: MirrorOptions, repeat: int = 1,
     served = [r for r in routes.routes if r.serve is not None]
     engines = {r.name: engine_for(r) for r in served}  # an unknown engine fails before anything starts
     first = Mirror(routes, opts, on_progress)
-    writer, summaries = first.writer, []
+    writer, summaries, mirrors = first.writer, [], []
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(shared(opts.db, writer, first.owner))  # readers get snapshots meanwhile
@@ -470,9 +485,13 @@ def run_mirrors(routes: RoutesFile, opts: MirrorOptions, repeat: int = 1,
                     summaries.append(_run_loop(mirror))
                     continue
                 mirror.base_urls.update(urls)
+                for r in served:
+                    if r.expert_capture:
+                        mirror.experts[r.name].attach_spool(expert_spool_dir(log_dir, r.name))
                 with MetricsScraper(urls, writer, mirror.run_id, interval_s=scrape_interval_s, engines=engines):
                     summary = _run_loop(mirror)
                 summaries.append(summary)
+                mirrors.append(mirror)
                 # Servers export their request spans in batches every few seconds: wait for them before going on.
                 expected += sum(summary.per_route[r.name].requests + mirror.opts.warmup for r in served)
                 receiver.wait_for_server_spans(expected, SERVER_SPAN_WAIT_S)
@@ -480,6 +499,10 @@ def run_mirrors(routes: RoutesFile, opts: MirrorOptions, repeat: int = 1,
             writer.flush()
             for summary in summaries:
                 attach_server_spans(writer.con, summary.run_id)
+            for mirror, summary in zip(mirrors, summaries):  # live expert capture: joined by request id, now spans are in
+                for name, experts in mirror.experts.items():
+                    if experts.spool is not None:
+                        summary.experts_live[name] = collect_live(writer.con, summary.run_id, experts)
         return summaries
     finally:
         writer.flush()

@@ -158,7 +158,8 @@ async def play(body: dict[str, Any], script: dict[str, list[ToolRule]], max_step
 
 
 async def play_trajectory(tracer: trace.Tracer, route: RouteConfig, run_id: str, record: PromptRecord, sample: int,
-                          client: httpx.AsyncClient, body: dict[str, Any], redactor: Redactor | None = None) -> Trajectory:
+                          client: httpx.AsyncClient, body: dict[str, Any], redactor: Redactor | None = None,
+                          experts: Callable[[CallResult], dict[str, Any]] | None = None) -> Trajectory:
     """One route's trajectory for one row, traced: a trajectory span with a call span per step."""
     base = request_attributes(route, run_id, record.id, record.cohort, sample, body)
     with tracer.start_as_current_span("trajectory", kind=SpanKind.INTERNAL, attributes={
@@ -166,7 +167,8 @@ async def play_trajectory(tracer: trace.Tracer, route: RouteConfig, run_id: str,
     }) as span:
 
         async def send(step_body: dict[str, Any], k: int) -> tuple[CallResult, str, str]:
-            result, call_span = await traced_chat(tracer, route, client, step_body, {**base, "routecheck.step": k}, redactor)
+            result, call_span = await traced_chat(tracer, route, client, step_body, {**base, "routecheck.step": k}, redactor,
+                                                  experts)
             ctx = call_span.get_span_context()
             return result, f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
 

@@ -96,6 +96,11 @@ def build_env(
 _PORTS_GIVEN: set[int] = set()
 
 
+def expert_spool_dir(log_dir: Path, route: str) -> Path:
+    """Where a route's server writes its live expert capture (`expert_capture: true`), next to its log."""
+    return Path(log_dir) / f"{route}.experts"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the OS says is free now (bind to 0), never one already given to another server of
     this process (servers bind theirs seconds later, so the OS could hand it out twice)."""
@@ -172,6 +177,8 @@ def start_server(
     cmd = build_command(route, port, otlp_traces_endpoint)
     tag = tag or f"{route.name}-{os.getpid()}-{time.time_ns()}"
     env = build_env(route, otlp_traces_endpoint, tag=tag)
+    if route.expert_capture:
+        env.update(engine_for(route).capture_environment(route, expert_spool_dir(log_dir, route.name), env))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{route.name}.log"
     with open(log_path, "ab") as log:

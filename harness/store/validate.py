@@ -105,8 +105,14 @@ def _bool(v: Any) -> bool:
 
 
 def _timestamp(v: Any) -> Any:
-    if isinstance(v, (_dt.datetime, str)):  # DuckDB reads ISO text
+    if isinstance(v, _dt.datetime):
         return v
+    if isinstance(v, str):  # ISO text, parsed here: text DuckDB cannot cast would refuse the whole row
+        try:
+            t = _dt.datetime.fromisoformat(v.strip())
+        except ValueError:
+            raise BadValue(f"{_kind(v)} is not an ISO timestamp") from None
+        return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
     raise BadValue(f"{_kind(v)} is not a timestamp")
 
 
@@ -114,9 +120,10 @@ def _json(v: Any) -> str:
     if isinstance(v, str):
         return _fix_text(v)
     try:
-        return _fix_text(json.dumps(v, ensure_ascii=False, default=str))
+        text = json.dumps(v, ensure_ascii=False, default=str)
     except (ValueError, TypeError, RecursionError) as e:
         raise BadValue(f"{_kind(v)} cannot be written as JSON ({e})") from None
+    return _fix_text(text)  # outside the try: its BadValue carries the repaired text
 
 
 def _list(item: Callable[[Any], Any]) -> Callable[[Any], list]:
@@ -197,14 +204,14 @@ def clean_rows(table: str, rows: Sequence[dict[str, Any]], redactor: Redactor | 
                 try:
                     v = check(v)
                 except BadValue as e:
-                    bad.append(f"{col}: {e}")
+                    bad.append(redact(f"{col}: {e}") if redact else f"{col}: {e}")  # the message quotes the value
                     if e.replacement is None:
                         continue
                     v = e.replacement
             if redact is not None:
                 if type(v) is str:
                     v = redact(v)
-                elif type(v) is list and v and type(v[0]) is str:
+                elif type(v) is list and any(type(x) is str for x in v):
                     v = [redact(x) if type(x) is str else x for x in v]
             clean[col] = v
         if bad:
@@ -245,13 +252,20 @@ MARK_BAD_ROW: dict[str, Callable[[dict[str, Any], list[str], Callable[[str], str
 }
 
 
-def minimal_row(table: str, row: dict[str, Any], reason: str) -> dict[str, Any] | None:
-    """For a row the database refused although it passed the checks: its key and why, nothing else."""
+def minimal_row(table: str, row: dict[str, Any], reason: str, bare: bool = False) -> dict[str, Any] | None:
+    """For a row the database refused although it passed the checks: its key, a few identifying
+    columns and why. `bare`: the key and why only (the identifying columns were refused too)."""
     keys = key_columns(table)
     if not keys:
         return None
     out = {k: row.get(k) for k in keys}
-    if table == "responses":
+    if bare:
+        if table == "responses":
+            out["error_type"] = row.get("error_type") or "invalid_row"
+            out["error_message"] = f"not stored as sent: {reason}"[:2000]
+        elif table == "spans":
+            out["status_message"] = f"not stored as sent: {reason}"[:2000]
+    elif table == "responses":
         for k in ("role", "cohort", "model", "started_at", "attempts", "trace_id", "span_id"):
             out[k] = row.get(k)
         out["error_type"] = row.get("error_type") or "invalid_row"

@@ -98,17 +98,24 @@ def _write(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]
             _write(con, table, rows[mid:], problems, redactor)
             return
         reason = f"{type(e).__name__}: {e}"[:500]
-        fallback = minimal_row(table, rows[0], redactor.text(reason) if redactor else reason)
+        reason = redactor.text(reason) if redactor else reason
         problems.note(f"{table} row refused by the database ({reason})")
-        if fallback is None:
-            problems.rejected += 1
+        # The minimal form keeps a few identifying columns; should one of them be what was refused
+        # (text DuckDB cannot cast, say), the bare form keeps the key and the reason only.
+        for bare in (False, True):
+            fallback = minimal_row(table, rows[0], reason, bare=bare)
+            if fallback is None:
+                break
+            try:
+                _insert(con, table, [fallback])
+            except ROW_ERRORS:
+                continue
+            except Exception as e2:
+                raise StoreWriteError(table, 1, e2) from e2
+            problems.repaired += 1
+            problems.written += 1
             return
-        try:
-            _insert(con, table, [fallback])
-        except Exception as e2:
-            raise StoreWriteError(table, 1, e2) from e2
-        problems.repaired += 1
-        problems.written += 1
+        problems.rejected += 1
     except Exception as e:
         raise StoreWriteError(table, len(rows), e) from e
 

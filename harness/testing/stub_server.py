@@ -32,6 +32,7 @@ import json
 import re
 import socket
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,9 @@ class StubConfig:
     # Server faults (harness/testing/faults.py): `faults` honours [[fault:NAME]] markers; `fault` breaks every request.
     faults: bool = False
     fault: str | None = None
+    # vLLM's --enable-return-routed-experts: non-streamed choices carry `routed_experts` (base64 .npy
+    # of (tokens, layers, k) ids, `stub_routing`) when this is {"num_experts": E, "layers": L, "top_k": k}.
+    routed_experts: dict[str, int] | None = None
 
 
 # `--preset realistic`: a server's pacing (20 ms to the first token, then 5 ms per token), for
@@ -84,11 +88,14 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
-def _text(content: Any) -> str:
-    """A message's text: a string, or the text parts of a content list (as `vllm bench serve` sends)."""
-    if isinstance(content, list):
-        return " ".join(p.get("text") or "" for p in content if isinstance(p, dict))
-    return content or ""
+def stub_routing(words: list[str], num_experts: int, layers: int, top_k: int) -> "np.ndarray":
+    """The stub's routed experts, one token per word (prompt words, then answer words): token `w`,
+    layer `l`, slot `j` goes to expert `(crc32(w) + l + j) % E`. Deterministic, so tests predict it."""
+    import numpy as np
+
+    base = np.array([zlib.crc32(w.encode()) % num_experts for w in words], dtype=np.int64).reshape(-1, 1, 1)
+    offsets = np.arange(layers).reshape(1, -1, 1) + np.arange(top_k).reshape(1, 1, -1)
+    return ((base + offsets) % num_experts).astype(np.int16)
 
 
 def build_app(cfg: StubConfig) -> Starlette:
@@ -168,8 +175,15 @@ def build_app(cfg: StubConfig) -> Starlette:
             message: dict[str, Any] = {"role": "assistant", "content": None if tool_call else "".join(pieces)}
             if tool_call:
                 message["tool_calls"] = [{"id": f"call_{n}" + (f"_{k}" if k else ""), "type": "function", "function": c} for k, c in enumerate(calls)]
+            choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+            if cfg.routed_experts:
+                from harness.experts.capture import encode_routed_experts
+
+                words = [w for m in messages for w in _words(_text(m.get("content")))] + _words("".join(
+                    p for p in pieces if isinstance(p, str)))
+                choice["routed_experts"] = encode_routed_experts(stub_routing(words, **cfg.routed_experts))
             resp = JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-                                 "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage})
+                                 "choices": [choice], "usage": usage})
             keep(rid, resp.body.decode())
             return resp
 

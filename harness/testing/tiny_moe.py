@@ -15,6 +15,7 @@ Classes (layer 0 experts, highest first; layer l adds l modulo E):
   "c" words (cherry, coconut)        -> (0, 2)
   template tokens (<|im_start|>, <|im_end|>, role names, pad, [UNK]) -> (1, 3)
 
+The LM head sends every class to "cherry", so a greedy answer is "cherry cherry ...".
 The tokenizer is word-level (whitespace split, `tokenizers` library, no downloads) with a ChatML
 chat template, so chat messages render to tokens whose classes are known.
 """
@@ -90,8 +91,9 @@ def _tokenizer(vocab: dict[str, int]):
 
 
 def write_tiny_moe(out_dir: str | Path, *, hidden: int = 16, layers: int = 2, num_experts: int = 4, top_k: int = 2,
-                   seed: int = 0) -> TinyMoE:
-    """Write the checkpoint (config, safetensors) and tokenizer to `out_dir`; returns what its routing is."""
+                   seed: int = 0, intermediate: int = 8) -> TinyMoE:
+    """Write the checkpoint (config, safetensors) and tokenizer to `out_dir`; returns what its routing is.
+    For vLLM's CPU build use hidden=64 (two heads of 32: its attention takes head sizes 32, 64, ...)."""
     import torch
     from transformers import MixtralConfig, MixtralForCausalLM
 
@@ -106,7 +108,7 @@ def write_tiny_moe(out_dir: str | Path, *, hidden: int = 16, layers: int = 2, nu
 
     eps = 1e-5
     cfg = MixtralConfig(
-        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=8, num_hidden_layers=layers,
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=2, num_key_value_heads=2, head_dim=hidden // 2, num_local_experts=num_experts,
         num_experts_per_tok=top_k, max_position_embeddings=256, rms_norm_eps=eps, tie_word_embeddings=False,
         sliding_window=None, router_jitter_noise=0.0, output_router_logits=False,
@@ -129,6 +131,10 @@ def write_tiny_moe(out_dir: str | Path, *, hidden: int = 16, layers: int = 2, nu
                 for r, e in enumerate(CLASS_EXPERTS[c][:top_k]):
                     w[(e + li) % num_experts, d] = ROUTER_SCALE * (top_k - r)
             layer.mlp.gate.weight.copy_(w)
+        # Every token's next token is "cherry" (greedy): generated text is known, and re-tokenises exactly.
+        head = torch.zeros(len(vocab), hidden)
+        head[vocab["cherry"], : len(CLASS_DIRECTION)] = 1.0
+        model.lm_head.weight.copy_(head)
     model.save_pretrained(out_dir, safe_serialization=True)
     _tokenizer(vocab).save_pretrained(out_dir)
     return TinyMoE(path=out_dir, vocab=vocab, token_class=token_class, hidden=hidden, layers=layers,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from harness.config import RouteConfig
 
 GiB = 1024**3
@@ -29,6 +31,11 @@ class Engine(Protocol):
     def command(self, route: "RouteConfig", port: int, otlp_traces_endpoint: str | None) -> list[str]: ...
 
     def environment(self, route: "RouteConfig", otlp_traces_endpoint: str | None, base: Mapping[str, str]) -> dict[str, str]: ...
+
+    def capture_environment(self, route: "RouteConfig", spool_dir: "Path", base: Mapping[str, str]) -> dict[str, str]:
+        """Extra environment for a route with `expert_capture: true`: the server records each
+        request's routing into `spool_dir` (format: harness/experts/capture.py)."""
+        ...
 
     def memory_bytes(self, env: Mapping[str, str], model_bytes: int) -> int:
         """Host memory one server needs, given its environment and the model's size on disk."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from harness.config import RouteConfig
 
 from harness.serving.engines.base import GiB
+from harness.serving.engines.vllm_capture import SPOOL_ENV
 from harness.serving.errors import ServeError
 
 # Measured on this project's CPU machine: a vLLM CPU server for a 1 MB model uses ~2.4 GiB of
@@ -115,7 +117,10 @@ class VllmEngine:
                 # asserts they exist), so tracing needs stats logging on.
                 raise ConfigError(f"route {route.name!r}: serve.args has --disable-log-stats, which breaks vLLM's request spans")
             cmd += ["--otlp-traces-endpoint", otlp_traces_endpoint]
-        return cmd + list(spec.args)
+        args = list(spec.args)
+        if route.expert_capture and "--enforce-eager" not in args:
+            args.append("--enforce-eager")  # the capture hooks run in Python: no compiled graph around the router
+        return cmd + args
 
     def environment(self, route: "RouteConfig", otlp_traces_endpoint: str | None, base: Mapping[str, str]) -> dict[str, str]:
         env = {**DEFAULT_ENV, **base}
@@ -123,6 +128,17 @@ class VllmEngine:
         if otlp_traces_endpoint:
             env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
         return env
+
+    def capture_environment(self, route: "RouteConfig", spool_dir: Path, base: Mapping[str, str]) -> dict[str, str]:
+        """Variables that turn live expert capture on in the server's processes (harness/serving/engines/
+        vllm_capture.py): the spool directory, and a PYTHONPATH on which the server imports this
+        routecheck and finds its `vllm.general_plugins` entry point even when routecheck is not installed."""
+        root = Path(__file__).resolve().parents[3]  # the directory holding the `harness` package
+        paths = [str(root)]
+        if not _plugin_installed():
+            paths.insert(0, str(_plugin_dist(spool_dir.parent / ".routecheck-plugin")))
+        old = base.get("PYTHONPATH")
+        return {SPOOL_ENV: str(spool_dir), "PYTHONPATH": os.pathsep.join(paths + ([old] if old else []))}
 
     def memory_bytes(self, env: Mapping[str, str], model_bytes: int) -> int:
         """Weights (counted twice: load buffer and model) + CPU KV cache + fixed process overhead."""
@@ -147,6 +163,28 @@ class VllmEngine:
         for col, key in SPAN_ATTRIBUTES.items():
             cols[col] = _float(attributes.get(key))
         return cols
+
+
+PLUGIN_NAME = "routecheck_experts"
+PLUGIN_TARGET = "harness.serving.engines.vllm_capture:register"
+
+
+def _plugin_installed() -> bool:
+    """Whether the installed routecheck already declares the plugin (pyproject.toml's entry point)."""
+    try:
+        eps = importlib.metadata.entry_points(group="vllm.general_plugins")
+    except Exception:
+        return False
+    return any(ep.name == PLUGIN_NAME and ep.value == PLUGIN_TARGET for ep in eps)
+
+
+def _plugin_dist(where: Path) -> Path:
+    """A minimal distribution declaring the entry point, for a routecheck run from a checkout."""
+    dist = where / "routecheck_expert_capture-0.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: routecheck-expert-capture\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text(f"[vllm.general_plugins]\n{PLUGIN_NAME} = {PLUGIN_TARGET}\n")
+    return where
 
 
 def _float(value: Any) -> float | None:

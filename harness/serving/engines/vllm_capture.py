@@ -1,0 +1,224 @@
+"""routecheck's vLLM plugin (entry point group `vllm.general_plugins`): live expert capture.
+
+vLLM calls `register()` in every process it starts (API server, engine core, workers). It does
+nothing unless `ROUTECHECK_EXPERT_SPOOL` names a directory (routecheck sets it for a route with
+`expert_capture: true`). Then, in the process that runs the model, it wraps the V1 model
+runner's `execute_model` (the runner the CPU build uses; `CPUModelRunner` inherits it):
+
+- at the first real step it binds, on every MoE layer, `BaseRouter.set_capture_fn` (the logical
+  top-k expert ids, vLLM's own hook for routed-experts capture) and a forward hook on the
+  layer's gate (`GateLinear`: the router logits, for router entropy and top-k mass);
+- during a step the two callbacks only keep references to the tensors; after the step the ids
+  (T x L x k) and logits (T x L x E) are cut into the step's requests (batch order, each
+  request's scheduled token count, its first token's position) and appended as one line to
+  `<spool>/experts-<pid>.jsonl` (format: `harness/experts/capture.py`), before the step's tokens
+  are sampled, so a request's routing is on disk before the client sees its last token;
+- dummy and profiling runs (outside `execute_model`) are ignored.
+
+The router runs in Python on CPU only without compilation (the CPU build traces the router into
+its compiled graph otherwise), so routecheck adds `--enforce-eager` to such a route.
+
+Request ids: the engine's internal id is the API server's id plus `-` and 8 random characters
+(`InputProcessor.assign_request_id`); the spool carries both, the external one being the
+response `id` and the server span's `gen_ai.request.id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from functools import partial
+from typing import Any
+
+SPOOL_ENV = "ROUTECHECK_EXPERT_SPOOL"
+_SUFFIX = re.compile(r"^(.*)-[0-9A-Za-z]{8}$")
+
+log = logging.getLogger("vllm.plugins.routecheck_experts")  # under vLLM's logger: its handlers print it
+_registered = False
+
+
+def external_request_id(internal: str) -> str:
+    """The API server's request id of an engine request id (vLLM appends `-` + 8 random characters)."""
+    m = _SUFFIX.match(internal)
+    return m.group(1) if m else internal
+
+
+def register() -> None:
+    """The plugin entry point: patch the model runner once per process when a spool is named."""
+    global _registered
+    spool = os.environ.get(SPOOL_ENV)
+    if _registered or not spool:
+        return
+    _registered = True
+    try:
+        from vllm.v1.worker import gpu_model_runner
+    except Exception as e:  # a vLLM without the V1 runner: say so in the server log, serve anyway
+        log.warning("routecheck expert capture: cannot patch the model runner: %s", e)
+        return
+    runner_cls = gpu_model_runner.GPUModelRunner
+    if getattr(runner_cls.execute_model, "_routecheck_capture", False):
+        return
+    original = runner_cls.execute_model
+
+    def execute_model(self: Any, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
+        cap = getattr(self, "_routecheck_capture", None)
+        if cap is None:
+            cap = self._routecheck_capture = _Capture(spool)
+        if not cap.bound:
+            cap.bind(self)
+        cap.begin()
+        t0 = time.perf_counter()
+        try:
+            return original(self, scheduler_output, *args, **kwargs)
+        finally:
+            t1 = time.perf_counter()
+            cap.end(self, scheduler_output)
+            cap.timing(t1 - t0, time.perf_counter() - t1)
+
+    execute_model._routecheck_capture = True  # type: ignore[attr-defined]
+    runner_cls.execute_model = execute_model
+
+
+class _Capture:
+    def __init__(self, spool: str):
+        self.spool = spool
+        self.bound = False
+        self.active = False
+        self.layers: list[int] = []  # decoder layer ids of the MoE layers, in order
+        self.ids: dict[int, Any] = {}
+        self.logits: dict[int, Any] = {}
+        self.num_experts = 0
+        self.top_k = 0
+        self.probs: str | None = None
+        self.file: Any = None
+        self.failed = False
+        self.dtype = "uint8"
+        self._external: dict[str, str] = {}
+        self._positions: Any = None
+        self._positions_of: Any = None
+
+    # -- binding --------------------------------------------------------------------------------
+    def bind(self, runner: Any) -> None:
+        self.bound = True
+        try:
+            self._bind(runner.get_model())
+        except Exception as e:
+            self.failed = True
+            log.warning("routecheck expert capture disabled: %s", e)
+
+    def _bind(self, model: Any) -> None:
+        from vllm.model_executor.layers.fused_moe.router.base_router import BaseRouter
+        from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
+        from vllm.model_executor.models.utils import extract_layer_index
+
+        runners = [m for m in model.modules() if isinstance(m, MoERunner)]
+        if not runners:
+            raise RuntimeError("the model has no MoE layers")
+        for m in runners:
+            if m.is_monolithic or not isinstance(m.router, BaseRouter):
+                raise RuntimeError(f"MoE layer {m.layer_name} has no BaseRouter ({type(m.router).__name__})")
+        self.layers = sorted({int(m.layer_id) for m in runners})
+        first = runners[0]
+        self.num_experts = int(first.router.global_num_experts)
+        self.top_k = int(first.router.top_k)
+        self.dtype = "uint8" if self.num_experts <= 256 else "int16"
+        for m in runners:
+            m.router.set_capture_fn(partial(self._on_ids, int(m.layer_id)))
+        gates = 0
+        try:
+            from vllm.model_executor.layers.fused_moe.router.gate_linear import GateLinear
+        except ImportError:
+            GateLinear = ()  # type: ignore[assignment]
+        scoring = {getattr(m.router, "scoring_func", "softmax") for m in runners}
+        for name, module in model.named_modules():
+            if (GateLinear and isinstance(module, GateLinear)) or name.endswith(".gate") and hasattr(module, "weight"):
+                try:
+                    layer = int(extract_layer_index(name))
+                except Exception:
+                    continue
+                if layer in self.layers:
+                    module.register_forward_hook(partial(self._on_gate, layer))
+                    gates += 1
+        self.probs = "softmax" if gates >= len(self.layers) and scoring == {"softmax"} else None
+        os.makedirs(self.spool, exist_ok=True)
+        from harness.experts.capture import meta_line, spool_file
+
+        self.file = open(spool_file(self.spool, os.getpid()), "ab", buffering=0)
+        self.file.write(meta_line(self.num_experts, self.top_k, self.layers, self.probs))
+        log.info("routecheck expert capture: %d MoE layers, E=%d, k=%d, router logits %s, spool %s",
+                 len(self.layers), self.num_experts, self.top_k, "on" if self.probs else "off", self.spool)
+
+    _steps = 0
+    _model_s = 0.0
+    _capture_s = 0.0
+
+    def timing(self, model_s: float, capture_s: float) -> None:
+        """Every 500 steps, the server log says what capture costs next to the steps themselves."""
+        self._steps += 1
+        self._model_s += model_s
+        self._capture_s += capture_s
+        if self._steps % 500 == 0:
+            log.info("routecheck expert capture: %d steps, %.1f ms per step in execute_model, %.3f ms writing",
+                     self._steps, 1e3 * self._model_s / self._steps, 1e3 * self._capture_s / self._steps)
+
+    # -- during a step --------------------------------------------------------------------------
+    def _on_ids(self, layer: int, topk_ids: Any) -> None:
+        if self.active:
+            self.ids[layer] = topk_ids
+
+    def _on_gate(self, layer: int, _module: Any, _inputs: Any, output: Any) -> None:
+        if self.active:
+            self.logits[layer] = output[0] if isinstance(output, tuple) else output
+
+    def begin(self) -> None:
+        self.ids.clear()
+        self.logits.clear()
+        self.active = self.file is not None and not self.failed
+
+    def end(self, runner: Any, scheduler_output: Any) -> None:
+        if not self.active:
+            return
+        self.active = False
+        try:
+            self._write(runner, scheduler_output)
+        except Exception as e:  # never take the server down for telemetry
+            self.failed = True
+            log.warning("routecheck expert capture stopped: %s", e)
+        finally:
+            self.ids.clear()
+            self.logits.clear()
+
+    def _write(self, runner: Any, scheduler_output: Any) -> None:
+        import torch
+
+        from harness.experts.capture import step_line
+
+        total = int(scheduler_output.total_num_scheduled_tokens)
+        if not total or len(self.ids) < len(self.layers):
+            return
+        req_ids = runner.input_batch.req_ids
+        scheduled = scheduler_output.num_scheduled_tokens
+        if self._positions is None or self._positions_of is not runner.positions:
+            self._positions_of = runner.positions
+            self._positions = runner.positions.numpy() if runner.positions.device.type == "cpu" else None
+        reqs, at = [], 0
+        for rid in req_ids:
+            n = scheduled.get(rid, 0)
+            if n:
+                ext = self._external.get(rid)
+                if ext is None:
+                    ext = self._external[rid] = external_request_id(rid)
+                start = int(self._positions[at]) if self._positions is not None else int(runner.positions[at])
+                reqs.append((rid, ext, start, n))
+                at += n
+        if at != total:
+            return
+        ids = torch.stack([self.ids[layer][:total] for layer in self.layers], dim=1).numpy()
+        logits = None
+        if self.probs and len(self.logits) == len(self.layers):
+            logits = torch.stack([self.logits[layer][:total] for layer in self.layers], dim=1).float().numpy()
+        self.file.write(step_line(reqs, ids, logits, dtype=self.dtype))
+        if len(self._external) > 4096:  # finished requests' ids: keep the map small
+            self._external.clear()
