@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from harness.corpus import STOP_ANSWER
+from harness.corpus import STOP_ANSWER, content_text
 
 
 @dataclass
@@ -68,11 +68,7 @@ class EvalRecord:
         return None
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, list):  # OpenAI content parts
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return content if isinstance(content, str) else ""
-
+_text = content_text  # a string, or the text of OpenAI content parts
 
 @dataclass
 class EvalResult:

@@ -62,6 +62,9 @@ class RouteConfig(_Strict):
     num_experts: int | None = Field(None, gt=0)
     active_experts: int | None = Field(None, gt=0)
     capacity_factor: float | None = Field(None, gt=0)
+    # Read by `routecheck proxy`: false keeps only the SHA-256 and length of this route's answers
+    # (and of the prompts it is sent), for traffic that must not be stored (docs/proxy.md).
+    capture_content: bool = True
     # MoE routing from the server (harness/experts/capture.py): `expert_capture` loads routecheck's
     # plugin into the served engine (live top-k ids and router logits per request);
     # `return_routed_experts` sends non-streamed calls and stores the `routed_experts` the server returns.

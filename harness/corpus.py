@@ -17,13 +17,26 @@ from harness.config import ConfigError, key_text
 CONTEXT_PREAMBLE = "Answer using only the context below.\n\nContext:\n"
 
 
+def content_text(content: Any) -> str:
+    """A message's text, defined once: a string, or the text parts of a list of content parts
+    (OpenAI's form, which the openai client and `vllm bench serve` send), images and audio skipped."""
+    if isinstance(content, list):
+        return " ".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
+    return content if isinstance(content, str) else ""
+
+
 def with_context(messages: list[dict[str, Any]], context: str | None) -> list[dict[str, Any]]:
     """The prompt format, defined once: the context, when present, goes into the system turn
-    (appended to an existing one). The testbed trains on exactly this (testbed/data.py)."""
+    (appended to an existing one; a text part added to a list of parts). The testbed trains on
+    exactly this (testbed/data.py)."""
     msgs = [dict(m) for m in messages]
     if context:
         if msgs and msgs[0].get("role") == "system":
-            msgs[0]["content"] = (msgs[0].get("content") or "") + "\n\nContext:\n" + context
+            first = msgs[0].get("content")
+            if isinstance(first, list):
+                msgs[0]["content"] = [*first, {"type": "text", "text": "\n\nContext:\n" + context}]
+            else:
+                msgs[0]["content"] = (first or "") + "\n\nContext:\n" + context
         else:
             msgs.insert(0, {"role": "system", "content": CONTEXT_PREAMBLE + context})
     return msgs
@@ -33,10 +46,31 @@ class CorpusError(ConfigError):
     """A bad corpus row; the message is `file:line: what was wrong`."""
 
 
+CONTENT_PART_TYPES = ("text", "image_url", "input_audio", "file")
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | None = None
+    # A string, or OpenAI's list of content parts ({"type": "text", "text": ...},
+    # {"type": "image_url", "image_url": {"url": ...}}, ...), stored and sent as given.
+    content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _parts(cls, content: Any) -> Any:
+        if not isinstance(content, list):
+            return content
+        for i, part in enumerate(content):
+            kind = part.get("type")
+            if kind not in CONTENT_PART_TYPES:
+                raise ValueError(f"content[{i}]: 'type' must be one of {', '.join(CONTENT_PART_TYPES)}, got {kind!r}")
+            if kind == "text" and not isinstance(part.get("text"), str):
+                raise ValueError(f"content[{i}]: a text part needs 'text' (a string)")
+            image = part.get("image_url")
+            if kind == "image_url" and not (isinstance(image, dict) and isinstance(image.get("url"), str)):
+                raise ValueError(f"content[{i}]: an image_url part needs 'image_url': {{'url': ...}}")
+        return content
 
 
 class Expected(BaseModel):

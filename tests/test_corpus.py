@@ -72,3 +72,59 @@ def test_unknown_format_and_missing_file(tmp_path):
         list(read_corpus(tmp_path / "c.txt"))
     with pytest.raises(CorpusError, match="not found"):
         list(read_corpus(tmp_path / "none.jsonl"))
+
+
+def test_content_as_a_list_of_parts(tmp_path):
+    """OpenAI's content parts (what the openai client and `vllm bench serve` send): kept and sent as
+    given; the context goes in as one more text part; bad parts are a line-numbered error."""
+    from harness.corpus import content_text
+
+    parts = [{"type": "text", "text": "What is in"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+             {"type": "text", "text": "this picture?"}]
+    rows = [{"id": "v1", "messages": [{"role": "user", "content": parts}]},
+            {"id": "v2", "messages": [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                                      {"role": "user", "content": parts}], "context": "a cat"}]
+    p = tmp_path / "c.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    recs = list(read_corpus(p))
+    assert recs[0].request_messages() == [{"role": "user", "content": parts}]
+    assert recs[0].store_row("r")["messages"] == [{"role": "user", "content": parts}]
+    assert recs[1].request_messages()[0] == {"role": "system", "content": [{"type": "text", "text": "Be brief."},
+                                                                           {"type": "text", "text": "\n\nContext:\na cat"}]}
+    assert content_text(parts) == "What is in this picture?" and content_text("plain") == "plain" and content_text(None) == ""
+    for bad, why in [([{"type": "video", "url": "x"}], "'type' must be one of text, image_url"),
+                     ([{"type": "text"}], "a text part needs 'text'"),
+                     ([{"type": "image_url", "image_url": "x"}], "an image_url part needs 'image_url': {'url': ...}"),
+                     (["just a string"], "content")]:
+        q = tmp_path / "bad.jsonl"
+        q.write_text(json.dumps({"id": "b", "messages": [{"role": "user", "content": bad}]}) + "\n")
+        with pytest.raises(CorpusError) as e:
+            list(read_corpus(q))
+        assert str(e.value).startswith(f"{q}:1:") and why in str(e.value), str(e.value)
+
+
+def test_a_mirror_run_of_content_part_rows(tmp_path, stub_server):
+    """Rows with content parts go through the mirror to a stub as given, are stored as given, and the
+    report reads their text parts."""
+    import duckdb
+
+    from conftest import write_corpus, write_routes
+    from harness.config import load_routes
+    from harness.mirror.runner import MirrorOptions, run_mirror
+    from harness.report.load import prompt_texts
+
+    a, b = stub_server(), stub_server()
+    routes = write_routes(tmp_path / "routes.yaml", [{"name": "a", "role": "baseline", "model": "a", "base_url": a.base_url},
+                                                     {"name": "b", "role": "candidate", "model": "b", "base_url": b.base_url}])
+    parts = [{"type": "text", "text": "hello"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+             {"type": "text", "text": "world"}]
+    corpus = write_corpus(tmp_path / "c.jsonl", [{"id": f"q{i}", "messages": [{"role": "user", "content": parts}]} for i in range(3)])
+    db = tmp_path / "s.duckdb"
+    summary = run_mirror(load_routes(routes), MirrorOptions(corpus=corpus, db=db))
+    assert summary.status == "completed"
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*), count(DISTINCT text), any_value(text), count(error_type) FROM responses WHERE NOT warmup").fetchone() == (
+        6, 1, "Echo: hello world", 0)
+    assert json.loads(con.execute("SELECT messages FROM prompts LIMIT 1").fetchone()[0]) == [{"role": "user", "content": parts}]
+    assert set(prompt_texts(con, summary.run_id)["text"]) == {"hello world"}
+    con.close()

@@ -29,3 +29,24 @@ def test_bad_request(stub_server):
     s = stub_server()
     r = httpx.post(s.base_url + "/chat/completions", content=b"not json")
     assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+
+
+def test_content_as_a_list_of_parts(stub_server):
+    """`vllm bench serve` and the openai client send content as parts; the stub reads their text
+    (images skipped), streamed or not, and can keep the exact bytes it sent (record_bodies)."""
+    s = stub_server(record_bodies=10)
+    parts = [{"type": "text", "text": "refund please"},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+             {"type": "text", "text": "today"}]
+    body = {"model": "m", "messages": [{"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+                                       {"role": "user", "content": parts}]}
+    r = httpx.post(s.base_url + "/chat/completions", json=body)
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["choices"][0]["message"]["content"] == "Echo: refund please today"
+    assert doc["usage"]["prompt_tokens"] == 5  # "be brief" + "refund please today"
+    with httpx.stream("POST", s.base_url + "/chat/completions", json={**body, "stream": True}) as resp:
+        streamed = resp.read().decode()
+    kept = httpx.get(s.url + "/stub/bodies").json()
+    assert kept[doc["id"]] == r.text
+    assert streamed in kept.values()

@@ -2,7 +2,7 @@
 
     mirror.py  mirror        runs.py   runs, sql       serve.py  serve
     score.py   score         report.py report          gate.py   gate
-    experts.py experts
+    experts.py experts       proxy.py  proxy
 Every command prints through harness/cli/console.py (one console set-up, one way to fail).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import typer
 
 from harness import __version__
-from harness.cli import experts, gate, mirror, report, runs, score, serve
+from harness.cli import experts, gate, mirror, proxy, report, runs, score, serve
 from harness.cli.console import guarded, out
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mirror, trace, score, report and gate LLM routes.")
@@ -34,6 +34,6 @@ def _main(version: bool = typer.Option(False, "--version", help="Print the versi
 for _name, _command in {
     "mirror": mirror.mirror, "runs": runs.runs, "sql": runs.sql, "serve": serve.serve_command,
     "score": score.score_command, "report": report.report_command, "gate": gate.gate_command,
-    "experts": experts.experts_command,
+    "experts": experts.experts_command, "proxy": proxy.proxy_command,
 }.items():
     app.command(_name)(guarded(_command))

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from harness.corpus import content_text
 from harness.mirror.assemble import Assembly, StreamFault, snippet, usage_problem
 from harness.mirror.latency import figures
 from harness.mirror.sse import SSEDecoder
@@ -213,7 +214,7 @@ async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dic
             result.usage_problem = problem
         result.output_tokens = (len(token_times) if "non_streamed" not in acc.flags
                                 else len(result.text.split()) + len(result.tool_calls))
-        result.input_tokens = sum(len(str(m.get("content") or "").split()) for m in body.get("messages", []))
+        result.input_tokens = sum(len(content_text(m.get("content")).split()) for m in body.get("messages", []))
         result.total_tokens = result.input_tokens + result.output_tokens
         result.usage_source = "counted"
     for key, value in figures(clock, result.output_tokens).items():

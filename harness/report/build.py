@@ -66,7 +66,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, policy: Policy | N
     timings: dict[str, float] = {}
     t = time.perf_counter()
     rng = np.random.default_rng(seed)
-    warnings: list[str] = []
+    warnings: list[str] = load.proxy_notes(con, run_id)
     if policy is not None:
         alpha = policy.alpha
     routes = load.load_routes(con, run_id)

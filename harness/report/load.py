@@ -57,6 +57,24 @@ def load_routes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[RouteInfo]:
     return list(routes.values())
 
 
+def proxy_notes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
+    """A `routecheck proxy` run: how many primary calls each mirrored route did not get, and why
+    (the counts the proxy keeps in runs.options); nothing for a corpus run."""
+    row = con.execute("SELECT options FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    opts = json.loads(row[0]) if row and isinstance(row[0], str) else (row[0] if row else None)
+    if not isinstance(opts, dict) or opts.get("source") != "proxy":
+        return []
+    calls = opts.get("calls") or {}
+    primary = calls.get("primary", 0)
+    notes = []
+    for route, c in sorted((calls.get("mirror") or {}).items()):
+        missed = c.get("not_sampled", 0) + c.get("queue_full", 0) + c.get("shutdown", 0)
+        notes.append(f"proxy run (primary {opts.get('primary')}): {missed} of {primary} primary calls were not mirrored "
+                     f"to {route} ({c.get('not_sampled', 0)} not sampled, {c.get('queue_full', 0)} dropped with the "
+                     f"mirror queue full, {c.get('shutdown', 0)} dropped at shutdown); only mirrored prompts are compared")
+    return notes
+
+
 def _checkpoint(snapshot: dict[str, Any]) -> str | None:
     """The checkpoint a route answers from: a served route's serve.model with its engine arguments
     (another dtype is another checkpoint), else the model name the endpoint is asked for."""
@@ -329,10 +347,12 @@ def load_server_metrics(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataF
 
 
 def prompt_texts(con: duckdb.DuckDBPyConnection, run_id: str, prompt_ids: list[str] | None = None) -> pd.DataFrame:
-    """prompt_id, cohort, text (the user turns joined) from prompts.messages."""
+    """prompt_id, cohort, text (the user turns joined; of content parts, the text parts) from prompts.messages."""
     sql = """
         SELECT prompt_id, coalesce(cohort, 'default') AS cohort,
-               coalesce(string_agg(m->>'content', '\n') FILTER (WHERE m->>'role' = 'user'), '') AS text
+               coalesce(string_agg(CASE WHEN json_type(m->'content') = 'ARRAY' THEN array_to_string(list_transform(
+                   list_filter(CAST(m->'content' AS JSON[]), lambda p: p->>'type' = 'text'), lambda p: p->>'text'), ' ')
+                   ELSE m->>'content' END, '\n') FILTER (WHERE m->>'role' = 'user'), '') AS text
         FROM (SELECT prompt_id, cohort, unnest(CAST(messages AS JSON[])) AS m FROM prompts WHERE run_id = $run {extra})
         GROUP BY prompt_id, cohort
     """

@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from harness.corpus import content_text as _text  # a string, or the text parts of a list (as `vllm bench serve` sends)
 from harness.testing import faults as fault_catalogue
 
 
@@ -64,6 +65,7 @@ class StubConfig:
     fail_on: dict[str, int] = field(default_factory=dict)
     include_usage: bool = True  # False: ignore stream_options, like some servers
     record_headers: int = 1000  # keep the headers of the last N requests, for tests
+    record_bodies: int = 0  # keep the exact bytes of the last N answers, by response id (GET /stub/bodies)
     # Marker key -> tool calls [{"name", "arguments"}], or {"steps": [calls or answer text, ...]};
     # used when the last user message has [[stub:KEY]].
     scripted_tool_calls: dict[str, Any] = field(default_factory=dict)
@@ -96,17 +98,17 @@ def stub_routing(words: list[str], num_experts: int, layers: int, top_k: int) ->
     return ((base + offsets) % num_experts).astype(np.int16)
 
 
-def _text(content: Any) -> str:
-    """A message's text: a string, or the text parts of a content list (as `vllm bench serve` sends)."""
-    if isinstance(content, list):
-        return " ".join(p.get("text") or "" for p in content if isinstance(p, dict))
-    return content or ""
-
-
 def build_app(cfg: StubConfig) -> Starlette:
     counter = itertools.count()
     seen_headers: list[dict[str, str]] = []
     seen_bodies: dict[str, int] = {}  # request body -> times seen, for faults that break only the first try
+    sent_bodies: dict[str, str] = {}
+
+    def keep(rid: str, text: str) -> None:
+        if cfg.record_bodies:
+            sent_bodies[rid] = text
+            while len(sent_bodies) > cfg.record_bodies:
+                del sent_bodies[next(iter(sent_bodies))]
 
     def answer_for(messages: list[dict[str, Any]]) -> str:
         last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
@@ -180,8 +182,10 @@ def build_app(cfg: StubConfig) -> Starlette:
                 words = [w for m in messages for w in _words(_text(m.get("content")))] + _words("".join(
                     p for p in pieces if isinstance(p, str)))
                 choice["routed_experts"] = encode_routed_experts(stub_routing(words, **cfg.routed_experts))
-            return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            resp = JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
                                  "choices": [choice], "usage": usage})
+            keep(rid, resp.body.decode())
+            return resp
 
         want_usage = cfg.include_usage and (body.get("stream_options") or {}).get("include_usage")
 
@@ -218,7 +222,14 @@ def build_app(cfg: StubConfig) -> Starlette:
                                              "choices": [], "usage": usage}) + "\n\n"
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        async def kept():
+            parts = []
+            async for part in events():
+                parts.append(part)
+                yield part
+            keep(rid, "".join(parts))
+
+        return StreamingResponse(kept() if cfg.record_bodies else events(), media_type="text/event-stream")
 
     async def models(_: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": cfg.model, "object": "model", "owned_by": "routecheck-stub"}]})
@@ -229,11 +240,15 @@ def build_app(cfg: StubConfig) -> Starlette:
     async def headers(_: Request) -> Response:
         return JSONResponse(seen_headers)
 
+    async def bodies(_: Request) -> Response:
+        return JSONResponse(sent_bodies)
+
     return Starlette(routes=[
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/models", models),
         Route("/health", health),
         Route("/stub/headers", headers),
+        Route("/stub/bodies", bodies),
     ])
 
 
@@ -249,7 +264,7 @@ def _scripted(cfg: StubConfig, messages: list[dict[str, Any]]) -> list[dict[str,
     (None = no marker or unknown key)."""
     if not cfg.scripted_tool_calls:
         return None
-    last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     found = _MARKER.search(last_user if isinstance(last_user, str) else json.dumps(last_user))
     entry = cfg.scripted_tool_calls.get(found.group(1)) if found else None
     if isinstance(entry, dict) and "steps" in entry:

@@ -1,0 +1,197 @@
+"""What `routecheck proxy` adds on the primary's path, side by side in one run against the stub.
+
+Conditions, each its own process, all in front of the same primary stub (streamed, TTFT 20 ms,
+400 tokens/s, 32 tokens):
+    direct        the stub itself
+    proxy 0%      routecheck proxy, --mirror-rate 0
+    proxy 100%    routecheck proxy, --mirror-rate 1, a healthy candidate stub (max_concurrency 512)
+    stalled 100%  routecheck proxy, --mirror-rate 1, a candidate that answers after --stall-s (30 s):
+                  its 8 slots stay busy, its queue (256) fills and the rest is dropped and counted
+Open-loop Poisson load at --rate from this process (harness/testing/load.py); blocks of --block-s go
+round-robin over the conditions, --rounds times, so a change in the shared machine's load hits every
+condition alike. Printed: TTFT and total latency p50/p99/p99.9, the difference against direct, the
+proxy's CPU per request (user + system from /proc, psutil), and what each proxy mirrored and dropped.
+
+Then the one-core ramp: a fresh proxy pinned to one core (taskset) at 100% mirroring, each rate of
+--ramp for --ramp-s; a rate is sustained when every request succeeds, nothing is dropped from the
+mirror queue, and total latency stays near the stub's own (~100 ms): p50 <= 200 ms, p99 <= 1 s. The stubs and the load
+generator run beside it on the other core, so on a small machine this is a lower bound.
+
+    python bench/proxy_overhead.py [--rate 200] [--block-s 10] [--rounds 2] [--ramp 200,400,600,800] [--ramp-s 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import uvloop
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from harness.testing.load import run_load, summary  # noqa: E402
+from harness.testing.proxy_process import ProxyProcess  # noqa: E402
+
+TOKENS = 32
+
+
+def start_stub(tmp: Path, name: str, **cfg) -> tuple[subprocess.Popen, str]:
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps({"answer": " ".join(f"w{i}" for i in range(TOKENS)), "ttft_s": 0.02, "tokens_per_s": 400, **cfg}))
+    proc = subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", "0", "--config", str(path)],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        raise RuntimeError(f"stub {name} did not start: {line}")
+    return proc, line.split("listening on ")[1].strip() + "/v1"
+
+
+def routes_file(tmp: Path, name: str, primary: str, candidate: str, cand_concurrency: int) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"routes": [
+        {"name": "dense", "role": "baseline", "model": "dense", "base_url": primary, "max_concurrency": 512},
+        {"name": "moe", "role": "candidate", "model": "moe", "base_url": candidate, "max_concurrency": cand_concurrency}]}))
+    return path
+
+
+def body(i: int) -> dict:
+    return {"model": "dense", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": f"question {i}: " + " ".join(f"w{k}" for k in range(8))}]}
+
+
+def cpu_s(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def mirror_counts(p: ProxyProcess) -> dict[str, int]:
+    s = httpx.get(p.url + "/admin/stats", timeout=10).json()
+    out = {"mirrored": 0, "queue_full": 0, "not_sampled": 0}
+    for c in s["mirror"].values():
+        for k in out:
+            out[k] += c[k]
+    return out
+
+
+def ms(x: float | None) -> str:
+    return "-" if x is None else f"{1000 * x:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=float, default=200.0)
+    ap.add_argument("--block-s", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--stall-s", type=float, default=30.0)
+    ap.add_argument("--ramp", default="200,400,600,800")
+    ap.add_argument("--ramp-s", type=float, default=6.0)
+    ap.add_argument("--core", type=int, default=0, help="the core the ramp's proxy is pinned to")
+    args = ap.parse_args()
+    env = {"PYTHONPATH": str(REPO)}
+    procs: list[subprocess.Popen] = []
+    proxies: list[ProxyProcess] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        try:
+            primary_proc, primary = start_stub(tmp, "primary")
+            cand_proc, cand = start_stub(tmp, "candidate")
+            stall_proc, stalled = start_stub(tmp, "stalled", ttft_s=args.stall_s)
+            procs += [primary_proc, cand_proc, stall_proc]
+            normal = routes_file(tmp, "normal", primary, cand, 512)
+            stall = routes_file(tmp, "stall", primary, stalled, 8)
+            conds: dict[str, tuple[str, ProxyProcess | None]] = {"direct": (primary + "/chat/completions", None)}
+            for name, routes, rate in (("proxy 0%", normal, "0"), ("proxy 100%", normal, "1"), ("stalled 100%", stall, "1")):
+                p = ProxyProcess(routes, tmp / f"{name.split()[0]}-{rate}.duckdb", ["--mirror-rate", rate, "--shutdown-grace", "1"],
+                                 env=env, cwd=REPO)
+                proxies.append(p)
+                conds[name] = (p.base_url + "/chat/completions", p)
+            for url, _ in conds.values():  # warm-up: connections, first-call costs
+                uvloop.run(run_load(url, 50, 1.0, body=body))
+            samples: dict[str, list] = {c: [] for c in conds}
+            cpu = {c: 0.0 for c in conds}
+            load0 = os.getloadavg()
+            t_start = time.time()
+            for rnd in range(args.rounds):
+                for c, (url, p) in conds.items():
+                    before = cpu_s(p.pid) if p else 0.0
+                    samples[c] += uvloop.run(run_load(url, args.rate, args.block_s, body=body, seed=rnd))
+                    if p:
+                        cpu[c] += cpu_s(p.pid) - before
+            print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, shared with other sessions; "
+                  f"load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after ({time.time() - t_start:.0f} s)")
+            print(f"load: {args.rate:g} req/s Poisson, {args.rounds} x {args.block_s:g} s blocks per condition, round-robin; "
+                  f"stub TTFT 20 ms, 400 tok/s, {TOKENS} tokens streamed; stalled candidate answers after {args.stall_s:g} s")
+            base = summary(samples["direct"])
+            print(f"{'condition':<13} {'ok':>5} {'err':>4} {'TTFT p50':>8} {'p99':>7} {'p99.9':>7} {'total p50':>9} {'p99':>7} "
+                  f"{'p99.9':>7} {'+TTFT p50':>9} {'+p99':>6} {'+tot p50':>8} {'+p99':>6} {'CPU ms/req':>10} {'mirrored':>8} {'dropped':>7}")
+            for c, (_, p) in conds.items():
+                s = summary(samples[c])
+                dif = {k: (s[k] - base[k]) if s[k] is not None and base[k] is not None else None
+                       for k in ("ttft_p50_s", "ttft_p99_s", "latency_p50_s", "latency_p99_s")}
+                m = mirror_counts(p) if p else None
+                print(f"{c:<13} {s['ok']:>5} {s['errors']:>4} {ms(s['ttft_p50_s']):>8} {ms(s['ttft_p99_s']):>7} {ms(s['ttft_p999_s']):>7} "
+                      f"{ms(s['latency_p50_s']):>9} {ms(s['latency_p99_s']):>7} {ms(s['latency_p999_s']):>7} "
+                      f"{ms(dif['ttft_p50_s']):>9} {ms(dif['ttft_p99_s']):>6} {ms(dif['latency_p50_s']):>8} {ms(dif['latency_p99_s']):>6} "
+                      f"{(1000 * cpu[c] / max(len(samples[c]), 1)) if p else float('nan'):>10.3f} "
+                      f"{m['mirrored'] if m else '-':>8} {m['queue_full'] if m else '-':>7}", flush=True)
+            for c, (_, p) in conds.items():
+                if p:
+                    print(f"{c}: {1000 * cpu[c] / max(len(samples[c]), 1) * args.rate / 1000:.2f} cores of CPU at {args.rate:g} req/s")
+            for p in proxies:
+                p.stop(signal.SIGTERM)
+            proxies.clear()
+
+            # -- one core, 100% mirrored: the highest rate sustained --------------------------------
+            if not args.ramp:
+                return
+            p = ProxyProcess(normal, tmp / "ramp.duckdb", ["--mirror-rate", "1"], env=env, cwd=REPO, cpu=args.core)
+            proxies.append(p)
+            url = p.base_url + "/chat/completions"
+            uvloop.run(run_load(url, 50, 1.0, body=body))
+            print(f"\none core (taskset -c {args.core}), mirroring 100% to a healthy candidate, {args.ramp_s:g} s per rate:")
+            print(f"{'offered/s':>9} {'done/s':>7} {'ok':>6} {'err':>4} {'total p50':>9} {'p99':>7} {'proxy CPU':>9} "
+                  f"{'ms/req':>7} {'mirrored':>8} {'dropped':>7} sustained")
+            best = None
+            for rate in [float(x) for x in args.ramp.split(",")]:
+                m0, c0, w0 = mirror_counts(p), cpu_s(p.pid), time.perf_counter()
+                got = uvloop.run(run_load(url, rate, args.ramp_s, body=body, seed=int(rate)))
+                wall = time.perf_counter() - w0
+                used = cpu_s(p.pid) - c0
+                time.sleep(1.0)  # mirrored calls finish
+                m1 = mirror_counts(p)
+                s = summary(got)
+                dropped = m1["queue_full"] - m0["queue_full"]
+                ok = (s["errors"] == 0 and dropped == 0 and s["latency_p99_s"] is not None
+                      and s["latency_p50_s"] <= 0.2 and s["latency_p99_s"] <= 1.0)
+                if ok:
+                    best = rate
+                print(f"{rate:>9g} {s['ok'] / wall:>7.0f} {s['ok']:>6} {s['errors']:>4} {ms(s['latency_p50_s']):>9} "
+                      f"{ms(s['latency_p99_s']):>7} {used / wall:>8.0%} {1000 * used / max(len(got), 1):>7.3f} "
+                      f"{m1['mirrored'] - m0['mirrored']:>8} {dropped:>7} {'yes' if ok else 'no'}", flush=True)
+                if not ok:
+                    break
+            print(f"highest rate sustained on one core with 100% mirroring: {best if best is not None else 'none'} req/s (of those tried)")
+            p.stop(signal.SIGTERM)
+            print(p.output.strip().splitlines()[-1])
+            proxies.clear()
+        finally:
+            for p in proxies:
+                p.stop(signal.SIGKILL)
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()

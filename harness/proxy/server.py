@@ -1,0 +1,324 @@
+"""The proxy's HTTP side (aiohttp): an OpenAI-compatible endpoint that answers from the primary route
+byte for byte and offers each request to the shadow (shadow.py) for the candidates.
+
+    POST /v1/chat/completions  streamed or not; the primary's status, headers and bytes, as they arrive
+    GET  /v1/models            the primary's, passed through
+    GET  /health               200 while serving (no token needed)
+    GET  /admin/stats          counts per run, queue depths, the mirror rate
+    GET|POST /admin/mirror-rate  read or set the share mirrored ({"mirror_rate": 0.25}), no restart
+
+On the primary's path: read the body, parse it once (for the model name and the cohort rule),
+start two spans, offer the job to the shadow (a queue put), stream the upstream's chunks to the
+client while keeping them. Everything else (reading the answer, span attributes, rows) is
+scheduled after the response has been written (recorder.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from harness.config import ConfigError, RouteConfig, RoutesFile
+from harness.mirror.attributes import request_attributes
+from harness.proxy.capture import Exchange
+from harness.proxy.options import ProxyOptions, load_settings, resolve_cohort
+from harness.proxy.recorder import Recorder, RunState, wall_ns
+from harness.proxy.shadow import MirrorJob, Shadow
+from harness.proxy.upstream import chat_url, fetch, make_session, new_exchange, request_headers, response_headers
+from harness.store import BatchWriter
+from harness.store.redact import Redactor
+from harness.tracing.provider import make_tracer_provider, tracer
+
+PRIMARY_CONNECTIONS = 1024  # the primary serves real clients: its concurrency is theirs, not max_concurrency
+
+
+def error_body(status: int, message: str, kind: str) -> web.Response:
+    """An error in OpenAI's shape, which the openai client turns into its typed exceptions."""
+    return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": status}}, status=status)
+
+
+def resolve_primary(routes: RoutesFile, name: str | None) -> RouteConfig:
+    if name is None:
+        return routes.baseline
+    for r in routes.routes:
+        if r.name == name:
+            return r
+    raise ConfigError(f"--primary {name!r}: no such route (routes: {', '.join(r.name for r in routes.routes)})")
+
+
+def read_token(env: str | None) -> str | None:
+    if env is None:
+        return None
+    token = os.environ.get(env)
+    if not token:
+        raise ConfigError(f"--auth-token-env {env}: the environment variable is not set or empty")
+    return token
+
+
+def _token_digest(token: str) -> bytes:
+    """Tokens are compared as SHA-256 digests: equal lengths, so the comparison time says nothing of the token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+class Proxy:
+    def __init__(self, routes: RoutesFile, opts: ProxyOptions, writer: BatchWriter, base_urls: dict[str, str] | None = None):
+        urls = {r.name: r.base_url for r in routes.routes} | (base_urls or {})
+        missing = [n for n, u in urls.items() if not u]
+        if missing:
+            raise ConfigError(f"routes {missing} have no base_url (serve: routes must be started first)")
+        self.routes = [r.model_copy(update={"base_url": urls[r.name]}) for r in routes.routes]
+        chosen = resolve_primary(routes, opts.primary).name
+        self.primary = next(r for r in self.routes if r.name == chosen)
+        self.candidates = [r for r in self.routes if r.name != chosen]
+        self.opts = opts
+        token = read_token(opts.auth_token_env)
+        self._token = _token_digest(token) if token is not None else None
+        self._keys = {r.name: r.api_key() for r in self.routes}  # from the environment; never logged or stored
+        # Keys (and the clients' token) are replaced in everything stored: a server may echo one back.
+        secrets = [(r.api_key_env, self._keys[r.name]) for r in self.routes if r.api_key_env]
+        self.redactor = Redactor(secrets + ([(opts.auth_token_env, token)] if token else []))
+        if writer.redactor is None and self.redactor:
+            writer.redactor = self.redactor
+        self._urls = {r.name: chat_url(r.base_url) for r in self.routes}
+        self.provider = make_tracer_provider(writer, opts.otlp_endpoint)
+        self.tracer = tracer(self.provider)
+        self.shadow = Shadow(self.candidates, opts.queue_size, opts.mirror_rate, self._mirror_call, opts.seed)
+        self.recorder = Recorder(writer, opts, self.routes, self.primary, self.shadow.counts, self.redactor)
+        self._rules = opts.settings.cohort_rules
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.url: str | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/admin/stats", self.stats)
+        app.router.add_get("/admin/mirror-rate", self.mirror_rate)
+        app.router.add_post("/admin/mirror-rate", self.mirror_rate)
+        return app
+
+    async def start(self, sock=None) -> str:
+        """Open the sessions, start the shadow and the recorder, listen. Returns the base URL."""
+        self._loop = asyncio.get_running_loop()
+        self._sessions = {r.name: make_session(r, PRIMARY_CONNECTIONS if r is self.primary else r.max_concurrency)
+                          for r in self.routes}
+        self.recorder.run_for_now()  # the run row exists from the start
+        self.shadow.start()
+        self.recorder.start()
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=max(self.primary.timeout_s, 1.0))
+        await self._runner.setup()
+        site = web.SockSite(self._runner, sock, backlog=2048) if sock is not None else \
+            web.TCPSite(self._runner, self.opts.host, self.opts.port, backlog=2048)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        return self.url
+
+    async def stop(self, status: str = "completed") -> list[str]:
+        """Stop accepting, finish in-flight primary calls, give mirrored calls their grace, write
+        everything, mark the runs. Returns the run ids of the session."""
+        if self._runner is not None:
+            await self._runner.cleanup()  # waits for handlers in flight (up to the primary's timeout)
+        await asyncio.sleep(0)  # recordings the last handlers scheduled
+        await self.shadow.stop(self.opts.shutdown_grace_s)
+        for s in self._sessions.values():
+            await s.close()
+        await asyncio.to_thread(self.provider.force_flush)
+        await asyncio.to_thread(self.provider.shutdown)
+        return await self.recorder.close(status)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _authorized(self, request: web.Request) -> bool:
+        if self._token is None:
+            return True
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        ok = hmac.compare_digest(_token_digest(value.strip()), self._token)
+        return ok and scheme.lower() == "bearer"
+
+    def set_mirror_rate(self, rate: float) -> None:
+        self.shadow.rate = rate
+        self.recorder.rate_changed(rate)
+
+    def reload(self) -> str:
+        """SIGHUP: re-read --config; its mirror_rate and cohort_rules apply to the next request. Returns what changed."""
+        if self.opts.config_path is None:
+            return "SIGHUP: no --config to re-read"
+        try:
+            settings = load_settings(self.opts.config_path)
+        except ConfigError as e:
+            return f"SIGHUP: {e} (settings unchanged)"
+        self._rules = settings.cohort_rules
+        if settings.mirror_rate is not None and settings.mirror_rate != self.shadow.rate:
+            self.set_mirror_rate(settings.mirror_rate)
+        return f"SIGHUP: re-read {self.opts.config_path}: mirror rate {self.shadow.rate:g}, {len(self._rules)} cohort rules"
+
+    def _upstream_headers(self, route: RouteConfig, base: dict[str, str], span: trace.Span) -> dict[str, str]:
+        headers = dict(base)
+        key = self._keys[route.name]
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        propagate.inject(headers, context=trace.set_span_in_context(span))  # the server's own span joins the trace
+        return headers
+
+    # -- handlers --------------------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return error_body(401, "missing or wrong bearer token", "invalid_api_key")
+        p = self.primary
+        headers = request_headers(request.headers, self._keys[p.name])
+        try:
+            async with self._sessions[p.name].get(p.base_url.rstrip("/") + "/models", headers=headers,
+                                                  timeout=aiohttp.ClientTimeout(total=min(30.0, p.timeout_s))) as up:
+                data = await up.read()
+                return web.Response(body=data, status=up.status, headers=CIMultiDict(response_headers(up.headers.items())))
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            return error_body(502, f"routecheck proxy: primary route {p.name} unreachable ({type(e).__name__})", "upstream_error")
+
+    async def stats(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return error_body(401, "missing or wrong bearer token", "invalid_api_key")
+        runs = {s.run_id: {"status": s.status, "primary": s.primary, "primary_errors": s.primary_errors,
+                           "mirror_calls": s.mirror_calls, "in_flight": s.in_flight} for s in self.recorder.runs.values()}
+        mirror = {f"{run}/{route}": c.as_dict() for (run, route), c in self.shadow.counts.items()}
+        return web.json_response({"primary": self.primary.name, "mirror_rate": self.shadow.rate, "runs": runs,
+                                  "mirror": mirror, "queue_depth": self.shadow.depth(), "mirror_in_flight": self.shadow.in_flight})
+
+    async def mirror_rate(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return error_body(401, "missing or wrong bearer token", "invalid_api_key")
+        if request.method == "POST":
+            try:
+                rate = float((await request.json())["mirror_rate"])
+            except (ValueError, KeyError, TypeError):
+                return error_body(400, 'expected {"mirror_rate": a number from 0 to 1}', "invalid_request_error")
+            if not 0.0 <= rate <= 1.0:
+                return error_body(400, f"mirror_rate {rate} is outside 0..1", "invalid_request_error")
+            self.set_mirror_rate(rate)
+        return web.json_response({"mirror_rate": self.shadow.rate})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return error_body(401, "missing or wrong bearer token", "invalid_api_key")
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return error_body(400, "the body must be JSON", "invalid_request_error")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return error_body(400, "the body must be a JSON object with a 'messages' list", "invalid_request_error")
+
+        rec = self.recorder
+        run = rec.run_for_now()
+        run.in_flight += 1
+        prompt_id, seq = rec.next_prompt_id()
+        cohort = resolve_cohort(request.headers, body, self._rules)
+        p = self.primary
+        server_span = self.tracer.start_span("proxy chat", context=propagate.extract(request.headers), kind=SpanKind.SERVER,
+                                             attributes={"routecheck.run_id": run.run_id, "routecheck.prompt_id": prompt_id,
+                                                         "routecheck.cohort": cohort, "routecheck.sample": 0,
+                                                         "routecheck.primary": p.name, "http.request.method": "POST",
+                                                         "url.path": request.path})
+        parent = trace.set_span_in_context(server_span)
+        forwarded = request_headers(request.headers, None)
+        mirrored = self.shadow.offer(MirrorJob(run.run_id, prompt_id, cohort, body, forwarded, parent))
+        run.in_flight += len(mirrored)
+
+        sent = body if body.get("model") == p.model else {**body, "model": p.model}
+        data = raw if sent is body else json.dumps(sent).encode()
+        span = self.tracer.start_span(f"chat {p.model}", context=parent, kind=SpanKind.CLIENT,
+                                      attributes=request_attributes(p, run.run_id, prompt_id, cohort, 0, sent))
+        headers = self._upstream_headers(p, forwarded, span)
+        ex = new_exchange()
+        resp: web.StreamResponse | None = None
+        try:
+            resp = await self._stream_primary(request, data, headers, ex)
+        finally:
+            ex.t_end = time.perf_counter()
+            # Read and record once this response is out (and whatever else is ready has run).
+            self._loop.call_soon(self._record_primary, run, prompt_id, seq, cohort, body, sent, ex, span, server_span, mirrored)
+        return resp
+
+    async def _stream_primary(self, request: web.Request, data: bytes, headers: dict[str, str], ex: Exchange) -> web.StreamResponse:
+        p = self.primary
+        resp: web.StreamResponse | None = None
+        try:
+            async with asyncio.timeout(p.timeout_s):
+                async with self._sessions[p.name].post(self._urls[p.name], data=data, headers=headers) as up:
+                    ex.status = up.status
+                    ex.content_type = up.headers.get("Content-Type", "")
+                    resp = web.StreamResponse(status=up.status, reason=up.reason,
+                                              headers=CIMultiDict(response_headers(up.headers.items())))
+                    if up.content_length is not None and "chunked" not in up.headers.get("Transfer-Encoding", ""):
+                        resp.content_length = up.content_length
+                    await resp.prepare(request)
+                    chunks, times = ex.chunks, ex.times
+                    async for chunk in up.content.iter_any():
+                        times.append(time.perf_counter())
+                        chunks.append(chunk)
+                        try:
+                            await resp.write(chunk)
+                        except (ConnectionError, aiohttp.ClientConnectionResetError):
+                            ex.error_type, ex.error_message = "client_disconnected", "the client went away mid-answer"
+                            return resp
+                    await resp.write_eof()
+                    return resp
+        except TimeoutError:
+            ex.error_type, ex.error_message, ex.timed_out = "timeout", f"no complete answer within {p.timeout_s:g} s", True
+            if resp is None:
+                return error_body(504, f"routecheck proxy: primary route {p.name} gave no answer within {p.timeout_s:g} s", "upstream_timeout")
+        except (aiohttp.ClientError, OSError) as e:
+            ex.error_type, ex.error_message = type(e).__name__, (str(e) or type(e).__name__)[:500]
+            if resp is None:
+                return error_body(502, f"routecheck proxy: primary route {p.name} unreachable ({type(e).__name__})", "upstream_error")
+        # The upstream failed after the answer started: end the connection without the closing chunk,
+        # so the client sees a broken answer (as it would calling the server directly), not a short one.
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+
+    def _record_primary(self, run: RunState, prompt_id: str, seq: int, cohort: str, body: dict[str, Any], sent: dict[str, Any],
+                        ex: Exchange, span: trace.Span, server_span: trace.Span, mirrored: list[str]) -> None:
+        rec = self.recorder
+        rec.prompt(run, prompt_id, seq, cohort, body)
+        r = rec.call(run, prompt_id, cohort, self.primary, sent, ex, span, {"routecheck.proxy.role": "primary"})
+        server_span.set_attributes({"routecheck.mirrored_to": mirrored, "http.response.status_code": ex.status or 502})
+        if not r.ok:
+            server_span.set_status(Status(StatusCode.ERROR, r.error_message))
+        server_span.end(end_time=wall_ns(ex, ex.t_end))
+
+    async def _mirror_call(self, route: RouteConfig, job: MirrorJob) -> None:
+        run = self.recorder.runs[job.run_id]
+        sent = {**job.body, "model": route.model}
+        attrs = request_attributes(route, job.run_id, job.prompt_id, job.cohort, 0, sent)
+        attrs["routecheck.proxy.role"] = "mirror"
+        attrs["routecheck.queue_wait_s"] = time.perf_counter() - job.enqueued
+        span = self.tracer.start_span(f"chat {route.model}", context=job.parent, kind=SpanKind.CLIENT, attributes=attrs)
+        ex = new_exchange()
+        try:
+            await fetch(self._sessions[route.name], self._urls[route.name], json.dumps(sent).encode(),
+                        self._upstream_headers(route, job.headers, span), route.timeout_s, ex)
+        except asyncio.CancelledError:
+            ex.t_end = time.perf_counter()
+            ex.error_type, ex.error_message = "shutdown", "the proxy stopped before the mirrored answer was complete"
+            self.recorder.call(run, job.prompt_id, job.cohort, route, sent, ex, span)
+            raise
+        self.recorder.call(run, job.prompt_id, job.cohort, route, sent, ex, span)

@@ -1,0 +1,125 @@
+"""Open-loop load for benchmarks and the soak test: chat requests at a fixed rate, each one timed.
+
+Open loop: request i starts at its scheduled time whether or not earlier ones have finished, so a
+slow server shows up as latency, not as a lower send rate (no coordinated omission). Arrivals are
+Poisson (seeded) or evenly spaced. The client is aiohttp on uvloop, which costs the least CPU per
+request of the Python clients (docs/benchmarks.md, "Shadow proxy"), so on a shared machine the load
+generator takes as little as it can from what it measures. TTFT is the first SSE line with content
+or a tool-call delta, found by a byte search rather than a JSON parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import aiohttp
+
+_EMPTY_CONTENT = (b'"content": ""', b'"content":""')
+
+
+@dataclass
+class Sample:
+    index: int
+    scheduled_s: float  # offset from the start of the load
+    lag_s: float  # how late the request was sent against its schedule
+    status: int | None
+    ttft_s: float | None
+    latency_s: float | None
+    nbytes: int
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status == 200
+
+
+def has_token(line: bytes) -> bool:
+    """An SSE data line carrying answer content or a tool-call delta (the stub's and vLLM's JSON layout)."""
+    if b'"tool_calls"' in line:
+        return True
+    return b'"content"' in line and b'"content": null' not in line and not any(e in line for e in _EMPTY_CONTENT)
+
+
+def chat_body(i: int, stream: bool = True, model: str = "m", words: int = 8) -> dict[str, Any]:
+    return {"model": model, "stream": stream, "max_tokens": 64,
+            "messages": [{"role": "user", "content": f"question {i} " + " ".join(f"w{k}" for k in range(words))}]}
+
+
+def schedule(rate: float, duration_s: float, poisson: bool = True, seed: int = 0) -> list[float]:
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    while True:
+        t += rng.expovariate(rate) if poisson else 1.0 / rate
+        if t >= duration_s:
+            return times
+        times.append(t)
+
+
+async def _one(session: aiohttp.ClientSession, url: str, i: int, at: float, t0: float, body: bytes,
+               headers: dict[str, str], timeout_s: float) -> Sample:
+    delay = t0 + at - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    start = time.perf_counter()
+    sample = Sample(i, at, start - t0 - at, None, None, None, 0)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(url, data=body, headers=headers) as resp:
+                sample.status = resp.status
+                pending = b""
+                async for data in resp.content.iter_any():
+                    sample.nbytes += len(data)
+                    if sample.ttft_s is None:
+                        pending += data
+                        *lines, pending = pending.split(b"\n")
+                        if any(line.startswith(b"data:") and has_token(line) for line in lines):
+                            sample.ttft_s = time.perf_counter() - start
+                sample.latency_s = time.perf_counter() - start
+                if sample.ttft_s is None and resp.status == 200:  # not streamed: the whole answer is the first token
+                    sample.ttft_s = sample.latency_s
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        sample.error = type(e).__name__
+    return sample
+
+
+async def run_load(url: str, rate: float, duration_s: float, *, body: Callable[[int], dict[str, Any]] = chat_body,
+                   headers: dict[str, str] | None = None, poisson: bool = True, seed: int = 0,
+                   timeout_s: float = 60.0, connections: int = 512) -> list[Sample]:
+    """POST `body(i)` to `url` at `rate` per second for `duration_s`; one Sample per request, in order."""
+    times = schedule(rate, duration_s, poisson, seed)
+    bodies = [json.dumps(body(i)).encode() for i in range(len(times))]  # encoded before the clock starts
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                     timeout=aiohttp.ClientTimeout(total=None)) as session:
+        t0 = time.perf_counter()
+        return list(await asyncio.gather(*(_one(session, url, i, at, t0, bodies[i], hdrs, timeout_s)
+                                           for i, at in enumerate(times))))
+
+
+def quantiles(values: list[float], qs: tuple[float, ...] = (0.5, 0.99, 0.999)) -> list[float | None]:
+    """Nearest-rank quantiles (None for no values)."""
+    if not values:
+        return [None for _ in qs]
+    s = sorted(values)
+    return [s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))] for q in qs]
+
+
+def summary(samples: list[Sample]) -> dict[str, Any]:
+    ok = [s for s in samples if s.ok]
+    ttft = quantiles([s.ttft_s for s in ok if s.ttft_s is not None])
+    total = quantiles([s.latency_s for s in ok if s.latency_s is not None])
+    return {"requests": len(samples), "ok": len(ok), "errors": len(samples) - len(ok),
+            "ttft_p50_s": ttft[0], "ttft_p99_s": ttft[1], "ttft_p999_s": ttft[2],
+            "latency_p50_s": total[0], "latency_p99_s": total[1], "latency_p999_s": total[2],
+            "lag_p99_s": quantiles([s.lag_s for s in samples], (0.99,))[0]}
+
+
+def to_dicts(samples: list[Sample]) -> list[dict[str, Any]]:
+    return [asdict(s) for s in samples]
