@@ -9,6 +9,8 @@ candidate, and memory is bounded by queue_size x candidates however slow a candi
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import random
 import time
@@ -39,8 +41,7 @@ class MirrorCounts:
     shutdown: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"mirrored": self.mirrored, "not_sampled": self.not_sampled, "queue_full": self.queue_full,
-                "shutdown": self.shutdown}
+        return dataclasses.asdict(self)
 
 
 Caller = Callable[[RouteConfig, MirrorJob], Awaitable[None]]
