@@ -1,6 +1,6 @@
 """Client CPU per request and requests/s of the mirror runner against the stub server.
 
-The stub runs in its own process; this process runs the real runner (httpx streaming, OTel spans,
+The stub runs in its own process; this process runs the real runner (aiohttp streaming, OTel spans,
 DuckDB writes). CPU is this process's user+system time over the run (time.process_time), so the
 stub's work is not counted.
 

@@ -8,11 +8,11 @@ import importlib.util
 from pathlib import Path
 
 import duckdb
-import httpx
 import pytest
 
 from harness.config import load_routes
 from harness.mirror.latency import FIGURES, StreamClock, figures, over_steps, percentile
+from harness.mirror.http import RouteClient
 from harness.mirror.openai_stream import CallResult, RetryPolicy, stream_chat
 from harness.mirror.runner import MirrorOptions, run_mirror
 from tests.conftest import write_corpus, write_routes
@@ -53,7 +53,7 @@ def test_over_steps_and_percentile() -> None:
 
 
 async def _ours(base_url: str) -> CallResult:
-    async with httpx.AsyncClient(base_url=base_url + "/") as client:
+    async with RouteClient(base_url) as client:
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
                 "stream_options": {"include_usage": True}}
         await stream_chat(client, body, {}, 10.0, RetryPolicy(max_retries=0))  # warm: connection, first-call costs

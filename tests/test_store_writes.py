@@ -309,7 +309,8 @@ def test_a_full_disk_mid_run_is_exit_3_with_rows_written_and_resume_finishes(tmp
     m = FAILED_LINE.match(lines[0])
     assert m, lines[0]
     written, calls, run_id = int(m.group(1)), int(m.group(2)), m.group(4)
-    assert 0 < written <= calls < 2 * n_prompts, (written, calls)
+    # the limit can be reached mid-run or only by the last flush (a fast stub, a slow machine): all calls made then
+    assert 0 < written <= calls <= 2 * n_prompts, (written, calls)
     assert f"run {run_id}: failed, " in result.stdout and f"{written} responses written" in result.stdout
 
     con = duckdb.connect(str(db), read_only=True)  # what the line says was written is in the store

@@ -5,6 +5,7 @@ import json
 
 import httpx
 
+from harness.mirror.http import RouteClient
 from harness.mirror.openai_stream import RetryPolicy, stream_chat
 
 SCRIPT = {
@@ -45,7 +46,7 @@ def test_runner_stream_client_assembles_parallel_calls(stub_server):
     s = stub_server(scripted_tool_calls=SCRIPT)
 
     async def go():
-        async with httpx.AsyncClient(base_url=s.base_url + "/") as client:
+        async with RouteClient(s.base_url) as client:
             body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "[[stub:two]]"}]}
             return await stream_chat(client, body, {}, 10.0, RetryPolicy(max_retries=0))
 

@@ -50,3 +50,41 @@ def test_content_as_a_list_of_parts(stub_server):
     kept = httpx.get(s.url + "/stub/bodies").json()
     assert kept[doc["id"]] == r.text
     assert streamed in kept.values()
+
+
+def test_arrivals_one_wall_clock_time_per_chat_request(stub_server):
+    """bench/peers.py takes a client's load window from these."""
+    import time
+
+    s = stub_server()
+    t0 = time.time()
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(3):
+        httpx.post(s.base_url + "/chat/completions", json=body)
+    httpx.get(s.base_url + "/models")  # not a chat request
+    times = httpx.get(s.url + "/stub/arrivals").json()
+    assert len(times) == 3 and t0 <= times[0] <= times[1] <= times[2] <= time.time()
+    assert httpx.get(s.url + "/stub/arrivals", params={"since": times[1]}).json() == times[1:]
+
+
+def test_timings_are_the_stubs_own_ttft_and_e2e_per_streamed_answer(stub_server):
+    """bench/peers.py holds each client's TTFT and E2E against these: the server side of the same calls."""
+    import time
+
+    s = stub_server(ttft_s=0.05, tokens_per_s=100, answer="a b c d e")
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    t0, client_e2e = time.time(), []
+    with httpx.Client() as client:
+        for _ in range(2):
+            t = time.perf_counter()
+            r = client.post(s.base_url + "/chat/completions", json=body)
+            client_e2e.append(time.perf_counter() - t)
+            assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+        client.post(s.base_url + "/chat/completions", json={**body, "stream": False})  # not streamed: not timed
+    timings = httpx.get(s.url + "/stub/timings").json()
+    assert len(timings) == 2
+    for row, seen in zip(timings, client_e2e):
+        assert t0 <= row["arrived"] <= time.time()
+        assert 0.05 <= row["ttft_s"] < 0.5  # the configured 50 ms to the first token (a busy machine adds)
+        assert row["ttft_s"] + 0.04 <= row["e2e_s"] <= seen  # four more tokens at 10 ms each; within the client's time
+    assert httpx.get(s.url + "/stub/timings", params={"since": timings[1]["arrived"]}).json() == timings[1:]

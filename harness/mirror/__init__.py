@@ -2,6 +2,6 @@
 
     runner.py         mirror groups, bounded concurrency, resume, serve: routes
     openai_stream.py  one streamed chat completion: timing, retries, tool calls (the one OpenAI client)
-    http_pool.py      httpx transport with small connection pools
+    http.py           aiohttp client per route (chosen by measured CPU per request)
     attributes.py     the call span's GenAI / OpenInference attributes
 """

@@ -23,11 +23,27 @@ import json
 from time import perf_counter
 from typing import Any
 
+import msgspec
+
 from harness.mirror.latency import StreamClock
 from harness.store.validate import repair_unicode, valid_unicode
 
 MAX_TOKENS = 2**31 - 1  # a usage count above this is not a real count
 _SNIPPET = 300
+
+
+_decode = msgspec.json.Decoder().decode
+
+
+def loads_chunk(data: bytes) -> Any:
+    """One chunk's JSON: msgspec (a third of json.loads's CPU per chunk), or, for what msgspec
+    refuses (lone surrogate escapes, NaN, 1e400, invalid UTF-8, a BOM, too deep), the standard
+    library's reading of the UTF-8 text, which accepts or rejects it as it always did. Where both
+    read a chunk they return the same objects."""
+    try:
+        return _decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return json.loads(data.decode())
 
 
 class StreamFault(Exception):
@@ -95,7 +111,7 @@ class Assembly:
             self.done = True
             return
         try:
-            chunk = json.loads(data.decode())
+            chunk = loads_chunk(data)
         except UnicodeDecodeError as e:
             raise StreamFault("bad_encoding", f"a chunk is not valid UTF-8 ({e.reason} at byte {e.start}): {snippet(data)}") from None
         except ValueError as e:

@@ -7,17 +7,17 @@ from typing import Any, Callable
 
 import time
 
-import httpx
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from harness.config import RouteConfig
+from harness.mirror.http import RouteClient
 from harness.mirror.attributes import result_attributes
 from harness.mirror.openai_stream import CallResult, RetryPolicy, stream_chat
 from harness.store.redact import Redactor
 
 
-async def traced_chat(tracer: trace.Tracer, route: RouteConfig, client: httpx.AsyncClient, body: dict[str, Any],
+async def traced_chat(tracer: trace.Tracer, route: RouteConfig, client: RouteClient, body: dict[str, Any],
                       attributes: dict[str, Any], redactor: Redactor | None = None,
                       experts: Callable[[CallResult], dict[str, Any]] | None = None) -> tuple[CallResult, trace.Span]:
     """Stream one chat completion inside a `chat <model>` span; the span is ended when this returns

@@ -85,10 +85,9 @@ class StreamClock:
             if content and self.first_content is None:
                 self.first_content = now
 
-
-    async def httpcore_trace(self, event: str, info: Any) -> None:
-        """httpx's `trace` extension: marks `sent` when the request's headers start going out."""
-        if self.sent is None and event.endswith(".send_request_headers.started"):
+    def mark_sent(self) -> None:
+        """The request's headers have been written (the client's trace hook calls this once)."""
+        if self.sent is None:
             self.sent = perf_counter()
 
 

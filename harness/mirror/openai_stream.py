@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Any
 
-import httpx
+import aiohttp
 
 from harness.corpus import content_text
+from harness.mirror.http import RouteClient, transport_error
 from harness.mirror.assemble import Assembly, StreamFault, snippet, usage_problem
 from harness.mirror.latency import figures
 from harness.mirror.sse import SSEDecoder
@@ -96,7 +97,7 @@ class RetryPolicy:
 
 
 async def stream_chat(
-    client: httpx.AsyncClient,
+    client: RouteClient,
     body: dict[str, Any],
     headers: dict[str, str],
     timeout_s: float,
@@ -104,7 +105,7 @@ async def stream_chat(
 ) -> CallResult:
     """POST /chat/completions with stream=true; retry connection errors, 429 and 5xx with backoff.
 
-    `timeout_s` bounds each attempt as a whole (httpx's own timeouts are per read). Never raises
+    `timeout_s` bounds each attempt as a whole (the client's own timeouts are per read). Never raises
     (except cancellation): whatever goes wrong in the call is the result's error_type and message,
     with the text and tool calls received so far kept and flagged `partial`.
     """
@@ -148,22 +149,21 @@ def _failed(result: CallResult, acc: Assembly, kind: str, message: str, timed_ou
     return result
 
 
-async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str], result: CallResult,
+async def _attempt(client: RouteClient, body: dict[str, Any], headers: dict[str, str], result: CallResult,
                    acc: Assembly) -> None:
     clock = acc.clock
     clock.start = time.perf_counter()
     try:
-        async with client.stream("POST", "chat/completions", json=body, headers=headers,
-                                 extensions={"trace": clock.httpcore_trace}) as resp:
-            result.http_status = resp.status_code
-            if resp.status_code != 200:
-                message = f"HTTP {resp.status_code}: {await _error_detail(resp)}"
-                if resp.status_code in RETRYABLE_STATUS:
-                    raise _Retryable(f"http_{resp.status_code}", message, resp.status_code, _retry_after(resp))
-                raise _Fatal(f"http_{resp.status_code}", message, resp.status_code)
+        async with client.post_json("chat/completions", body, headers, clock.mark_sent) as resp:
+            result.http_status = resp.status
+            if resp.status != 200:
+                message = f"HTTP {resp.status}: {await _error_detail(resp)}"
+                if resp.status in RETRYABLE_STATUS:
+                    raise _Retryable(f"http_{resp.status}", message, resp.status, _retry_after(resp))
+                raise _Fatal(f"http_{resp.status}", message, resp.status)
             # Sniffed, not read from Content-Type (servers mislabel both ways): an SSE stream never
             # starts with '{', a JSON reply does.
-            chunks = resp.aiter_bytes()
+            chunks = resp.content.iter_any()
             head, as_json = b"", False
             async for data in chunks:
                 head += data
@@ -180,19 +180,21 @@ async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dic
             else:
                 # SSE on bytes (harness/mirror/sse.py): cheaper than decoding the body to text first.
                 decoder = SSEDecoder()
+                event = acc.event
                 for event_type, data in decoder.feed(head):
-                    acc.event(event_type, data)
+                    event(event_type, data)
                 async for data in chunks:
                     for event_type, data in decoder.feed(data):
-                        acc.event(event_type, data)
+                        event(event_type, data)
                 # after [DONE] we read on to the end of the body, so the connection goes back to the pool
                 acc.check_complete(decoder.pending)
-    except httpx.DecodingError as e:
-        raise StreamFault("bad_body", f"the body cannot be decoded as its content-encoding says: {e}") from None
-    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:
-        raise _Fatal("bad_url", str(e)) from None
-    except httpx.TransportError as e:  # connect, read, write, protocol errors and httpx's own timeouts
-        raise _Retryable(type(e).__name__, str(e) or type(e).__name__) from None
+    except aiohttp.ClientError as e:  # connect, read, protocol and decoding errors, aiohttp's own timeouts
+        err = transport_error(e)
+        if err.kind == "bad_body":
+            raise StreamFault(err.kind, str(err)) from None
+        if not err.retryable:
+            raise _Fatal(err.kind, str(err)) from None
+        raise _Retryable(err.kind, str(err)) from None
     clock.end = time.perf_counter()
     result.finish_reason, result.response_id, result.response_model = acc.finish_reason, acc.response_id, acc.response_model
     result.routed_experts = acc.routed_experts
@@ -222,21 +224,21 @@ async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], headers: dic
     result.flags = acc.flags
 
 
-async def _error_detail(resp: httpx.Response, limit: int = 65536) -> str:
+async def _error_detail(resp: aiohttp.ClientResponse, limit: int = 65536) -> str:
     """The start of an error body, whatever it is (undecodable, huge, not UTF-8)."""
     parts, size = [], 0
     try:
-        async for data in resp.aiter_bytes():
+        async for data in resp.content.iter_any():
             parts.append(data)
             size += len(data)
             if size >= limit:
                 break
-    except httpx.DecodingError as e:
+    except aiohttp.ClientPayloadError as e:
         return f"(error body not decodable: {e})"
     return b"".join(parts).decode("utf-8", "replace")[:500]
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
+def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
     """Retry-After in seconds (a number or an HTTP date); None when absent or not understood."""
     value = resp.headers.get("retry-after")
     if not value:

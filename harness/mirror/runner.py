@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import signal
 import time
@@ -19,14 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import httpx
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from harness import __version__
 from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.corpus import CorpusStats, PromptRecord, corpus_sha256, read_corpus
-from harness.mirror.http_pool import ShardedTransport
+from harness.mirror.http import RouteClient
 from harness.mirror.latency import FIGURES
 from harness.mirror.order import DEFAULT_WARMUP, new_seed, ordered, peek
 from harness.mirror.openai_stream import CallResult
@@ -146,6 +146,7 @@ def _build_body(route: RouteConfig, record: PromptRecord, sample: int) -> dict[s
         body["top_p"] = req.top_p
     if record.tools:
         body["tools"] = record.tools
+    body.update(req.extra_body)  # never one of the keys above (config.RESERVED_BODY_KEYS)
     return body
 
 
@@ -270,11 +271,9 @@ class Mirror:
         stats = CorpusStats()
         status, n_prompts, n_calls, n_skipped_done = "failed", 0, 0, 0
         clients = {
-            r.name: httpx.AsyncClient(
-                base_url=self.base_urls[r.name].rstrip("/") + "/",
-                headers={"Authorization": f"Bearer {keys[r.name]}"} if keys[r.name] else {},
-                timeout=httpx.Timeout(r.timeout_s, connect=min(10.0, r.timeout_s)),
-                transport=ShardedTransport(r.max_concurrency),
+            r.name: RouteClient(
+                self.base_urls[r.name], {"Authorization": f"Bearer {keys[r.name]}"} if keys[r.name] else {},
+                max_connections=r.max_concurrency, read_timeout_s=r.timeout_s, connect_timeout_s=min(10.0, r.timeout_s),
             )
             for r in self.routes
         }
@@ -375,7 +374,7 @@ class Mirror:
             n += 1
             yield record
 
-    async def _warm_up(self, head: list[PromptRecord], clients: dict[str, httpx.AsyncClient]) -> None:
+    async def _warm_up(self, head: list[PromptRecord], clients: dict[str, RouteClient]) -> None:
         """`warmup` mirror groups on the first prompts of the order, samples -1, -2, ...: the servers'
         first calls (compilation, caches, page faults) land here, not in the first cohort's figures."""
         if not head:
@@ -394,7 +393,7 @@ class Mirror:
         if self._sending:
             self._task.cancel()
 
-    async def _group(self, record: PromptRecord, sample: int, todo: list[RouteConfig], clients: dict[str, httpx.AsyncClient],
+    async def _group(self, record: PromptRecord, sample: int, todo: list[RouteConfig], clients: dict[str, RouteClient],
                      warmup: bool = False) -> None:
         # Fixed acquisition order (route order) means two groups can never deadlock on slots.
         for r in todo:
@@ -413,7 +412,7 @@ class Mirror:
             for r in todo:
                 self._slots[r.name].release()
 
-    async def _call(self, route: RouteConfig, record: PromptRecord, sample: int, client: httpx.AsyncClient,
+    async def _call(self, route: RouteConfig, record: PromptRecord, sample: int, client: RouteClient,
                     warmup: bool = False) -> None:
         body = _build_body(route, record, sample)
         experts = self.experts.get(route.name)
@@ -528,7 +527,7 @@ def _run_loop(mirror: Mirror) -> MirrorSummary:
     # handler raises KeyboardInterrupt).
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner, _collect_less():
             return runner.run(main())
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
@@ -536,6 +535,23 @@ def _run_loop(mirror: Mirror) -> MirrorSummary:
         for sig, handler in previous.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _collect_less():
+    """Python's cyclic GC during a run: what exists when it starts (the CLI's modules: report, scipy,
+    pandas, ~170,000 objects) is frozen, so collections no longer walk it, and the youngest
+    generation is collected every 20,000 net allocations instead of 700. Measured at concurrency 64
+    on the fast stub: collections took 0.33 ms of CPU per call, 0.01 ms after. Cycles are still
+    collected; both settings are restored when the run ends."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-import httpx
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from harness.config import RouteConfig
 from harness.corpus import (DEFAULT_MAX_STEPS, STOP_ANSWER, STOP_ERROR, STOP_MAX_STEPS, STOP_UNSCRIPTED, PromptRecord,
                             ToolRule)
+from harness.mirror.http import RouteClient
 from harness.mirror.attributes import request_attributes
 from harness.mirror.call import traced_chat
 from harness.mirror.latency import over_steps
@@ -158,7 +158,7 @@ async def play(body: dict[str, Any], script: dict[str, list[ToolRule]], max_step
 
 
 async def play_trajectory(tracer: trace.Tracer, route: RouteConfig, run_id: str, record: PromptRecord, sample: int,
-                          client: httpx.AsyncClient, body: dict[str, Any], redactor: Redactor | None = None,
+                          client: RouteClient, body: dict[str, Any], redactor: Redactor | None = None,
                           experts: Callable[[CallResult], dict[str, Any]] | None = None) -> Trajectory:
     """One route's trajectory for one row, traced: a trajectory span with a call span per step."""
     base = request_attributes(route, run_id, record.id, record.cohort, sample, body)

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import duckdb
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas only for annotations here: `routecheck --help` and `runs` start faster
+    import pandas as pd
 
 # -- measured calls --------------------------------------------------------------------------------
 
@@ -287,6 +291,8 @@ def trajectory_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFr
     has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'responses' "
                       "AND column_name = 'steps'").fetchone()[0]
     if not has:
+        import pandas as pd
+
         return pd.DataFrame(columns=["route", "cohort"])
     return con.execute(TRAJECTORY_SUMMARY_SQL, {"run": run_id}).df()
 

@@ -43,7 +43,12 @@ def to_json(value: Any) -> str | None:
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict[str, Any]]) -> None:
-    """One transaction: the rows as one Arrow table (executemany binds row by row, milliseconds each)."""
+    """One transaction: the rows as one Arrow table (executemany binds row by row, milliseconds each).
+
+    A keyed table is written with a plain INSERT first and INSERT OR REPLACE only when a key is
+    already there (a resumed call, a restored span): the replace costs about twice the insert per
+    statement (docs/benchmarks.md), and nearly every batch holds new keys only. Same rows either way.
+    """
     cols = columns(table)
     json_cols = json_columns(table)
     data = {}
@@ -53,16 +58,25 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict[str,
             values = [v if v is None or isinstance(v, str) else to_json(v) for v in values]
         data[c] = values
     batch = pa.table(data)
-    verb = "INSERT OR REPLACE" if "PRIMARY KEY" in TABLES[table] else "INSERT"
-    con.execute("BEGIN TRANSACTION")
+    keyed = "PRIMARY KEY" in TABLES[table]
+    names = ", ".join(cols)
+    con.register("_routecheck_batch", batch)
     try:
-        con.register("_routecheck_batch", batch)
-        con.execute(f"{verb} INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _routecheck_batch")
-        con.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(Exception):
-            con.execute("ROLLBACK")
-        raise
+        for verb in ("INSERT", "INSERT OR REPLACE") if keyed else ("INSERT",):
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"{verb} INTO {table} ({names}) SELECT {names} FROM _routecheck_batch")
+                con.execute("COMMIT")
+                return
+            except duckdb.ConstraintException:
+                with contextlib.suppress(Exception):
+                    con.execute("ROLLBACK")
+                if verb != "INSERT" or not keyed:
+                    raise
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    con.execute("ROLLBACK")
+                raise
     finally:
         with contextlib.suppress(Exception):
             con.unregister("_routecheck_batch")
@@ -133,9 +147,11 @@ class BatchWriter:
     """Buffers rows per table and writes them in one transaction per table; thread-safe.
 
     The runner (responses, prompts) and the span exporter (spans) share one writer, so both reach
-    the file through one connection. Adding never waits for a write in progress. Any other use of
-    that connection while writers may flush goes through `locked()`: DuckDB refuses, rather than
-    queues, a call on a connection that is busy in another thread.
+    the file through one database instance. Adding never waits for a write in progress. Flushes
+    write through their own cursor of the owner's connection: DuckDB refuses, rather than queues,
+    a call on a connection that another thread left busy (a half-fetched `fetchone()` is enough),
+    and a refused span batch was lost to the receiver's 503. Use `locked()` to keep flushes out
+    of a block (a consistent snapshot, a multi-statement transaction).
 
     A store failure is kept in `failure` (the first one) and raised from that flush; later flushes
     still try every table, so what can be written is. `stats` counts rows written, repaired,
@@ -144,6 +160,10 @@ class BatchWriter:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, redactor: Redactor | None = None):
         self._con = con
+        try:
+            self._write_con = con.cursor()  # closed with `con`
+        except duckdb.Error:  # a closed connection: each flush fails and says so
+            self._write_con = con
         self._buf_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._buf: dict[str, list[dict[str, Any]]] = {}
@@ -168,7 +188,7 @@ class BatchWriter:
             for table, rows in pending.items():
                 problems = Problems()
                 try:
-                    upsert(self._con, table, rows, self.redactor, problems)
+                    upsert(self._write_con, table, rows, self.redactor, problems)
                 except StoreWriteError as e:
                     error = error or e
                     unwritten = len(rows) - problems.written - problems.rejected

@@ -2,10 +2,11 @@
 
 Open loop: request i starts at its scheduled time whether or not earlier ones have finished, so a
 slow server shows up as latency, not as a lower send rate (no coordinated omission). Arrivals are
-Poisson (seeded) or evenly spaced. The client is aiohttp on uvloop, which costs the least CPU per
-request of the Python clients (docs/benchmarks.md, "Shadow proxy"), so on a shared machine the load
-generator takes as little as it can from what it measures. TTFT is the first SSE line with content
-or a tool-call delta, found by a byte search rather than a JSON parse.
+Poisson (seeded) or evenly spaced. The client is the proxy's own lean HTTP/1.1 client
+(harness/proxy/h1.py: keep-alive connections as bare asyncio protocols, each piece seen inside the
+read that received it) on uvloop; it costs about a third of aiohttp's client per streamed request,
+so on a shared machine the load generator takes as little as it can from what it measures. TTFT is
+the first SSE line with content or a tool-call delta, found by a byte search rather than a JSON parse.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-import aiohttp
+from harness.proxy.h1 import Answer, Pool, UpstreamError
 
 _EMPTY_CONTENT = (b'"content": ""', b'"content":""')
 
@@ -61,30 +62,40 @@ def schedule(rate: float, duration_s: float, poisson: bool = True, seed: int = 0
         times.append(t)
 
 
-async def _one(session: aiohttp.ClientSession, url: str, i: int, at: float, t0: float, body: bytes,
-               headers: dict[str, str], timeout_s: float) -> Sample:
+async def _one(pool: Pool, i: int, at: float, t0: float, body: bytes, headers: dict[str, str], timeout_s: float) -> Sample:
     delay = t0 + at - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
     start = time.perf_counter()
     sample = Sample(i, at, start - t0 - at, None, None, None, 0)
+    answer = Answer(asyncio.get_running_loop(), [], [])
+    pending = [b""]
+
+    def seen(piece: bytes) -> None:
+        sample.nbytes += len(piece)
+        if sample.ttft_s is None:
+            *lines, pending[0] = (pending[0] + piece).split(b"\n")
+            if any(line.startswith(b"data:") and has_token(line) for line in lines):
+                sample.ttft_s = time.perf_counter() - start
+
+    answer.on_piece = seen
+    conn, ok = None, False
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.post(url, data=body, headers=headers) as resp:
-                sample.status = resp.status
-                pending = b""
-                async for data in resp.content.iter_any():
-                    sample.nbytes += len(data)
-                    if sample.ttft_s is None:
-                        pending += data
-                        *lines, pending = pending.split(b"\n")
-                        if any(line.startswith(b"data:") and has_token(line) for line in lines):
-                            sample.ttft_s = time.perf_counter() - start
-                sample.latency_s = time.perf_counter() - start
-                if sample.ttft_s is None and resp.status == 200:  # not streamed: the whole answer is the first token
-                    sample.ttft_s = sample.latency_s
-    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            conn = await pool.post("", body, headers, answer)
+            sample.status = answer.status
+            await answer.done
+            ok = True
+        sample.latency_s = time.perf_counter() - start
+        if sample.ttft_s is None and sample.status == 200:  # not streamed: the whole answer is the first token
+            sample.ttft_s = sample.latency_s
+    except UpstreamError as e:
+        sample.error = e.kind
+    except (TimeoutError, OSError) as e:
         sample.error = type(e).__name__
+    finally:
+        if conn is not None:
+            pool.finish(conn, ok)
     return sample
 
 
@@ -95,12 +106,12 @@ async def run_load(url: str, rate: float, duration_s: float, *, body: Callable[[
     times = schedule(rate, duration_s, poisson, seed)
     bodies = [json.dumps(body(i)).encode() for i in range(len(times))]  # encoded before the clock starts
     hdrs = {"Content-Type": "application/json", **(headers or {})}
-    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                     timeout=aiohttp.ClientTimeout(total=None)) as session:
+    pool = Pool(url, connections, connect_timeout_s=min(10.0, timeout_s))
+    try:
         t0 = time.perf_counter()
-        return list(await asyncio.gather(*(_one(session, url, i, at, t0, bodies[i], hdrs, timeout_s)
-                                           for i, at in enumerate(times))))
+        return list(await asyncio.gather(*(_one(pool, i, at, t0, bodies[i], hdrs, timeout_s) for i, at in enumerate(times))))
+    finally:
+        await pool.close()
 
 
 def quantiles(values: list[float], qs: tuple[float, ...] = (0.5, 0.99, 0.999)) -> list[float | None]:

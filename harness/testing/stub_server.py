@@ -21,12 +21,18 @@ Faults (`--faults`, then `[[fault:NAME]]` in a prompt; or `--fault NAME` for eve
 catalogue in harness/testing/faults.py, each a way a server breaks a completion (bad chunks,
 invalid UTF-8, bad headers, undecodable bodies, wrong usage or ids, truncated streams, valid but
 unusual SSE framing, an echoed API key).
+
+What it saw, for tests and benchmarks: `GET /stub/headers`, `/stub/bodies`, `/stub/arrivals?since=T`
+(wall-clock arrival of each chat request) and `/stub/timings?since=T` (per streamed answer: arrival,
+seconds to the first output token's chunk and to the end, as the stub handed them to the socket:
+the server side a client's TTFT and E2E can be held against).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import json
 import re
@@ -98,9 +104,32 @@ def stub_routing(words: list[str], num_experts: int, layers: int, top_k: int) ->
     return ((base + offsets) % num_experts).astype(np.int16)
 
 
+def sse_chunk(rid: str, model: str, delta: dict[str, Any], finish_reason: str | None = None) -> str:
+    """One streamed chunk event, as vLLM lays it out (lean_stub.py sends the same)."""
+    return "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": 0, "model": model,
+                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}) + "\n\n"
+
+
+def sse_usage_chunk(rid: str, model: str, usage: dict[str, int]) -> str:
+    return "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": 0, "model": model,
+                                  "choices": [], "usage": usage}) + "\n\n"
+
+
+async def _until(deadline: float) -> None:
+    """Sleep until time.perf_counter() reaches `deadline`, never less: uvloop rounds timers to whole
+    milliseconds, so one sleep can end up to 1 ms early (a token before its time)."""
+    while (wait := deadline - time.perf_counter()) > 0:
+        await asyncio.sleep(wait)
+
+
 def build_app(cfg: StubConfig) -> Starlette:
     counter = itertools.count()
     seen_headers: list[dict[str, str]] = []
+    arrivals: list[float] = []  # wall-clock arrival of every chat request (GET /stub/arrivals): a client's load window
+    # Streamed answers as the stub saw them (GET /stub/timings): arrival (wall clock), then seconds from
+    # arrival to the first output token's chunk and to the last chunk, handed to the server to write.
+    # The ground truth a client's TTFT and E2E can be held against: what a client adds is its own.
+    timings: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=100_000)
     seen_bodies: dict[str, int] = {}  # request body -> times seen, for faults that break only the first try
     sent_bodies: dict[str, str] = {}
 
@@ -118,6 +147,8 @@ def build_app(cfg: StubConfig) -> Starlette:
         return cfg.answer if cfg.answer is not None else "Echo: " + " ".join(_words(last_user)[:24])
 
     async def chat(request: Request) -> Response:
+        arrived_at, t0 = time.time(), time.perf_counter()
+        arrivals.append(arrived_at)
         n = next(counter)
         seen_headers.append(dict(request.headers))
         del seen_headers[: -cfg.record_headers]
@@ -191,21 +222,24 @@ def build_app(cfg: StubConfig) -> Starlette:
 
         async def events():
             def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
-                return "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": 0, "model": model,
-                                              "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}) + "\n\n"
+                return sse_chunk(rid, model, delta, finish_reason)
 
             yield chunk({"role": "assistant", "content": ""})
             if cfg.ttft_s:
-                await asyncio.sleep(cfg.ttft_s)
+                await _until(time.perf_counter() + cfg.ttft_s)
             # Paced against deadlines, so the sleeps' overshoot does not add up over the answer.
-            t_first = time.monotonic()
+            # The first token is due now; its time is the TTFT /stub/timings reports (one clock reading for both,
+            # so e2e - ttft is never short of the paced tokens' time).
+            t_first = time.perf_counter()
+            t_token = None
             for i, thought in enumerate(thoughts):
                 if i and cfg.tokens_per_s:
-                    await asyncio.sleep(max(0.0, t_first + i / cfg.tokens_per_s - time.monotonic()))
+                    await _until(t_first + i / cfg.tokens_per_s)
+                t_token = t_token or t_first
                 yield chunk({"reasoning_content": thought})
             for i, piece in enumerate(pieces, start=len(thoughts)):
                 if i and cfg.tokens_per_s:
-                    await asyncio.sleep(max(0.0, t_first + i / cfg.tokens_per_s - time.monotonic()))
+                    await _until(t_first + i / cfg.tokens_per_s)
                 i -= len(thoughts)
                 if tool_call:
                     k, piece = piece
@@ -215,12 +249,14 @@ def build_app(cfg: StubConfig) -> Starlette:
                     delta = {"tool_calls": [{"index": k, **({"id": call_id, "type": "function"} if first else {}), "function": fn}]}
                 else:
                     delta = {"content": piece}
+                t_token = t_token or t_first
                 yield chunk(delta)
             yield chunk({}, finish)
             if want_usage:
-                yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": 0, "model": model,
-                                             "choices": [], "usage": usage}) + "\n\n"
+                yield sse_usage_chunk(rid, model, usage)
             yield "data: [DONE]\n\n"
+            t_end = time.perf_counter()  # resumed once the last bytes have been written
+            timings.append((arrived_at, (t_token or t_end) - t0, t_end - t0))
 
         async def kept():
             parts = []
@@ -243,12 +279,22 @@ def build_app(cfg: StubConfig) -> Starlette:
     async def bodies(_: Request) -> Response:
         return JSONResponse(sent_bodies)
 
+    async def timed(request: Request) -> Response:
+        since = float(request.query_params.get("since", "0"))
+        return JSONResponse([{"arrived": a, "ttft_s": f, "e2e_s": e} for a, f, e in list(timings) if a >= since])
+
+    async def arrived(request: Request) -> Response:
+        since = float(request.query_params.get("since", "0"))
+        return JSONResponse([t for t in arrivals if t >= since])
+
     return Starlette(routes=[
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/models", models),
         Route("/health", health),
         Route("/stub/headers", headers),
         Route("/stub/bodies", bodies),
+        Route("/stub/arrivals", arrived),
+        Route("/stub/timings", timed),
     ])
 
 

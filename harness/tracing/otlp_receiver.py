@@ -179,11 +179,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(status, message.encode(), "text/plain")
 
     def _reply(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The exporter hung up before the answer (a vLLM server exiting right after its last export);
+            # the batch is already handled, so there is no one to tell and nothing to print.
+            self.close_connection = True
 
 
 def _decompress(body: bytes, encoding: str) -> bytes:

@@ -26,6 +26,8 @@ TYPED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
 _INT_COLUMNS = {"sample", "input_tokens", "output_tokens"}
 _FLOAT_COLUMNS = {"ttft_s"}
 _TEXT_COLUMNS = {"run_id", "route", "prompt_id", "cohort", "error_type"}
+# json.dumps(..., default=str, ensure_ascii=False) builds this encoder on every call; the text is the same.
+_ATTRIBUTES_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 def ns_to_datetime(ns: int | None) -> datetime | None:
@@ -61,6 +63,8 @@ def span_row(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The `spans` row for one span; ids are lower-case hex (32 and 16 digits)."""
+    # One plain copy: the SDK's attribute mapping answers each lookup in Python.
+    attrs = attributes if type(attributes) is dict else dict(attributes)
     row: dict[str, Any] = {
         "trace_id": trace_id,
         "span_id": span_id,
@@ -73,10 +77,15 @@ def span_row(
         "duration_s": (end_ns - start_ns) / 1e9 if start_ns and end_ns else None,
         "status_code": status_code,
         "status_message": status_message or None,
-        "attributes": json.dumps(dict(attributes), default=str, ensure_ascii=False),
+        "attributes": _ATTRIBUTES_JSON.encode(attrs),
     }
     for column, keys in TYPED_ATTRIBUTES.items():
-        row[column] = _typed(column, next((attributes[k] for k in keys if attributes.get(k) is not None), None))
+        value = None
+        for k in keys:
+            value = attrs.get(k)
+            if value is not None:
+                break
+        row[column] = _typed(column, value)
     if extra:
         row.update({k: v for k, v in extra.items() if v is not None or k not in row})
     return row

@@ -1,5 +1,8 @@
 """An httpx transport that spreads requests over small connection pools, with TCP_NODELAY.
 
+Kept for the benchmarks only (bench/proxy_stack.py's httpx stacks): the mirror streams with aiohttp
+(harness/mirror/http.py), chosen by measurement against this, httpx at its best.
+
 httpcore's pool scans every connection for every request it places, so with one pool of 64-256
 connections that scan costs milliseconds of CPU per request (measured with bench/runner_overhead.py).
 Several pools of at most SHARD_SIZE connections, each request sent to the least busy, keep the
