@@ -7,6 +7,10 @@ recorded in docs/benchmarks.md ("Report and gate").
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -21,26 +25,36 @@ ALPHA = 0.05
 COHORTS = {"a": 300, "b": 300, "c": 300, "d": 300}
 
 
+def _over_seeds(one_seed, seeds: int) -> list:
+    """Each seed is independent and seeded by its index, so the results are the same whether the
+    seeds run here or spread over the machine's cores (which halves this file's time in CI)."""
+    workers = min(len(os.sched_getaffinity(0)), 4)
+    if workers < 2:
+        return [one_seed(seed) for seed in range(seeds)]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(one_seed, range(seeds), chunksize=max(1, seeds // (4 * workers))))
+
+
 def _policy(metric: str, margin: float) -> Policy:
     return Policy.model_validate({"alpha": ALPHA, "min_samples": 30, "metrics": {metric: {"margin": margin}}})
 
 
-def _simulate(binary: bool, margin: float, drop: float, seeds: int = SEEDS):
+def _quality_seed(binary: bool, margin: float, drop: float, seed: int) -> tuple[bool, bool, bool, float]:
     metric = "task_completion.pass_rate" if binary else "task_completion.score"
     policy = _policy(metric, margin)
-    any_alarm = hit = other_alarms = 0
-    claimed = []
-    for seed in range(seeds):
-        rng = np.random.default_rng(seed)
-        q = paired_quality_frame(rng, COHORTS, {"a": drop} if drop else None, binary=binary)
-        report = quality_only_report(q, "dense", policy, rng=rng)
-        result = evaluate_gate(report, policy)
-        checks = {c.cohort: c for c in result.checks}
-        any_alarm += result.exit_code == 1
-        hit += checks["a"].status == "regression"
-        other_alarms += any(checks[c].status == "regression" for c in ("b", "c", "d"))
-        claimed.append(checks["a"].power_at_margin)
-    return any_alarm / seeds, hit / seeds, other_alarms / seeds, float(np.mean(claimed))
+    rng = np.random.default_rng(seed)
+    q = paired_quality_frame(rng, COHORTS, {"a": drop} if drop else None, binary=binary)
+    report = quality_only_report(q, "dense", policy, rng=rng)
+    result = evaluate_gate(report, policy)
+    checks = {c.cohort: c for c in result.checks}
+    return (result.exit_code == 1, checks["a"].status == "regression",
+            any(checks[c].status == "regression" for c in ("b", "c", "d")), checks["a"].power_at_margin)
+
+
+def _simulate(binary: bool, margin: float, drop: float, seeds: int = SEEDS):
+    runs = np.array(_over_seeds(partial(_quality_seed, binary, margin, drop), seeds), dtype=float)
+    any_alarm, hit, other_alarms, claimed = runs.mean(axis=0)
+    return float(any_alarm), float(hit), float(other_alarms), float(claimed)
 
 
 def _not_above(rate: float, target: float, n: int) -> bool:
@@ -48,7 +62,7 @@ def _not_above(rate: float, target: float, n: int) -> bool:
     return sps.binomtest(round(rate * n), n, target, alternative="greater").pvalue > 0.05
 
 
-pytestmark = pytest.mark.slow  # ~3 minutes on the 2-core machine
+pytestmark = pytest.mark.slow  # ~9 minutes of CPU: ~4.5 on the 2-core machine, seeds spread over both cores
 
 
 @pytest.mark.parametrize("binary,margin", [(True, 0.10), (False, 0.03)], ids=["pass_fail_mcnemar", "scores_wilcoxon"])
@@ -70,6 +84,12 @@ def test_drop_of_margin_caught_with_claimed_power(binary, margin):
 
 def _simulate_p99(factor: float, n: int = 1000, seeds: int = 300):
     """p99 latency gate (margin +20%): prompts share a latent speed on both routes (pairing)."""
+    runs = np.array(_over_seeds(partial(_p99_seed, factor, n), seeds), dtype=float)
+    alarms, hit = runs[:, :2].mean(axis=0)
+    return float(alarms), float(hit), float(np.nanmean(runs[:, 2]))
+
+
+def _p99_seed(factor: float, n: int, seed: int) -> tuple[bool, bool, float]:
     from harness.report import stats
     from harness.report.compare import PairedRow, compare_frame
     from harness.report.model import Report
@@ -77,26 +97,20 @@ def _simulate_p99(factor: float, n: int = 1000, seeds: int = 300):
 
     spec = next(s for s in SERVING_METRICS if s.name == "latency_p99_s")
     policy = Policy.model_validate({"alpha": ALPHA, "min_samples": 30, "metrics": {"latency_p99_s": {"margin_rel": 0.2}}})
-    alarms = hit = 0
-    claimed = []
     cohorts = ["a", "b", "c", "d"]
-    for seed in range(seeds):
-        rng = np.random.default_rng(seed)
-        mu = rng.normal(np.log(0.5), 0.3, (4, n))
-        base = np.exp(mu + rng.normal(0, 0.3, (4, n)))
-        cand = np.exp(mu + rng.normal(0, 0.3, (4, n)))
-        cand[0] *= factor
-        rows = [PairedRow("moe", spec, "overall", "(all)", stats.paired_quantile(base.ravel(), cand.ravel(), 0.99, False, rng))]
-        rows += [PairedRow("moe", spec, "cohort", c, stats.paired_quantile(base[i], cand[i], 0.99, False, rng))
-                 for i, c in enumerate(cohorts)]
-        comps = compare_frame(rows, policy, ALPHA, lambda c, s, sc: f"{c}:{s.kind}")
-        report = Report("sim", "", "", "dense", ["moe"], [], {}, cohorts, comps, [], [], [], {}, [], None)
-        result = evaluate_gate(report, policy)
-        checks = {c.cohort: c for c in result.checks}
-        alarms += result.exit_code == 1
-        hit += checks["a"].status == "regression"
-        claimed.append(checks["a"].power_at_margin)
-    return alarms / seeds, hit / seeds, float(np.nanmean(claimed))
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(np.log(0.5), 0.3, (4, n))
+    base = np.exp(mu + rng.normal(0, 0.3, (4, n)))
+    cand = np.exp(mu + rng.normal(0, 0.3, (4, n)))
+    cand[0] *= factor
+    rows = [PairedRow("moe", spec, "overall", "(all)", stats.paired_quantile(base.ravel(), cand.ravel(), 0.99, False, rng))]
+    rows += [PairedRow("moe", spec, "cohort", c, stats.paired_quantile(base[i], cand[i], 0.99, False, rng))
+             for i, c in enumerate(cohorts)]
+    comps = compare_frame(rows, policy, ALPHA, lambda c, s, sc: f"{c}:{s.kind}")
+    report = Report("sim", "", "", "dense", ["moe"], [], {}, cohorts, comps, [], [], [], {}, [], None)
+    result = evaluate_gate(report, policy)
+    checks = {c.cohort: c for c in result.checks}
+    return result.exit_code == 1, checks["a"].status == "regression", checks["a"].power_at_margin
 
 
 def test_p99_latency_gate_false_alarms_and_power():
@@ -174,26 +188,26 @@ def _old_serving_rows(pairs, rng):
 
 
 def _simulate_serving(correlated: bool, factor: float = 1.0, old: bool = False, seeds: int = SERVING_SEEDS):
+    runs = np.array(_over_seeds(partial(_serving_seed, correlated, factor, old), seeds), dtype=float)
+    alarms, hit = runs[:, :2].mean(axis=0)
+    return float(alarms), float(hit), float(np.nanmean(runs[:, 2]))
+
+
+def _serving_seed(correlated: bool, factor: float, old: bool, seed: int) -> tuple[bool, bool, float]:
     from harness.report.compare import compare_frame, serving_results
     from harness.report.load import RouteInfo
     from harness.report.model import Report
 
-    alarms = hit = 0
-    claimed = []
-    for seed in range(seeds):
-        rng = np.random.default_rng(seed)
-        pairs = _serving_pairs(rng, correlated, factor)
-        rows = (_old_serving_rows(pairs, rng) if old else
-                [r for r in serving_results(pairs, RouteInfo("dense", "baseline"), RouteInfo("moe", "candidate"), rng, [])
-                 if r.spec.name in SERVING_POLICY.metrics])
-        comps = compare_frame(rows, SERVING_POLICY, ALPHA, lambda c, s, sc: f"{c}:{s.kind}")
-        report = Report("sim", "", "", "dense", ["moe"], [], {}, list(SERVING_GROUPS), comps, [], [], [], {}, [], None)
-        result = evaluate_gate(report, SERVING_POLICY)
-        alarms += result.exit_code == 1
-        p99 = next(c for c in result.checks if c.cohort == "a" and c.metric == "latency_p99_s")
-        hit += p99.status == "regression"
-        claimed.append(p99.power_at_margin)
-    return alarms / seeds, hit / seeds, float(np.nanmean(claimed))
+    rng = np.random.default_rng(seed)
+    pairs = _serving_pairs(rng, correlated, factor)
+    rows = (_old_serving_rows(pairs, rng) if old else
+            [r for r in serving_results(pairs, RouteInfo("dense", "baseline"), RouteInfo("moe", "candidate"), rng, [])
+             if r.spec.name in SERVING_POLICY.metrics])
+    comps = compare_frame(rows, SERVING_POLICY, ALPHA, lambda c, s, sc: f"{c}:{s.kind}")
+    report = Report("sim", "", "", "dense", ["moe"], [], {}, list(SERVING_GROUPS), comps, [], [], [], {}, [], None)
+    result = evaluate_gate(report, SERVING_POLICY)
+    p99 = next(c for c in result.checks if c.cohort == "a" and c.metric == "latency_p99_s")
+    return result.exit_code == 1, p99.status == "regression", p99.power_at_margin
 
 
 def test_serving_false_alarms_under_time_correlated_load():
