@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import duckdb
 import numpy as np
@@ -106,11 +107,16 @@ def test_vllm_command_and_environment_for_capture(tmp_path):
 
     route = RouteConfig(name="m", role="baseline", model="m", serve={"model": str(tmp_path)}, architecture="moe",
                         num_experts=4, active_experts=2, expert_capture=True)
+    from harness.serving.engines.vllm import flavour
+
     cmd = VllmEngine().command(route, 1234, None)
-    assert cmd.count("--enforce-eager") == 1
+    # CUDA graphs skip the capture callbacks, so eager there; on CPU the model stays compiled.
+    assert cmd.count("--enforce-eager") == (0 if flavour() == "cpu" else 1)
     env = VllmEngine().capture_environment(route, tmp_path / "logs" / "m.experts", {"PYTHONPATH": "/x"})
     assert env["ROUTECHECK_EXPERT_SPOOL"] == str(tmp_path / "logs" / "m.experts")
     assert env["PYTHONPATH"].endswith("/x")
+    # Never a graph compiled without the plugin, or with another version of it.
+    assert re.search(r"/routecheck-expert-capture-[0-9a-f]{12}$", env["VLLM_CACHE_ROOT"])
     # The entry point is visible on that PYTHONPATH, installed or not.
     import importlib.metadata
 
@@ -161,3 +167,30 @@ def test_returned_routed_experts_through_the_stub(tmp_path, stub_server):
     base = con.execute("SELECT attributes FROM spans WHERE kind = 'CLIENT' AND route = 'base'").fetchall()
     assert all("routecheck.experts.active_mean" not in json.loads(a) for (a,) in base)
     assert not math.isnan(summary.duration_s)
+
+
+def test_router_tap_runs_in_a_compiled_graph():
+    """The CPU capture hook is an opaque custom op: torch.compile keeps it as a call, so its Python
+    body sees every step's ids and logits (a plain callback would run once, at tracing), and it
+    returns the ids unchanged for the MoE kernel."""
+    pytest.importorskip("vllm")
+    import torch
+
+    from harness.serving.engines import vllm_capture
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("the tap is the CPU build's hook")
+    assert vllm_capture._install_tap() and vllm_capture._install_tap()  # twice: installed once
+    seen = []
+    vllm_capture._tap = lambda ids, logits: seen.append((ids.clone(), logits.clone()))
+    try:
+        step = torch.compile(lambda logits: torch.ops.routecheck.expert_tap(logits.topk(2).indices, logits * 1.0) + 0,
+                             backend="aot_eager", fullgraph=True)
+        for i in range(3):
+            logits = torch.randn(5, 4) + i
+            out = step(logits)
+            assert torch.equal(out, logits.topk(2).indices)
+        assert len(seen) == 3 and torch.equal(seen[-1][1], logits)
+    finally:
+        vllm_capture._tap = None

@@ -249,3 +249,32 @@ def test_capacity_simulation_matches_a_loop_on_random_skewed_routers(seed):
     for f in (0.5, 1.0, 1.25, 1.5, 2.0):
         c = simulate_capacity(ids, num_experts, f)
         assert (c.capacity, c.dropped_slots, c.dropped_tokens) == _naive_capacity(ids.tolist(), num_experts, f)
+
+
+def test_agreement_between_sources_is_the_largest_gap():
+    """Live vs probe on the same cohorts: the largest share difference over layers and experts, and
+    the metric differences (second source minus the most trusted one), None where either lacks it."""
+    from harness.experts.panel import agreement_line, agreements, gap_text
+
+    def row(cohort, source, util, ent, router):
+        return {"route": "moe", "cohort": cohort, "source": source, "tokens": 100, "utilization": util,
+                "metrics": {"utilization_entropy": ent, "router_entropy": router, "max_over_mean": 1.0}}
+
+    panel = [
+        row("a", "probe", [[0.5, 0.5], [0.25, 0.75]], 0.9, 0.8),
+        row("a", "live", [[0.5, 0.5], [0.20, 0.80]], 0.95, None),  # live listed second: still the reference
+        row("b", "probe", [[0.6, 0.4], [0.5, 0.5]], 0.7, 0.6),
+        row("b", "live", [[0.58, 0.42], [0.5, 0.5]], 0.72, 0.65),
+        row("c", "probe", [[1.0, 0.0], [1.0, 0.0]], 0.0, 0.0),      # one source only: not compared
+    ]
+    found = {a.cohort: a for a in agreements(panel)}
+    assert set(found) == {"a", "b"}
+    assert found["a"].sources == ("live", "probe")
+    assert found["a"].utilization_max_abs == pytest.approx(0.05)
+    assert found["a"].diffs["utilization_entropy"] == pytest.approx(-0.05) and found["a"].diffs["router_entropy"] is None
+    assert found["b"].utilization_max_abs == pytest.approx(0.02)
+    line = agreement_line("moe", list(found.values()))
+    assert line == ("moe: live vs probe over 2 cohort rows: utilisation shares within 0.050 (largest in a), "
+                    "utilisation entropy within 0.050, router entropy within 0.050, max/mean within 0.000")
+    assert agreement_line("dense", list(found.values())) is None
+    assert [gap_text(v) for v in (0.0, 0.05, 0.0005, 6.11e-05)] == ["0.000", "0.050", "0.001", "6.1e-05"]

@@ -183,3 +183,42 @@ def test_gate_holds_expert_metrics(probed_run, tmp_path):
         policy.write_text(f"metrics:\n  {body}\n")
         out = runner.invoke(app, ["gate", run_id, "--db", db, "--policy", str(policy)])
         assert out.exit_code == 2 and msg in out.output, (body, out.output)
+
+
+def test_report_puts_live_and_probe_side_by_side(probed_run, tmp_path):
+    """Two sources for the same responses: each cohort's rows are adjacent (live first), a line says
+    how far apart the sources are, and the HTML heatmap has a row per cohort and source."""
+    from harness.experts.panel import gap_text
+
+    tiny, _, db, run_id = probed_run
+    assert runner.invoke(app, ["experts", run_id, "--db", db, "--model", str(tiny.path)]).exit_code == 0
+    con = duckdb.connect(db)
+    cols = [c for (c,) in con.execute("SELECT column_name FROM (DESCRIBE expert_stats)").fetchall()]
+    sel = ", ".join("'live'" if c == "source" else c for c in cols)
+    con.execute(f"INSERT INTO expert_stats SELECT {sel} FROM expert_stats WHERE source = 'probe'")
+    # One apples response's layer-0 counts moved by one assignment (expert 0 -> 1) in the live copy.
+    pid, counts = con.execute("SELECT prompt_id, counts FROM expert_stats WHERE source = 'live' AND layer = 0 "
+                              "AND prompt_id LIKE 'a%' AND counts[1] > 0 ORDER BY prompt_id LIMIT 1").fetchone()
+    moved = [counts[0] - 1, counts[1] + 1] + list(counts[2:])
+    con.execute("UPDATE expert_stats SET counts = ? WHERE source = 'live' AND layer = 0 AND prompt_id = ?", [moved, pid])
+    apples_slots = con.execute("SELECT sum(tokens) * 2 FROM expert_stats WHERE source = 'live' AND layer = 0 "
+                               "AND prompt_id LIKE 'a%'").fetchone()[0]
+    con.close()
+
+    out_dir = tmp_path / "rep"
+    out = runner.invoke(app, ["report", run_id, "--db", db, "--out-dir", str(out_dir)])
+    assert out.exit_code == 0, out.output
+    md = (out_dir / "report.md").read_text()
+    table = [l.split("|")[2:4] for l in md.splitlines() if l.startswith(("| moe | live |", "| moe | probe |"))]
+    assert [tuple(c.strip() for c in cells) for cells in table] == [
+        ("live", "apples"), ("probe", "apples"), ("live", "berries"), ("probe", "berries"), ("live", "(all)"), ("probe", "(all)")]
+    gap = 1 / apples_slots  # one assignment of the apples cohort's layer-0 slots, on two experts
+    line = next(l for l in md.splitlines() if l.startswith("- moe: live vs probe"))
+    assert f"over 3 cohort rows: utilisation shares within {gap_text(gap)} (largest in apples)" in line
+    assert "sources agree: moe: live vs probe" in out.stdout
+    page = (out_dir / "report.html").read_text()
+    section = page[page.index('id="expert-telemetry"'):]
+    assert section.count('class="expert-heatmap"') == 1 and section.count('class="overflow-curve"') == 1
+    assert "moe (live, probe): expert utilisation per cohort" in section
+    assert all(f"{c} ({s})" in section for c in ("apples", "berries") for s in ("live", "probe"))  # heatmap rows, curves
+    assert 'class="expert-agreement"' in section and "live vs probe over 3 cohort rows" in section

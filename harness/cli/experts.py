@@ -11,7 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from harness.cli.console import err, fail, fmt, out, term, visible
-from harness.experts.run import ExpertsError, load_cohort_stats, probe_run, probe_targets
 from harness.experts.stats import DEFAULT_CAPACITY_FACTORS
 from harness.store import DEFAULT_DB, StoreError, connect
 from harness.store.views import resolve_run_id
@@ -38,6 +37,8 @@ def experts_command(
     db: Path = typer.Option(DEFAULT_DB, "--db", help="DuckDB store.", metavar="PATH"),
 ) -> None:
     """Expert utilisation, router entropy, load imbalance and capacity overflow per cohort (docs/experts.md)."""
+    from harness.experts.run import ExpertsError, load_cohort_stats, probe_run, probe_targets  # pandas, the store views
+
     factors = _factors(capacity_factors)
     try:
         con = connect(db, read_only=not (probe or model))

@@ -102,8 +102,69 @@ def panel_rows(stats: dict[tuple[str, str, str], GroupStats],
             capacity_factors=[c.factor for c in s.capacity],
         ))
     order = {s: i for i, s in enumerate(SOURCE_ORDER)}
-    rows.sort(key=lambda p: (p.route, order.get(p.source, 99), p.cohort == "(all)", p.cohort))
+    # A cohort's sources next to each other (live, then returned, then probe), so they read side by side.
+    rows.sort(key=lambda p: (p.route, p.cohort == "(all)", p.cohort, order.get(p.source, 99)))
     return rows
+
+
+@dataclass
+class Agreement:
+    """How closely two sources' routing of the same responses agree, per (route, cohort)."""
+    route: str
+    cohort: str
+    sources: tuple[str, str]
+    tokens: tuple[int, int]
+    utilization_max_abs: float           # max |share difference| over layers and experts
+    diffs: dict[str, float | None]       # second minus first source, per flat metric (None where either lacks it)
+
+
+def agreements(panel: list[dict[str, Any]]) -> list[Agreement]:
+    """Per (route, cohort) recorded by two or more sources: the most trusted one against each other one."""
+    order = {s: i for i, s in enumerate(SOURCE_ORDER)}
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for p in panel:
+        by.setdefault((p["route"], p["cohort"]), []).append(p)
+    out = []
+    for (route, cohort), rows in by.items():
+        rows = sorted(rows, key=lambda p: order.get(p["source"], 99))
+        first = rows[0]
+        for other in rows[1:]:
+            if len(other["utilization"]) != len(first["utilization"]):
+                continue
+            gap = max((abs(a - b) for la, lb in zip(first["utilization"], other["utilization"]) for a, b in zip(la, lb)),
+                      default=0.0)
+            diffs = {k: (None if v is None or other["metrics"].get(k) is None else other["metrics"][k] - v)
+                     for k, v in first["metrics"].items()}
+            out.append(Agreement(route, cohort, (first["source"], other["source"]), (first["tokens"], other["tokens"]),
+                                 gap, diffs))
+    return out
+
+
+def gap_text(v: float) -> str:
+    """A difference between sources: three decimals, or two significant digits when smaller than that shows."""
+    return f"{v:.3f}" if v == 0 or v >= 0.0005 else f"{v:.1e}"
+
+
+def agreement_line(route: str, found: list[Agreement]) -> str | None:
+    """One line per route and pair of sources: the largest gaps over its cohorts."""
+    mine = [a for a in found if a.route == route]
+    if not mine:
+        return None
+    pairs = sorted({a.sources for a in mine})
+    lines = []
+    for pair in pairs:
+        rows = [a for a in mine if a.sources == pair]
+        worst = max(rows, key=lambda a: a.utilization_max_abs)
+
+        def gap(key: str) -> str:
+            vals = [abs(a.diffs[key]) for a in rows if a.diffs.get(key) is not None]
+            return "n/a" if not vals else gap_text(max(vals))
+
+        lines.append(f"{pair[0]} vs {pair[1]} over {len(rows)} cohort rows: utilisation shares within "
+                     f"{gap_text(worst.utilization_max_abs)} (largest in {worst.cohort}), utilisation entropy within "
+                     f"{gap('utilization_entropy')}, router entropy within {gap('router_entropy')}, max/mean within "
+                     f"{gap('max_over_mean')}")
+    return f"{route}: " + "; ".join(lines)
 
 
 def shown_factor(row: PanelRow | dict[str, Any], capacity_factor: float | None) -> float | None:

@@ -118,8 +118,10 @@ class VllmEngine:
                 raise ConfigError(f"route {route.name!r}: serve.args has --disable-log-stats, which breaks vLLM's request spans")
             cmd += ["--otlp-traces-endpoint", otlp_traces_endpoint]
         args = list(spec.args)
-        if route.expert_capture and "--enforce-eager" not in args:
-            args.append("--enforce-eager")  # the capture hooks run in Python: no compiled graph around the router
+        if route.expert_capture and flavour() != "cpu" and "--enforce-eager" not in args:
+            # CUDA graphs replay kernels without the Python the capture callbacks are; on CPU the plugin
+            # ends each router with an op the compiled graph keeps as a call (vllm_capture._install_tap).
+            args.append("--enforce-eager")
         return cmd + args
 
     def environment(self, route: "RouteConfig", otlp_traces_endpoint: str | None, base: Mapping[str, str]) -> dict[str, str]:
@@ -138,7 +140,13 @@ class VllmEngine:
         if not _plugin_installed():
             paths.insert(0, str(_plugin_dist(spool_dir.parent / ".routecheck-plugin")))
         old = base.get("PYTHONPATH")
-        return {SPOOL_ENV: str(spool_dir), "PYTHONPATH": os.pathsep.join(paths + ([old] if old else []))}
+        # vLLM keys its compiled-graph cache on the config and model code, not on the plugin, which on CPU
+        # puts its tap op into the graph: a graph cached by a server without capture (or an older plugin)
+        # would capture nothing. Capture servers keep their own cache, one per version of the plugin.
+        cache = os.path.join(base.get("VLLM_CACHE_ROOT") or os.path.expanduser("~/.cache/vllm"),
+                             f"routecheck-expert-capture-{_plugin_digest()}")
+        return {SPOOL_ENV: str(spool_dir), "PYTHONPATH": os.pathsep.join(paths + ([old] if old else [])),
+                "VLLM_CACHE_ROOT": cache}
 
     def memory_bytes(self, env: Mapping[str, str], model_bytes: int) -> int:
         """Weights (counted twice: load buffer and model) + CPU KV cache + fixed process overhead."""
@@ -167,6 +175,15 @@ class VllmEngine:
 
 PLUGIN_NAME = "routecheck_experts"
 PLUGIN_TARGET = "harness.serving.engines.vllm_capture:register"
+
+
+def _plugin_digest() -> str:
+    """12 hex digits of the plugin's source: a changed plugin never reuses a graph compiled with the old one."""
+    import hashlib
+
+    from harness.serving.engines import vllm_capture
+
+    return hashlib.sha256(Path(vllm_capture.__file__).read_bytes()).hexdigest()[:12]
 
 
 def _plugin_installed() -> bool:

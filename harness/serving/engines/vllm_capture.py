@@ -5,9 +5,11 @@ nothing unless `ROUTECHECK_EXPERT_SPOOL` names a directory (routecheck sets it f
 `expert_capture: true`). Then, in the process that runs the model, it wraps the V1 model
 runner's `execute_model` (the runner the CPU build uses; `CPUModelRunner` inherits it):
 
-- at the first real step it binds, on every MoE layer, `BaseRouter.set_capture_fn` (the logical
-  top-k expert ids, vLLM's own hook for routed-experts capture) and a forward hook on the
-  layer's gate (`GateLinear`: the router logits, for router entropy and top-k mass);
+- on CPU, at registration (before the model is built), it ends every router's `select_experts`
+  with an opaque custom op (`_install_tap`) that torch.compile keeps as a call, so its Python body
+  sees each step's top-k ids and router logits while the whole model stays compiled; on GPUs (served
+  with --enforce-eager) it binds, at the first real step, `BaseRouter.set_capture_fn` (the logical
+  top-k ids, vLLM's own hook) and a wrapper around `select_experts` (the logits);
 - during a step the two callbacks only keep references to the tensors; after the step the ids
   (T x L x k) and logits (T x L x E) are cut into the step's requests (batch order, each
   request's scheduled token count, its first token's position) and appended as one line to
@@ -15,8 +17,7 @@ runner's `execute_model` (the runner the CPU build uses; `CPUModelRunner` inheri
   are sampled, so a request's routing is on disk before the client sees its last token;
 - dummy and profiling runs (outside `execute_model`) are ignored.
 
-The router runs in Python on CPU only without compilation (the CPU build traces the router into
-its compiled graph otherwise), so routecheck adds `--enforce-eager` to such a route.
+CUDA graphs replay kernels without Python, so on GPUs routecheck adds `--enforce-eager` to such a route.
 
 Request ids: the engine's internal id is the API server's id plus `-` and 8 random characters
 (`InputProcessor.assign_request_id`); the spool carries both, the external one being the
@@ -31,6 +32,8 @@ import re
 import time
 from functools import partial
 from typing import Any
+
+import numpy as np
 
 SPOOL_ENV = "ROUTECHECK_EXPERT_SPOOL"
 _SUFFIX = re.compile(r"^(.*)-[0-9A-Za-z]{8}$")
@@ -52,6 +55,7 @@ def register() -> None:
     if _registered or not spool:
         return
     _registered = True
+    _install_tap()
     try:
         from vllm.v1.worker import gpu_model_runner
     except Exception as e:  # a vLLM without the V1 runner: say so in the server log, serve anyway
@@ -79,6 +83,77 @@ def register() -> None:
 
     execute_model._routecheck_capture = True  # type: ignore[attr-defined]
     runner_cls.execute_model = execute_model
+
+
+_tap: Any = None  # the bound capture's per-layer callback (ids, logits); None while nothing records
+_lib: Any = None  # the torch library holding routecheck::expert_tap (kept alive)
+_tap_s = [0.0]  # seconds in the op's body while capturing (inside execute_model's time), for the log
+
+
+def _install_tap() -> bool:
+    """On CPU, put an opaque custom op, `routecheck::expert_tap(topk_ids, router_logits) -> topk_ids`,
+    at the end of every router's `select_experts`. The CPU build lets torch.compile trace each MoE
+    layer, router included, into the model graph, where a Python callback would run once at tracing
+    and never again; a custom op stays a call in the compiled graph, so its Python body runs at every
+    step while everything around it stays compiled. It hands copies of the ids and logits to the
+    capture (inductor may reuse the buffers after the op) and returns a copy of the ids, which the
+    MoE kernel then uses, so the op is never dead code. MoE layers call it in layer order within a
+    forward pass. Returns whether the op is installed (not on GPUs: CUDA graphs replay without Python,
+    so routecheck serves capture routes there with --enforce-eager and vLLM's own capture hook)."""
+    global _lib
+    try:
+        import torch
+        from vllm.model_executor.layers.fused_moe.router.fused_moe_router import FusedMoERouter
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return False
+        if getattr(FusedMoERouter.select_experts, "_routecheck_tap", False):
+            return True
+        lib = torch.library.Library("routecheck", "FRAGMENT")
+        lib.define("expert_tap(Tensor topk_ids, Tensor router_logits) -> Tensor")
+
+        def expert_tap(topk_ids: Any, router_logits: Any) -> Any:
+            hook = _tap
+            if hook is None:
+                return topk_ids.clone()
+            t0 = time.perf_counter()
+            hook(topk_ids, router_logits)
+            out = topk_ids.clone()
+            _tap_s[0] += time.perf_counter() - t0
+            return out
+
+        lib.impl("expert_tap", expert_tap, "CompositeExplicitAutograd")
+        torch.library.register_fake("routecheck::expert_tap", lambda topk_ids, router_logits: torch.empty_like(topk_ids),
+                                    lib=lib)
+        _lib = lib
+        original = FusedMoERouter.select_experts
+
+        def select_experts(self: Any, hidden_states: Any, router_logits: Any, topk_indices_dtype: Any = None, *,
+                           input_ids: Any = None) -> Any:
+            weights, ids = original(self, hidden_states, router_logits, topk_indices_dtype, input_ids=input_ids)
+            return weights, torch.ops.routecheck.expert_tap(ids, router_logits)
+
+        select_experts._routecheck_tap = True  # type: ignore[attr-defined]
+        FusedMoERouter.select_experts = select_experts
+        return True
+    except Exception as e:  # an unknown vLLM layout: say so; the route can add --enforce-eager
+        log.warning("routecheck expert capture: cannot install the router tap: %s", e)
+        return False
+
+
+def _host_copy(t: Any) -> np.ndarray:
+    try:
+        return t.numpy().copy()
+    except TypeError:  # bfloat16 has no numpy dtype
+        return t.float().numpy()
+
+
+def _np(x: Any) -> np.ndarray:
+    """The tap's numpy copies as they are; tensors from vLLM's own hooks (GPU, eager) to host numpy."""
+    if isinstance(x, np.ndarray):
+        return x
+    return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
 
 
 class _Capture:
@@ -111,7 +186,6 @@ class _Capture:
     def _bind(self, model: Any) -> None:
         from vllm.model_executor.layers.fused_moe.router.base_router import BaseRouter
         from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
-        from vllm.model_executor.models.utils import extract_layer_index
 
         runners = [m for m in model.modules() if isinstance(m, MoERunner)]
         if not runners:
@@ -124,30 +198,23 @@ class _Capture:
         self.num_experts = int(first.router.global_num_experts)
         self.top_k = int(first.router.top_k)
         self.dtype = "uint8" if self.num_experts <= 256 else "int16"
-        for m in runners:
-            m.router.set_capture_fn(partial(self._on_ids, int(m.layer_id)))
-        gates = 0
-        try:
-            from vllm.model_executor.layers.fused_moe.router.gate_linear import GateLinear
-        except ImportError:
-            GateLinear = ()  # type: ignore[assignment]
         scoring = {getattr(m.router, "scoring_func", "softmax") for m in runners}
-        for name, module in model.named_modules():
-            if (GateLinear and isinstance(module, GateLinear)) or name.endswith(".gate") and hasattr(module, "weight"):
-                try:
-                    layer = int(extract_layer_index(name))
-                except Exception:
-                    continue
-                if layer in self.layers:
-                    module.register_forward_hook(partial(self._on_gate, layer))
-                    gates += 1
-        self.probs = "softmax" if gates >= len(self.layers) and scoring == {"softmax"} else None
+        global _tap
+        if getattr(type(first.router).select_experts, "_routecheck_tap", False):
+            self._calls: list[tuple[Any, Any]] = []
+            _tap = self._on_tap  # ids and logits from the op, in layer order
+        else:
+            for m in runners:
+                layer = int(m.layer_id)
+                m.router.set_capture_fn(partial(self._on_ids, layer))
+                m.router.select_experts = self._logits_tap(layer, m.router.select_experts)
+        self.probs = "softmax" if scoring == {"softmax"} else None
         os.makedirs(self.spool, exist_ok=True)
         from harness.experts.capture import meta_line, spool_file
 
         self.file = open(spool_file(self.spool, os.getpid()), "ab", buffering=0)
         self.file.write(meta_line(self.num_experts, self.top_k, self.layers, self.probs))
-        log.info("routecheck expert capture: %d MoE layers, E=%d, k=%d, router logits %s, spool %s",
+        log.info("routecheck expert capture (%s): %d MoE layers, E=%d, k=%d, router logits %s, spool %s", __file__,
                  len(self.layers), self.num_experts, self.top_k, "on" if self.probs else "off", self.spool)
 
     _steps = 0
@@ -155,22 +222,40 @@ class _Capture:
     _capture_s = 0.0
 
     def timing(self, model_s: float, capture_s: float) -> None:
-        """Every 500 steps, the server log says what capture costs next to the steps themselves."""
+        """Every 500 steps, the server log says what capture costs next to the steps themselves
+        (bench/experts.py reads the last such line: capture's own time, free of the runs' noise)."""
         self._steps += 1
         self._model_s += model_s
         self._capture_s += capture_s
         if self._steps % 500 == 0:
-            log.info("routecheck expert capture: %d steps, %.1f ms per step in execute_model, %.3f ms writing",
-                     self._steps, 1e3 * self._model_s / self._steps, 1e3 * self._capture_s / self._steps)
+            log.info("routecheck expert capture: %d steps, %.1f ms per step in execute_model, %.3f ms writing, "
+                     "%.3f ms in the tap", self._steps, 1e3 * self._model_s / self._steps,
+                     1e3 * self._capture_s / self._steps, 1e3 * _tap_s[0] / self._steps)
 
     # -- during a step --------------------------------------------------------------------------
+    def _on_tap(self, topk_ids: Any, router_logits: Any) -> None:
+        if self.active:
+            n = len(self.ids)
+            if n < len(self.layers):
+                layer = self.layers[n]
+                # numpy copies: a tenth of torch.clone's dispatch cost on these few-byte tensors
+                # (the compiled graph may reuse the buffers once the op returns, so copy, not keep)
+                self.ids[layer] = _host_copy(topk_ids)
+                self.logits[layer] = _host_copy(router_logits)
+
     def _on_ids(self, layer: int, topk_ids: Any) -> None:
         if self.active:
             self.ids[layer] = topk_ids
 
-    def _on_gate(self, layer: int, _module: Any, _inputs: Any, output: Any) -> None:
-        if self.active:
-            self.logits[layer] = output[0] if isinstance(output, tuple) else output
+    def _logits_tap(self, layer: int, select_experts: Any) -> Any:
+        """The router's own entry point, wrapped: it receives the gate's logits for the step's tokens."""
+        def tapped(*args: Any, **kwargs: Any) -> Any:
+            if self.active:
+                logits = kwargs.get("router_logits", args[1] if len(args) > 1 else None)
+                if logits is not None:
+                    self.logits[layer] = logits
+            return select_experts(*args, **kwargs)
+        return tapped
 
     def begin(self) -> None:
         self.ids.clear()
@@ -191,8 +276,6 @@ class _Capture:
             self.logits.clear()
 
     def _write(self, runner: Any, scheduler_output: Any) -> None:
-        import torch
-
         from harness.experts.capture import step_line
 
         total = int(scheduler_output.total_num_scheduled_tokens)
@@ -215,10 +298,10 @@ class _Capture:
                 at += n
         if at != total:
             return
-        ids = torch.stack([self.ids[layer][:total] for layer in self.layers], dim=1).numpy()
+        ids = np.stack([_np(self.ids[layer])[:total] for layer in self.layers], axis=1)
         logits = None
         if self.probs and len(self.logits) == len(self.layers):
-            logits = torch.stack([self.logits[layer][:total] for layer in self.layers], dim=1).float().numpy()
+            logits = np.stack([_np(self.logits[layer])[:total] for layer in self.layers], axis=1)
         self.file.write(step_line(reqs, ids, logits, dtype=self.dtype))
         if len(self._external) > 4096:  # finished requests' ids: keep the map small
             self._external.clear()
