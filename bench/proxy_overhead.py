@@ -1,7 +1,9 @@
 """What `routecheck proxy` adds on the primary's path, side by side in one run against the stub.
 
 Conditions, each its own process, all in front of the same primary stub (streamed, TTFT 20 ms,
-400 tokens/s, 32 tokens):
+400 tokens/s, 32 tokens; `--stub lean`, the default, is harness/testing/lean_stub.py, the stub
+server's bytes at about half its CPU, so the stubs take less of the shared machine from what is
+measured; `--stub full` is the stub server itself):
     direct        the stub itself
     proxy 0%      routecheck proxy, --mirror-rate 0
     proxy 100%    routecheck proxy, --mirror-rate 1, a healthy candidate stub (max_concurrency 512)
@@ -10,14 +12,16 @@ Conditions, each its own process, all in front of the same primary stub (streame
 Open-loop Poisson load at --rate from this process (harness/testing/load.py); blocks of --block-s go
 round-robin over the conditions, --rounds times, so a change in the shared machine's load hits every
 condition alike. Printed: TTFT and total latency p50/p99/p99.9, the difference against direct, the
-proxy's CPU per request (user + system from /proc, psutil), and what each proxy mirrored and dropped.
+proxy's CPU per request (user + system from /proc, psutil), and what each proxy mirrored and dropped;
+also the CPU per request of the load generator and of the stubs in each condition, to show they are
+not what limits it (the direct condition's latency is the stub's own plus the load generator's).
 
 Then the one-core ramp: a fresh proxy pinned to one core (taskset) at 100% mirroring, each rate of
 --ramp for --ramp-s; a rate is sustained when every request succeeds, nothing is dropped from the
 mirror queue, and total latency stays near the stub's own (~100 ms): p50 <= 200 ms, p99 <= 1 s. The stubs and the load
-generator run beside it on the other core, so on a small machine this is a lower bound.
+generator are pinned to the other core(s), so on a small machine this is a lower bound.
 
-    python bench/proxy_overhead.py [--rate 200] [--block-s 10] [--rounds 2] [--ramp 200,400,600,800] [--ramp-s 6]
+    python bench/proxy_overhead.py [--rate 200] [--block-s 10] [--rounds 2] [--ramp 50,75,100,150,200,300] [--ramp-s 6]
 """
 
 from __future__ import annotations
@@ -46,10 +50,13 @@ from harness.testing.proxy_process import ProxyProcess  # noqa: E402
 TOKENS = 32
 
 
-def start_stub(tmp: Path, name: str, **cfg) -> tuple[subprocess.Popen, str]:
+STUBS = {"lean": "harness.testing.lean_stub", "full": "harness.testing.stub_server"}
+
+
+def start_stub(tmp: Path, name: str, kind: str = "lean", **cfg) -> tuple[subprocess.Popen, str]:
     path = tmp / f"{name}.json"
     path.write_text(json.dumps({"answer": " ".join(f"w{i}" for i in range(TOKENS)), "ttft_s": 0.02, "tokens_per_s": 400, **cfg}))
-    proc = subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", "0", "--config", str(path)],
+    proc = subprocess.Popen([sys.executable, "-m", STUBS[kind], "--port", "0", "--config", str(path)],
                             stdout=subprocess.PIPE, text=True, cwd=REPO)
     line = proc.stdout.readline()
     if "listening on" not in line:
@@ -94,9 +101,10 @@ def main() -> None:
     ap.add_argument("--block-s", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--stall-s", type=float, default=30.0)
-    ap.add_argument("--ramp", default="200,400,600,800")
+    ap.add_argument("--ramp", default="50,75,100,150,200,300")
     ap.add_argument("--ramp-s", type=float, default=6.0)
     ap.add_argument("--core", type=int, default=0, help="the core the ramp's proxy is pinned to")
+    ap.add_argument("--stub", choices=sorted(STUBS), default="lean", help="lean: harness/testing/lean_stub.py; full: the stub server")
     args = ap.parse_args()
     env = {"PYTHONPATH": str(REPO)}
     procs: list[subprocess.Popen] = []
@@ -104,9 +112,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         try:
-            primary_proc, primary = start_stub(tmp, "primary")
-            cand_proc, cand = start_stub(tmp, "candidate")
-            stall_proc, stalled = start_stub(tmp, "stalled", ttft_s=args.stall_s)
+            primary_proc, primary = start_stub(tmp, "primary", args.stub)
+            cand_proc, cand = start_stub(tmp, "candidate", args.stub)
+            stall_proc, stalled = start_stub(tmp, "stalled", args.stub, ttft_s=args.stall_s)
             procs += [primary_proc, cand_proc, stall_proc]
             normal = routes_file(tmp, "normal", primary, cand, 512)
             stall = routes_file(tmp, "stall", primary, stalled, 8)
@@ -120,18 +128,23 @@ def main() -> None:
                 uvloop.run(run_load(url, 50, 1.0, body=body))
             samples: dict[str, list] = {c: [] for c in conds}
             cpu = {c: 0.0 for c in conds}
+            gen_cpu = {c: 0.0 for c in conds}  # the load generator (this process)
+            stub_cpu = {c: 0.0 for c in conds}  # primary and candidate stubs
             load0 = os.getloadavg()
             t_start = time.time()
             for rnd in range(args.rounds):
                 for c, (url, p) in conds.items():
                     before = cpu_s(p.pid) if p else 0.0
+                    stubs0, gen0 = sum(cpu_s(q.pid) for q in procs), time.process_time()
                     samples[c] += uvloop.run(run_load(url, args.rate, args.block_s, body=body, seed=rnd))
+                    gen_cpu[c] += time.process_time() - gen0
+                    stub_cpu[c] += sum(cpu_s(q.pid) for q in procs) - stubs0
                     if p:
                         cpu[c] += cpu_s(p.pid) - before
-            print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, shared with other sessions; "
+            print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
                   f"load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after ({time.time() - t_start:.0f} s)")
             print(f"load: {args.rate:g} req/s Poisson, {args.rounds} x {args.block_s:g} s blocks per condition, round-robin; "
-                  f"stub TTFT 20 ms, 400 tok/s, {TOKENS} tokens streamed; stalled candidate answers after {args.stall_s:g} s")
+                  f"{args.stub} stub, TTFT 20 ms, 400 tok/s, {TOKENS} tokens streamed; stalled candidate answers after {args.stall_s:g} s")
             base = summary(samples["direct"])
             print(f"{'condition':<13} {'ok':>5} {'err':>4} {'TTFT p50':>8} {'p99':>7} {'p99.9':>7} {'total p50':>9} {'p99':>7} "
                   f"{'p99.9':>7} {'+TTFT p50':>9} {'+p99':>6} {'+tot p50':>8} {'+p99':>6} {'CPU ms/req':>10} {'mirrored':>8} {'dropped':>7}")
@@ -146,8 +159,9 @@ def main() -> None:
                       f"{(1000 * cpu[c] / max(len(samples[c]), 1)) if p else float('nan'):>10.3f} "
                       f"{m['mirrored'] if m else '-':>8} {m['queue_full'] if m else '-':>7}", flush=True)
             for c, (_, p) in conds.items():
-                if p:
-                    print(f"{c}: {1000 * cpu[c] / max(len(samples[c]), 1) * args.rate / 1000:.2f} cores of CPU at {args.rate:g} req/s")
+                n = max(len(samples[c]), 1)
+                print(f"{c}: " + (f"proxy {1000 * cpu[c] / n * args.rate / 1000:.2f} cores at {args.rate:g} req/s; " if p else "")
+                      + f"load generator {1000 * gen_cpu[c] / n:.2f} ms/req, stubs {1000 * stub_cpu[c] / n:.2f} ms/req")
             for p in proxies:
                 p.stop(signal.SIGTERM)
             proxies.clear()
@@ -157,9 +171,13 @@ def main() -> None:
                 return
             p = ProxyProcess(normal, tmp / "ramp.duckdb", ["--mirror-rate", "1"], env=env, cwd=REPO, cpu=args.core)
             proxies.append(p)
+            others = (os.sched_getaffinity(0) - {args.core}) or os.sched_getaffinity(0)
+            for pid in (0, primary_proc.pid, cand_proc.pid):  # the load generator and the stubs keep off the proxy's core
+                os.sched_setaffinity(pid, others)
             url = p.base_url + "/chat/completions"
             uvloop.run(run_load(url, 50, 1.0, body=body))
-            print(f"\none core (taskset -c {args.core}), mirroring 100% to a healthy candidate, {args.ramp_s:g} s per rate:")
+            print(f"\none core (taskset -c {args.core}; load generator and stubs on cores {sorted(others)}), "
+                  f"mirroring 100% to a healthy candidate, {args.ramp_s:g} s per rate:")
             print(f"{'offered/s':>9} {'done/s':>7} {'ok':>6} {'err':>4} {'total p50':>9} {'p99':>7} {'proxy CPU':>9} "
                   f"{'ms/req':>7} {'mirrored':>8} {'dropped':>7} sustained")
             best = None

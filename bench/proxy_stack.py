@@ -57,7 +57,7 @@ def serve(stack: str, upstream: str) -> None:
         else:
             import httpx
 
-            from harness.mirror.http_pool import ShardedTransport
+            from bench.httpx_pool import ShardedTransport
 
             client = httpx.AsyncClient(transport=ShardedTransport(512), timeout=None)
 

@@ -601,34 +601,64 @@ def test_recorded_calls_read_like_the_standard_library_would():
     assert (r.text, r.output_tokens, r.usage_source, r.ttft_s) == ("hi", 1, "server", 0.02)
 
 
-def test_two_replicas_gathered_into_one_store_as_docs_proxy_md_says(tmp_path, stub_server, proxies):
-    """docs/proxy.md's deployment sketch: each replica its own store; copy one, attach the others,
-    INSERT OR REPLACE each table; then `report` each run from the gathered store."""
-    import shutil
-
+def test_two_replicas_gathered_into_one_store_and_reported(tmp_path, stub_server, proxies):
+    """docs/proxy.md's deployment sketch: each replica its own store; `routecheck gather` copies every
+    run of each into one (a replica still serving through a snapshot), gathering again refreshes
+    rather than duplicates; then `report` each run from the gathered store."""
     from harness.cli import app
 
     base, cand = stub_server(), stub_server(ttft_s=0.001)
     routes = two_routes(tmp_path, base.base_url, cand.base_url)
     stores = [tmp_path / "store-1.duckdb", tmp_path / "store-2.duckdb"]
+    live = []
     for k, db in enumerate(stores):
         p = proxies(routes, db)
         for i in range(12 + k):
             client(p).chat.completions.create(model="x", messages=[{"role": "user", "content": f"replica {k} q{i}"}])
-        assert p.stop() == 0
+        live.append(p)
+    assert live[0].stop() == 0
     gathered = tmp_path / "all.duckdb"
-    shutil.copy(stores[0], gathered)
-    con = duckdb.connect(str(gathered))
-    con.execute(f"ATTACH '{stores[1]}' AS r2 (READ_ONLY)")
-    for table in ("runs", "prompts", "responses", "spans"):
-        con.execute(f"INSERT OR REPLACE INTO {table} SELECT * FROM r2.{table}")
-    runs = con.execute("SELECT run_id, n_prompts FROM runs ORDER BY n_prompts").fetchall()
-    con.close()
-    assert [n for _, n in runs] == [12, 13]
     runner = CliRunner()
-    for run_id, n in runs:
+    time.sleep(1.5)  # replica 2's last rows are flushed (once a second)
+    res = runner.invoke(app, ["gather", str(gathered), *map(str, stores)])  # replica 2 still serving: a snapshot
+    assert res.exit_code == 0, res.output
+    assert "store-2.duckdb: 1 runs" in res.output
+    assert rows(gathered, "SELECT count(*) FROM prompts") == [(25,)]
+    assert live[1].stop() == 0
+    res = runner.invoke(app, ["gather", str(gathered), *map(str, stores)])  # again, after it stopped: refreshed
+    assert res.exit_code == 0, res.output
+    tables = ("runs", "prompts", "responses", "spans")
+    expected = {t: sum(rows(db, f"SELECT count(*) FROM {t}")[0][0] for db in stores) for t in tables}
+    assert {t: rows(gathered, f"SELECT count(*) FROM {t}")[0][0] for t in tables} == expected
+    assert expected["prompts"] == 25 and expected["responses"] == 50
+    runs = rows(gathered, "SELECT run_id, n_prompts, status FROM runs ORDER BY n_prompts")
+    assert [(n, st) for _, n, st in runs] == [(12, "completed"), (13, "completed")]
+    for run_id, n, _ in runs:
         out = tmp_path / run_id
         res = runner.invoke(app, ["report", run_id, "--db", str(gathered), "--out-dir", str(out)])
         assert res.exit_code == 0, res.output
         report = json.loads((out / "report.json").read_text())
         assert any(f"0 of {n} primary calls were not mirrored" in w for w in report["warnings"])
+    res = runner.invoke(app, ["gather", str(stores[0]), str(stores[0])])
+    assert res.exit_code == 2 and "also a source" in res.output
+
+    # --pool: one run of both replicas, one report over all 25 prompts; pooling again refreshes it
+    pooled = tmp_path / "pooled.duckdb"
+    for _ in range(2):
+        res = runner.invoke(app, ["gather", str(pooled), *map(str, stores), "--pool", "all-replicas"])
+        assert res.exit_code == 0, res.output
+        assert "pooled 2 runs of 2 stores into run all-replicas" in res.output
+    assert rows(pooled, "SELECT run_id, n_prompts, n_expected, status FROM runs") == [("all-replicas", 25, 50, "completed")]
+    assert {t: rows(pooled, f"SELECT count(*) FROM {t}")[0][0] for t in tables} == {**expected, "runs": 1}
+    ids = [p for (p,) in rows(pooled, "SELECT prompt_id FROM prompts ORDER BY prompt_id")]
+    assert len(set(ids)) == 25 and {i.split("/")[0] for i in ids} == {r for r, _, _ in runs}
+    assert rows(pooled, "SELECT count(*) FROM responses r JOIN prompts p USING (run_id, prompt_id)") == [(50,)]
+    out = tmp_path / "pooled-report"
+    res = runner.invoke(app, ["report", "all-replicas", "--db", str(pooled), "--out-dir", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert any("0 of 25 primary calls were not mirrored" in w for w in report["warnings"]), report["warnings"]
+    res = runner.invoke(app, ["gather", str(gathered), *map(str, stores), "--pool", "all-replicas"])
+    assert res.exit_code == 2 and "pool into a file of its own" in res.output  # the same spans under the replica runs
+    res = runner.invoke(app, ["gather", str(pooled), str(stores[0]), "--pool", "again", "--run", "nope"])
+    assert res.exit_code == 2 and "no run nope" in res.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ from harness.tracing.otlp_receiver import OTLPReceiver, attach_server_spans
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STORE_MEMORY_LIMIT = "64MB"
+# The span exporter and the row flusher are threads: while one runs Python, the event loop waking
+# from a read waits for the GIL up to the switch interval (5 ms by default) before it may forward
+# the primary's next chunk. 1 ms bounds that wait at the cost of a few more switches.
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 @dataclass
@@ -46,6 +51,9 @@ def run_proxy(routes: RoutesFile, opts: ProxyOptions, on_ready: Callable[[Proxy]
     # of traffic that is the proxy's memory growth. Rows are written once and read by other
     # processes, so a small cache costs nothing.
     con.execute(f"SET memory_limit = '{STORE_MEMORY_LIMIT}'")
+    # The proxy's statements are small batched inserts: one DuckDB thread costs a third less CPU
+    # per insert than two (docs/benchmarks.md, "Shadow proxy"), on the cores the proxy serves from.
+    con.execute("SET threads = 1")
     writer = BatchWriter(con)
     try:
         with contextlib.ExitStack() as stack:
@@ -89,6 +97,11 @@ def _serve(proxy: Proxy, on_ready: Callable[[Proxy], None] | None) -> tuple[str,
         status = "failed"
         try:
             await proxy.start()
+            # The cyclic GC's full collections walk every object; ~175k of them are the libraries and
+            # start-up state, which made a full collection a pause of ~100 ms of the event loop (the
+            # primary's p99). Frozen, they are never walked again; what requests allocate still is.
+            gc.collect()
+            gc.freeze()
             if on_ready:
                 on_ready(proxy)
             await stop.wait()
@@ -98,10 +111,13 @@ def _serve(proxy: Proxy, on_ready: Callable[[Proxy], None] | None) -> tuple[str,
         return status, run_ids
 
     previous = {sig: signal.getsignal(sig) for sig in (*STOP_SIGNALS, signal.SIGHUP)}
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(main())
     finally:
+        sys.setswitchinterval(interval)
         for sig, handler in previous.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, handler)

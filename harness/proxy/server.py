@@ -35,12 +35,14 @@ from harness.proxy.capture import Exchange
 from harness.proxy.options import ProxyOptions, load_settings, resolve_cohort
 from harness.proxy.recorder import Recorder, RunState, wall_ns
 from harness.proxy.shadow import MirrorJob, Shadow
-from harness.proxy.upstream import chat_url, fetch, make_session, new_exchange, request_headers, response_headers
+from harness.proxy.h1 import Answer, UpstreamError
+from harness.proxy.upstream import CHAT_PATH, fetch, make_pool, make_session, new_exchange, request_headers, response_headers
 from harness.store import BatchWriter
 from harness.store.redact import Redactor
 from harness.tracing.provider import make_tracer_provider, tracer
 
 PRIMARY_CONNECTIONS = 1024  # the primary serves real clients: its concurrency is theirs, not max_concurrency
+CLIENT_BUFFER_LIMIT = 1 << 20  # bytes waiting for a slow client before the primary's connection stops being read
 
 
 def error_body(status: int, message: str, kind: str) -> web.Response:
@@ -71,6 +73,12 @@ def _token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+async def _resume_when_drained(out: asyncio.Transport, conn, answer: Answer) -> None:
+    while not answer.done.done() and not out.is_closing() and out.get_write_buffer_size() > CLIENT_BUFFER_LIMIT // 4:
+        await asyncio.sleep(0.01)
+    conn.resume()
+
+
 class Proxy:
     def __init__(self, routes: RoutesFile, opts: ProxyOptions, writer: BatchWriter, base_urls: dict[str, str] | None = None):
         urls = {r.name: r.base_url for r in routes.routes} | (base_urls or {})
@@ -90,13 +98,13 @@ class Proxy:
         self.redactor = Redactor(secrets + ([(opts.auth_token_env, token)] if token else []))
         if writer.redactor is None and self.redactor:
             writer.redactor = self.redactor
-        self._urls = {r.name: chat_url(r.base_url) for r in self.routes}
-        self.provider = make_tracer_provider(writer, opts.otlp_endpoint)
+        self.provider = make_tracer_provider(writer, opts.otlp_endpoint)  # the recorder flushes each second
         self.tracer = tracer(self.provider)
         self.shadow = Shadow(self.candidates, opts.queue_size, opts.mirror_rate, self._mirror_call, opts.seed)
         self.recorder = Recorder(writer, opts, self.routes, self.primary, self.shadow.counts, self.redactor)
         self._rules = opts.settings.cohort_rules
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._session: aiohttp.ClientSession | None = None  # GET /v1/models only
+        self._pools = {}
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.url: str | None = None
@@ -115,8 +123,8 @@ class Proxy:
     async def start(self, sock=None) -> str:
         """Open the sessions, start the shadow and the recorder, listen. Returns the base URL."""
         self._loop = asyncio.get_running_loop()
-        self._sessions = {r.name: make_session(r, PRIMARY_CONNECTIONS if r is self.primary else r.max_concurrency)
-                          for r in self.routes}
+        self._session = make_session(self.primary, 16)
+        self._pools = {r.name: make_pool(r, PRIMARY_CONNECTIONS if r is self.primary else r.max_concurrency) for r in self.routes}
         self.recorder.run_for_now()  # the run row exists from the start
         self.shadow.start()
         self.recorder.start()
@@ -136,8 +144,10 @@ class Proxy:
             await self._runner.cleanup()  # waits for handlers in flight (up to the primary's timeout)
         await asyncio.sleep(0)  # recordings the last handlers scheduled
         await self.shadow.stop(self.opts.shutdown_grace_s)
-        for s in self._sessions.values():
-            await s.close()
+        for pool in self._pools.values():
+            await pool.close()
+        if self._session is not None:
+            await self._session.close()
         await asyncio.to_thread(self.provider.force_flush)
         await asyncio.to_thread(self.provider.shutdown)
         return await self.recorder.close(status)
@@ -186,7 +196,7 @@ class Proxy:
         p = self.primary
         headers = request_headers(request.headers, self._keys[p.name])
         try:
-            async with self._sessions[p.name].get(p.base_url.rstrip("/") + "/models", headers=headers,
+            async with self._session.get(p.base_url.rstrip("/") + "/models", headers=headers,
                                                   timeout=aiohttp.ClientTimeout(total=min(30.0, p.timeout_s))) as up:
                 data = await up.read()
                 return web.Response(body=data, status=up.status, headers=CIMultiDict(response_headers(up.headers.items())))
@@ -258,37 +268,63 @@ class Proxy:
         return resp
 
     async def _stream_primary(self, request: web.Request, data: bytes, headers: dict[str, str], ex: Exchange) -> web.StreamResponse:
+        """The primary's answer to the client: its head once it has arrived, then each piece written to
+        the client's transport inside the read that received it (h1.Answer.on_piece): no task switch
+        per chunk. aiohttp has sent the headers at `prepare` and writes the closing chunk at `write_eof`;
+        the pieces between are framed here as it would frame them."""
         p = self.primary
+        pool = self._pools[p.name]
+        answer = Answer(self._loop, ex.chunks, ex.times)
         resp: web.StreamResponse | None = None
+        conn, ok = None, False
         try:
             async with asyncio.timeout(p.timeout_s):
-                async with self._sessions[p.name].post(self._urls[p.name], data=data, headers=headers) as up:
-                    ex.status = up.status
-                    ex.content_type = up.headers.get("Content-Type", "")
-                    resp = web.StreamResponse(status=up.status, reason=up.reason,
-                                              headers=CIMultiDict(response_headers(up.headers.items())))
-                    if up.content_length is not None and "chunked" not in up.headers.get("Transfer-Encoding", ""):
-                        resp.content_length = up.content_length
-                    await resp.prepare(request)
-                    chunks, times = ex.chunks, ex.times
-                    async for chunk in up.content.iter_any():
-                        times.append(time.perf_counter())
-                        chunks.append(chunk)
-                        try:
-                            await resp.write(chunk)
-                        except (ConnectionError, aiohttp.ClientConnectionResetError):
-                            ex.error_type, ex.error_message = "client_disconnected", "the client went away mid-answer"
-                            return resp
-                    await resp.write_eof()
-                    return resp
+                conn = await pool.post(CHAT_PATH, data, headers, answer)
+                ex.status = answer.status
+                ex.content_type = answer.header("content-type") or ""
+                resp = web.StreamResponse(status=answer.status, reason=answer.reason or None,
+                                          headers=CIMultiDict(response_headers(answer.headers)))
+                if answer.length is not None and not answer.chunked:
+                    resp.content_length = answer.length
+                await resp.prepare(request)
+                out = request.transport
+                framed = (resp.content_length is None and request.version >= aiohttp.HttpVersion11
+                          and answer.status not in (204, 304) and answer.status >= 200)
+
+                def forward(piece: bytes) -> None:
+                    if out is None or out.is_closing():
+                        answer.fail(UpstreamError("client_disconnected", "the client went away mid-answer"))
+                        return
+                    out.write(b"%x\r\n%s\r\n" % (len(piece), piece) if framed else piece)
+                    if out.get_write_buffer_size() > CLIENT_BUFFER_LIMIT and not conn.paused:
+                        conn.pause()  # a slow client: read the primary on once its buffer has drained
+                        self._loop.create_task(_resume_when_drained(out, conn, answer))
+
+                arrived = b"".join(ex.chunks)  # with the head, or while the headers went out
+                if arrived:
+                    forward(arrived)
+                answer.on_piece = forward
+                await answer.done
+                ok = True
+                await resp.write_eof()
+                return resp
         except TimeoutError:
             ex.error_type, ex.error_message, ex.timed_out = "timeout", f"no complete answer within {p.timeout_s:g} s", True
             if resp is None:
                 return error_body(504, f"routecheck proxy: primary route {p.name} gave no answer within {p.timeout_s:g} s", "upstream_timeout")
-        except (aiohttp.ClientError, OSError) as e:
-            ex.error_type, ex.error_message = type(e).__name__, (str(e) or type(e).__name__)[:500]
+        except UpstreamError as e:
+            ex.error_type, ex.error_message = e.kind, (str(e) or e.kind)[:500]
+            if e.kind == "client_disconnected":
+                return resp
             if resp is None:
-                return error_body(502, f"routecheck proxy: primary route {p.name} unreachable ({type(e).__name__})", "upstream_error")
+                return error_body(502, f"routecheck proxy: primary route {p.name} unreachable ({e.kind})", "upstream_error")
+        except (ConnectionError, aiohttp.ClientConnectionResetError):  # the client went away (write_eof)
+            ex.error_type, ex.error_message = "client_disconnected", "the client went away mid-answer"
+            return resp
+        finally:
+            answer.on_piece = None
+            if conn is not None:
+                pool.finish(conn, ok)
         # The upstream failed after the answer started: end the connection without the closing chunk,
         # so the client sees a broken answer (as it would calling the server directly), not a short one.
         if request.transport is not None:
@@ -314,7 +350,7 @@ class Proxy:
         span = self.tracer.start_span(f"chat {route.model}", context=job.parent, kind=SpanKind.CLIENT, attributes=attrs)
         ex = new_exchange()
         try:
-            await fetch(self._sessions[route.name], self._urls[route.name], json.dumps(sent).encode(),
+            await fetch(self._pools[route.name], json.dumps(sent).encode(),
                         self._upstream_headers(route, job.headers, span), route.timeout_s, ex)
         except asyncio.CancelledError:
             ex.t_end = time.perf_counter()

@@ -1,9 +1,8 @@
-"""Calling a route from the proxy: one aiohttp session per route, the headers passed each way, and the
-background call of a mirrored request (the primary's call streams to the client in server.py).
+"""Calling a route from the proxy: a keep-alive pool per route (h1.py), the headers passed each way,
+and the background call of a mirrored request (the primary's call streams to the client in server.py).
+`GET /v1/models` (rare) goes through an aiohttp session.
 
-aiohttp rather than httpx: a bare streaming pass-through costs about half the CPU per request with
-aiohttp's client (bench/proxy_stack.py, docs/benchmarks.md). Bodies are never decompressed
-(`auto_decompress=False`) and no Accept-Encoding is added, so the bytes kept are the bytes sent.
+Bodies are never decompressed and no Accept-Encoding is added, so the bytes kept are the bytes sent.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import aiohttp
 
 from harness.config import RouteConfig
 from harness.proxy.capture import Exchange
+from harness.proxy.h1 import Answer, Pool, UpstreamError
 
 # Never forwarded: hop-by-hop (RFC 9110 7.6.1), framing the server redoes, and what the proxy sets itself.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -37,8 +37,11 @@ def response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str
     return [(k, v) for k, v in upstream if k.lower() not in NOT_TO_CLIENT]
 
 
-def chat_url(route_base: str) -> str:
-    return route_base.rstrip("/") + "/chat/completions"
+CHAT_PATH = "/chat/completions"  # under the route's base_url
+
+
+def make_pool(route: RouteConfig, connections: int) -> Pool:
+    return Pool(route.base_url, connections, connect_timeout_s=min(10.0, route.timeout_s))
 
 
 def make_session(route: RouteConfig, connections: int) -> aiohttp.ClientSession:
@@ -52,22 +55,25 @@ def new_exchange() -> Exchange:
     return Exchange(wall_start=time.time(), t_sent=time.perf_counter())
 
 
-async def fetch(session: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str], timeout_s: float,
-                ex: Exchange) -> Exchange:
+async def fetch(pool: Pool, data: bytes, headers: dict[str, str], timeout_s: float, ex: Exchange) -> Exchange:
     """POST and keep every chunk with its arrival time in `ex`; never raises (except cancellation,
     after which `ex` holds what had arrived)."""
     ex.wall_start, ex.t_sent = time.time(), time.perf_counter()
+    answer = Answer(asyncio.get_running_loop(), ex.chunks, ex.times)
+    conn, ok = None, False
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.post(url, data=data, headers=headers) as resp:
-                ex.status = resp.status
-                ex.content_type = resp.headers.get("Content-Type", "")
-                async for chunk in resp.content.iter_any():
-                    ex.times.append(time.perf_counter())
-                    ex.chunks.append(chunk)
+            conn = await pool.post(CHAT_PATH, data, headers, answer)
+            ex.status = answer.status
+            ex.content_type = answer.header("content-type") or ""
+            await answer.done
+            ok = True
     except TimeoutError:
         ex.error_type, ex.error_message, ex.timed_out = "timeout", f"no complete answer within {timeout_s:g} s", True
-    except (aiohttp.ClientError, OSError) as e:
-        ex.error_type, ex.error_message = type(e).__name__, (str(e) or type(e).__name__)[:500]
+    except UpstreamError as e:
+        ex.error_type, ex.error_message = e.kind, (str(e) or e.kind)[:500]
+    finally:
+        if conn is not None:
+            pool.finish(conn, ok)
     ex.t_end = time.perf_counter()
     return ex
