@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from harness.config import RouteConfig, load_routes
-from harness.mirror.http_pool import ShardedTransport
+from harness.mirror.http import RouteClient
 from harness.mirror.openai_stream import RetryPolicy, stream_chat
 
 
@@ -76,17 +74,16 @@ class JudgeClient:
     def close(self) -> None:
         pass
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> RouteClient:
         headers = {"Authorization": f"Bearer {self.route.api_key}"} if self.route.api_key else {}
-        return httpx.AsyncClient(base_url=self.route.base_url.rstrip("/") + "/", headers=headers,
-                                 timeout=httpx.Timeout(self.route.timeout_s, connect=min(10.0, self.route.timeout_s)),
-                                 transport=ShardedTransport(self.route.max_concurrency))
+        return RouteClient(self.route.base_url, headers, max_connections=self.route.max_concurrency,
+                           read_timeout_s=self.route.timeout_s, connect_timeout_s=min(10.0, self.route.timeout_s))
 
     def _body(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         return {"model": self.route.model, "messages": messages, "temperature": self.route.temperature,
                 "max_tokens": self.route.max_tokens, "stream": True, "stream_options": {"include_usage": True}}
 
-    async def _complete(self, client: httpx.AsyncClient, messages: list[dict[str, Any]], slots: asyncio.Semaphore) -> str:
+    async def _complete(self, client: RouteClient, messages: list[dict[str, Any]], slots: asyncio.Semaphore) -> str:
         async with slots:
             result = await stream_chat(client, self._body(messages), {}, self.route.timeout_s, self.retry)
         if not result.ok:

@@ -24,6 +24,22 @@ class RequestDefaults(_Strict):
     max_tokens: int = Field(256, gt=0)
     seed: int | None = None
     top_p: float | None = Field(None, gt=0.0, le=1.0)
+    # Engine-specific body fields sent as they are (vLLM: ignore_eos, min_tokens, top_k, ...);
+    # the keys routecheck sets itself cannot be overridden here.
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("extra_body")
+    @classmethod
+    def _not_ours(cls, v: dict[str, Any]) -> dict[str, Any]:
+        ours = sorted(set(v) & RESERVED_BODY_KEYS)
+        if ours:
+            raise ValueError(f"{', '.join(ours)}: set by routecheck (or by request.temperature/max_tokens/seed/top_p), "
+                             "not in extra_body")
+        return v
+
+
+RESERVED_BODY_KEYS = frozenset({"model", "messages", "stream", "stream_options", "tools", "temperature", "max_tokens",
+                                "seed", "top_p"})
 
 
 class Prices(_Strict):

@@ -14,11 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class StubProcess:
-    def __init__(self, config: dict[str, Any], tmp: Path):
+    def __init__(self, config: dict[str, Any], tmp: Path, module: str = "harness.testing.stub_server"):
         cfg_path = tmp / f"stub-{id(self)}.json"
         cfg_path.write_text(json.dumps(config))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.testing.stub_server", "--port", "0", "--config", str(cfg_path)],
+            [sys.executable, "-m", module, "--port", "0", "--config", str(cfg_path)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
         )
         line = self.proc.stdout.readline()

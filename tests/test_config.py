@@ -85,3 +85,40 @@ def test_missing_key_env(tmp_path, monkeypatch):
     routes = load_routes(write(tmp_path, GOOD))
     with pytest.raises(ConfigError, match="DENSE_KEY"):
         routes.routes[0].api_key()
+
+
+def test_live_experts_routes_are_the_default_routes_with_capture():
+    """examples/routes-live-experts.yaml (`make demo-live`) differs from routes.yaml only in live
+    capture on the MoE route and --no-enable-prefix-caching on both, so its report compares the same
+    servers; its checkpoint paths resolve to the same directories."""
+    from harness.config import load_routes
+
+    repo = Path(__file__).resolve().parents[1]
+    base = {r.name: r for r in load_routes(repo / "routes.yaml").routes}
+    live = {r.name: r for r in load_routes(repo / "examples" / "routes-live-experts.yaml").routes}
+    assert base.keys() == live.keys()
+    for name, r in live.items():
+        b = base[name]
+        assert Path(r.serve.model).resolve() == Path(b.serve.model).resolve()
+        assert r.serve.args == b.serve.args + ["--no-enable-prefix-caching"]
+        assert r.expert_capture == (r.architecture == "moe") and not b.expert_capture
+        strip = {"serve", "expert_capture"}
+        assert r.model_dump(exclude=strip) == b.model_dump(exclude=strip)
+
+
+def test_extra_body_reaches_the_request_and_cannot_override_ours(tmp_path):
+    """request.extra_body: engine-specific fields (vLLM's ignore_eos, ...) sent as they are."""
+    from harness.corpus import PromptRecord
+    from harness.mirror.runner import _build_body
+
+    text = GOOD.replace("request: {temperature: 0.2, max_tokens: 64, seed: 7}",
+                        "request: {temperature: 0.2, max_tokens: 64, seed: 7, extra_body: {ignore_eos: true, min_tokens: 4}}")
+    route = load_routes(write(tmp_path, text)).routes[0]
+    record = PromptRecord(id="p1", cohort="c", messages=[{"role": "user", "content": "hi"}])
+    body = _build_body(route, record, sample=1)
+    assert body["ignore_eos"] is True and body["min_tokens"] == 4
+    assert (body["model"], body["max_tokens"], body["seed"], body["stream"]) == ("dense", 64, 8, True)
+    bad = GOOD.replace("request: {temperature: 0.2, max_tokens: 64, seed: 7}", "request: {extra_body: {model: other, stream: false}}")
+    with pytest.raises(ConfigError) as e:
+        load_routes(write(tmp_path, bad))
+    assert "extra_body" in str(e.value) and "model, stream: set by routecheck" in str(e.value)

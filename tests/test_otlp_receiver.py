@@ -235,6 +235,26 @@ def test_spans_arriving_while_the_runner_uses_the_connection_are_all_stored(stor
     assert store.execute("SELECT count(*) FROM spans").fetchone()[0] == 200
 
 
+def test_a_half_fetched_read_on_the_owners_connection_does_not_refuse_spans(store):
+    """The owner polls the store with `fetchone()`, which leaves the result open on its connection.
+    The writer's flushes go through their own cursor, so the receiver stores every span meanwhile
+    (they once answered 503 "unfinished result" for all of vLLM's spans)."""
+    receiver = OTLPReceiver(BatchWriter(store)).start()
+    provider = _provider(receiver.endpoint)
+    try:
+        pending = store.execute("SELECT * FROM range(10)")
+        assert pending.fetchone() == (0,)  # unfinished: nine rows left
+        with provider.get_tracer("t").start_as_current_span("llm_request"):
+            pass
+        provider.force_flush()
+        assert receiver.errors == []
+        assert receiver.spans_received == 1
+    finally:
+        provider.shutdown()
+        receiver.stop()
+    assert store.execute("SELECT name FROM spans").fetchall() == [("llm_request",)]
+
+
 def test_a_store_failure_is_answered_with_a_retryable_503(tmp_path):
     broken = connect(tmp_path / "b.duckdb")
     broken.close()  # every write now fails, as a full disk or a lost file would

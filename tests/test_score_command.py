@@ -153,3 +153,22 @@ def test_mirror_then_score_every_response(tmp_path, stub_server):
     assert (moe_tool.score, moe_tool.passed) == (0.0, False) and "no tool call made" in moe_tool.reason
     assert df.loc[("err", "moe", "hallucination")].reason == "call failed"
     assert df.loc[("err", "dense", "hallucination")].applicable == True  # noqa: E712
+
+
+def test_summary_names_evaluators_that_applied_to_nothing():
+    """The trajectory evaluators on a single-call run: listed on one line, not as empty table rows."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from harness.cli.score import print_summary
+    from harness.score.run import ScoreSummary
+
+    row = {"applicable": 3, "n": 4, "mean_score": 0.5, "pass_rate": 0.25}
+    idle = {"applicable": 0, "n": 4, "mean_score": None, "pass_rate": None}
+    buf = StringIO()
+    print_summary(ScoreSummary("r1", 4, 8, {"groundedness": {"a": row}, "step_count": {"a": idle}}),
+                  Console(file=buf, width=200))
+    text = buf.getvalue()
+    assert "groundedness" in text and "3/4" in text
+    assert "not applicable to any response of this run: step_count" in text

@@ -1,6 +1,6 @@
 """The `routecheck` command line: one sub-command per stage of the data flow, one module each.
 
-    mirror.py  mirror        runs.py   runs, sql       serve.py  serve
+    mirror.py  mirror        runs.py   runs, sql, gather  serve.py  serve
     score.py   score         report.py report          gate.py   gate
     experts.py experts       proxy.py  proxy
 Every command prints through harness/cli/console.py (one console set-up, one way to fail).
@@ -32,7 +32,7 @@ def _main(version: bool = typer.Option(False, "--version", help="Print the versi
 
 # Every command through `guarded`: bad input is one `error:` line and exit 2, a bug exit 3.
 for _name, _command in {
-    "mirror": mirror.mirror, "runs": runs.runs, "sql": runs.sql, "serve": serve.serve_command,
+    "mirror": mirror.mirror, "runs": runs.runs, "sql": runs.sql, "gather": runs.gather_command, "serve": serve.serve_command,
     "score": score.score_command, "report": report.report_command, "gate": gate.gate_command,
     "experts": experts.experts_command, "proxy": proxy.proxy_command,
 }.items():

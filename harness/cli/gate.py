@@ -10,9 +10,6 @@ import typer
 
 from harness.cli.console import fail, guarded, out, visible
 from harness.config import ConfigError
-from harness.gate.evaluate import run_gate
-from harness.gate.render import gate_junit, gate_markdown, print_gate
-from harness.report.load import ReportError
 from harness.report.render import default_out_dir
 from harness.store import DEFAULT_DB
 
@@ -27,6 +24,11 @@ def gate_command(
 ) -> None:
     """Exit 0 if every gated cohort x metric passes the policy, 1 on a regression (or a metric without
     data on a route), 2 on bad input or a run without data, 3 on an internal error."""
+    # The statistics stack (scipy, pandas) is imported by the command that uses it, not by `routecheck --help`.
+    from harness.gate.evaluate import run_gate
+    from harness.gate.render import gate_junit, gate_markdown, print_gate
+    from harness.report.load import ReportError
+
     try:
         result, report = run_gate(db, run_id, policy, seed)
     except (ConfigError, ReportError, LookupError, FileNotFoundError) as e:

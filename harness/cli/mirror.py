@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,10 +16,12 @@ from harness.cli.runs import print_route_summary
 from harness.config import ConfigError, RoutesFile, load_routes
 from harness.corpus import check_corpus
 from harness.mirror.order import DEFAULT_WARMUP, ORDERS
-from harness.mirror.runner import MirrorOptions, MirrorSummary, RouteTally, RunFailed, new_run_id, run_mirrors
 from harness.serving.engines import engine_named
 from harness.store import DEFAULT_DB, StoreError, connect
 from harness.store.views import resolve_run_id
+
+if TYPE_CHECKING:
+    from harness.mirror.runner import MirrorSummary
 
 OrderChoice = Enum("OrderChoice", {o: o for o in ORDERS}, type=str)  # typer lists the choices in --help
 
@@ -55,6 +57,9 @@ def mirror(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress per route."),
 ) -> None:
     """Send every prompt to all routes at once and record responses and spans."""
+    # The runner (OTel, the HTTP client) is imported when a run starts, not by `routecheck --help`.
+    from harness.mirror.runner import MirrorOptions, RouteTally, RunFailed, new_run_id, run_mirrors
+
     # Every input is checked before the run row exists and before a request is sent: routes.yaml,
     # the api keys it names, every corpus row, the store and the run id.
     try:

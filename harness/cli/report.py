@@ -9,10 +9,6 @@ import typer
 
 from harness.cli.console import fail, guarded, out, visible
 from harness.config import ConfigError
-from harness.report.build import make_report
-from harness.report.coverage import known_metrics
-from harness.report.load import ReportError
-from harness.report.policy import check_policy_metrics, load_policy
 from harness.report.render import FORMATS, default_out_dir, parse_formats, write_outputs
 from harness.store import DEFAULT_DB
 
@@ -32,6 +28,10 @@ def report_command(
 
     Exit 0, or 2 on bad input and on a run without data (the files are written first, saying so),
     3 on an internal error."""
+    from harness.report.build import make_report  # the statistics stack: imported when a report is made
+    from harness.report.coverage import known_metrics
+    from harness.report.load import ReportError
+    from harness.report.policy import check_policy_metrics, load_policy
     from harness.report.render.text import print_report
 
     try:

@@ -85,3 +85,37 @@ def sql(query: str = typer.Argument(..., help="A SQL query over runs, prompts, r
     out.print(_table(df, left=tuple(map(str, df.columns))))
 
 
+
+
+def gather_command(
+    target: Path = typer.Argument(..., help="The store to gather into (created if missing).", metavar="TARGET"),
+    stores: list[Path] = typer.Argument(..., help="Stores to gather from, e.g. each proxy replica's.", metavar="STORE..."),
+    pool: Optional[str] = typer.Option(None, "--pool", metavar="RUN_ID",
+                                       help="Make one run RUN_ID of them all (prompt ids become SOURCE_RUN/PROMPT_ID), "
+                                            "so one report covers every replica."),
+    runs: list[str] = typer.Option([], "--run", metavar="RUN_ID", help="With --pool: only these source runs (repeatable)."),
+) -> None:
+    """Gather every run of several stores into one (each proxy replica writes its own store), so
+    `runs`, `score`, `report` and `gate` read them all from TARGET. Gathering again refreshes a
+    run instead of duplicating it; `--pool` pools the runs into one."""
+    from harness.store.gather import gather, pool as pool_runs
+
+    if runs and not pool:
+        fail("--run selects runs to pool: give --pool RUN_ID too")
+    try:
+        if pool:
+            p = pool_runs(target, stores, pool, only=runs or None)
+        else:
+            done = gather(target, stores)
+    except StoreError as e:
+        fail(str(e))
+    if pool:
+        rows = ", ".join(f"{n} {t}" for t, n in p.rows.items() if n)
+        out.print(term(f"pooled {len(p.runs)} runs of {len({s for s, _ in p.runs})} stores into run {p.run_id} "
+                       f"({rows or 'no rows'}); server metrics stay with the replica runs"), highlight=False)
+        out.print(term(f"`routecheck report {p.run_id} --db {target}` reports them together"), highlight=False)
+        return
+    for g in done:
+        rows = ", ".join(f"{n} {t}" for t, n in g.rows.items() if n)
+        out.print(term(f"{g.store}: {len(g.runs)} runs ({rows or 'no rows'})"), highlight=False)
+    out.print(term(f"gathered into {target}: `routecheck runs --db {target}` lists them"), highlight=False)

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from evaluators import EvaluatorError, resolve_specs
 from evaluators.config import DEFAULT_EVALUATORS

@@ -22,7 +22,7 @@ from scipy import stats as sps
 from harness.report import load, stats
 from harness.report.model import Comparison
 from harness.report.policy import (
-    EXPLORATORY_MIN_SAMPLES, MIN_SAMPLES, SERVING_METRICS, MetricSpec, Policy, quality_metrics,
+    EXPLORATORY_MIN_SAMPLES, MIN_SAMPLES, SERVING_METRICS, TAIL_VALUES, MetricSpec, Policy, quality_metrics, tail_minimum,
 )
 
 
@@ -88,7 +88,7 @@ FamilyOf = Callable[[str, MetricSpec, str], str]
 def compare_frame(rows: list[PairedRow], policy: Policy | None, alpha: float, family_of: FamilyOf) -> list[Comparison]:
     """Turn raw paired results into Comparisons: Holm per family, margins, verdicts, power."""
     families: dict[str, list[int]] = {}
-    minimum = [min_samples_of(policy, row.spec.name, row.scope, row.cohort) for row in rows]
+    minimum = [max(min_samples_of(policy, row.spec.name, row.scope, row.cohort), tail_minimum(row.spec)) for row in rows]
     for i, row in enumerate(rows):
         if row.result.n >= minimum[i]:  # too few prompts: not tested, so not in the family
             families.setdefault(family_of(row.candidate, row.spec, row.scope), []).append(i)
@@ -111,6 +111,9 @@ def compare_frame(rows: list[PairedRow], policy: Policy | None, alpha: float, fa
         note = ""
         if r.n == 0:
             note = "no data: no prompt has this metric on both routes"
+        elif insufficient and minimum[i] == tail_minimum(spec) > min_samples_of(policy, spec.name, scope, cohort):
+            note = (f"{r.n} prompt{'s' if r.n != 1 else ''}: too few for p{100 * spec.q:g} (its bootstrap needs "
+                    f"{TAIL_VALUES} values beyond it, {minimum[i]} prompts); the value is shown, not judged")
         elif insufficient:
             note = f"{r.n} prompt{'s' if r.n != 1 else ''} < min_samples {minimum[i]}: too few to judge"
             if needed:

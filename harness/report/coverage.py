@@ -15,7 +15,7 @@ from typing import Any
 from harness.report.policy import SERVING_METRICS
 
 # Serving metrics measured on successful calls only (the others count every call).
-SUCCESS_ONLY = {"latency_p99_s", "ttft_p99_s", "output_tokens_per_s"}
+SUCCESS_ONLY = {"latency_p50_s", "latency_p99_s", "ttft_p99_s", "output_tokens_per_s"}
 SERVING_NAMES = {s.name for s in SERVING_METRICS}
 
 

@@ -15,7 +15,6 @@ from typing import Callable
 
 from rich.console import Console
 
-from harness.report.build import make_report
 from harness.report.model import Report
 
 @dataclass(frozen=True)
@@ -82,6 +81,8 @@ def print_terminal_report(db_path: Path | str, run_id: str, console: Console | N
     """For the end of `routecheck mirror`/the main job: the terminal table of a run."""
     from harness.report.render.text import print_report
 
+    from harness.report.build import make_report  # scipy and pandas: not for callers that only escape text
+
     report = make_report(db_path, run_id)
     print_report(report, console, html_path)
     return report
@@ -89,6 +90,8 @@ def print_terminal_report(db_path: Path | str, run_id: str, console: Console | N
 
 def write_report_files(db_path: Path | str, run_id: str, out_dir: Path | str | None = None) -> dict[str, Path]:
     """Markdown, JSON, JUnit and HTML of a run into out_dir (default reports/RUN/); returns their paths."""
+    from harness.report.build import make_report
+
     report = make_report(db_path, run_id)
     return write_outputs(report, Path(out_dir) if out_dir else default_out_dir(report.run_id))
 

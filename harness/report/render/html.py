@@ -21,7 +21,7 @@ from harness.report.render import escape  # noqa: E402
 from harness.experts.panel import IMBALANCE_NOTE  # noqa: E402
 from harness.experts.stats import factor_key  # noqa: E402
 from harness.report.render.text import (  # noqa: E402
-    EXPERT_HEADER, HEADER, PHASE_COLUMNS, SERVING_COLUMNS, diff_text, expert_notes, expert_rows, fnum, fp, headline, outcome,
+    EXPERT_HEADER, HEADER, PHASE_COLUMNS, SERVING_COLUMNS, diff_text, expert_agreement, expert_notes, expert_rows, fnum, fp, headline, outcome,
     serving_rows, TRAJECTORY_HEADER, trajectory_rows,
 )
 
@@ -115,44 +115,61 @@ def cost_quality_plot(report: Report) -> str:
     return _svg(fig, "costq")
 
 
-def _expert_groups(report: Report) -> dict[tuple[str, str], list[dict]]:
-    """(route, source) -> its cohort rows (without "(all)"), in report order."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+def _expert_groups(report: Report) -> dict[str, list[dict]]:
+    """route -> its cohort rows (without "(all)"), in report order: each cohort's sources next to each other."""
+    groups: dict[str, list[dict]] = {}
     for p in report.experts:
         if p["cohort"] != "(all)":
-            groups.setdefault((p["route"], p["source"]), []).append(p)
+            groups.setdefault(p["route"], []).append(p)
     return groups
 
 
-def expert_heatmaps(route: str, source: str, rows: list[dict]) -> str:
-    """Cohort x expert utilisation, one panel per MoE layer: a cohort that crowds a few experts shows as hot cells."""
+def _sources(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(p["source"] for p in rows))
+
+
+def expert_heatmaps(route: str, rows: list[dict]) -> str:
+    """Cohort x expert utilisation, one panel per MoE layer, a cohort's sources (live, probe) on adjacent
+    rows: a cohort that crowds a few experts shows as hot cells, and two sources that disagree as unequal rows."""
+    sources = _sources(rows)
     layers = len(rows[0]["utilization"])
     fig, axes = plt.subplots(1, layers, figsize=(min(3.2 * layers, 12), 0.35 * len(rows) + 1.4), squeeze=False)
     vmax = max(max(u) for p in rows for u in p["utilization"])
+    labels = [_mpl(p["cohort"] if len(sources) == 1 else f"{p['cohort']} ({p['source']})") for p in rows]
     for li, ax in enumerate(axes[0]):
         grid = [p["utilization"][li] for p in rows]
         im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
         ax.set_title(f"layer {li}")
         ax.set_xlabel("expert")
         ax.set_yticks(range(len(rows)))
-        ax.set_yticklabels([_mpl(p["cohort"]) for p in rows] if li == 0 else [])
+        ax.set_yticklabels(labels if li == 0 else [])
+        for y in range(len(rows) - 1):  # a rule between cohorts, not between a cohort's sources
+            if rows[y]["cohort"] != rows[y + 1]["cohort"] and len(sources) > 1:
+                ax.axhline(y + 0.5, color="white", linewidth=1.5)
     fig.colorbar(im, ax=axes[0].tolist(), label="share of assignments")
-    fig.suptitle(_mpl(f"{route} ({source}): expert utilisation per cohort"))
-    return _svg(fig, f"heat-{route}-{source}")
+    fig.suptitle(_mpl(f"{route} ({', '.join(sources)}): expert utilisation per cohort"))
+    return _svg(fig, f"heat-{route}")
 
 
-def overflow_curve(route: str, source: str, rows: list[dict]) -> str:
-    """Simulated assignment overflow against the capacity factor, one line per cohort."""
+LINESTYLES = {"live": "-", "returned": "-.", "probe": "--"}
+
+
+def overflow_curve(route: str, rows: list[dict]) -> str:
+    """Simulated assignment overflow against the capacity factor: one colour per cohort, one line style per source."""
+    sources = _sources(rows)
     fig, ax = plt.subplots(figsize=(6, 3.4))
+    colours: dict[str, str] = {}
     for p in rows:
         fs = p["capacity_factors"]
-        ax.plot(fs, [p["metrics"].get(f"assignment_overflow_rate@{factor_key(f)}") or 0.0 for f in fs], "o-",
-                label=_mpl(p["cohort"]))
+        colour = colours.setdefault(p["cohort"], f"C{len(colours) % 10}")
+        ax.plot(fs, [p["metrics"].get(f"assignment_overflow_rate@{factor_key(f)}") or 0.0 for f in fs],
+                marker="o" if p["source"] == sources[0] else "x", linestyle=LINESTYLES.get(p["source"], ":"), color=colour,
+                label=_mpl(p["cohort"] if len(sources) == 1 else f"{p['cohort']} ({p['source']})"))
     ax.set_xlabel("capacity factor")
     ax.set_ylabel("assignment overflow rate (what-if)")
     ax.legend(fontsize=7)
-    ax.set_title(_mpl(f"{route} ({source}): overflow versus capacity factor"))
-    return _svg(fig, f"cap-{route}-{source}")
+    ax.set_title(_mpl(f"{route} ({', '.join(sources)}): overflow versus capacity factor"))
+    return _svg(fig, f"cap-{route}")
 
 
 def expert_section(report: Report) -> str:
@@ -166,10 +183,13 @@ def expert_section(report: Report) -> str:
         if notes:
             parts.append(f"<p>Beside the regressions of {esc(cand)}:</p><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     parts.append(_table(EXPERT_HEADER, expert_rows(report), "expert-table"))
-    for (route, source), rows in _expert_groups(report).items():
-        parts.append(f'<div class="expert-heatmap">{expert_heatmaps(route, source, rows)}</div>')
+    agree = expert_agreement(report)
+    if agree:
+        parts.append('<ul class="expert-agreement">' + "".join(f"<li>{esc(a)}</li>" for a in agree) + "</ul>")
+    for route, rows in _expert_groups(report).items():
+        parts.append(f'<div class="expert-heatmap">{expert_heatmaps(route, rows)}</div>')
         if rows[0]["capacity_factors"]:
-            parts.append(f'<div class="overflow-curve">{overflow_curve(route, source, rows)}</div>')
+            parts.append(f'<div class="overflow-curve">{overflow_curve(route, rows)}</div>')
     parts.append("</section>")
     return "".join(parts)
 

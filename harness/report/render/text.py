@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.experts.panel import IMBALANCE_NOTE, explain, shown_factor
+from harness.experts.panel import IMBALANCE_NOTE, agreement_line, agreements, explain, shown_factor
 from harness.experts.stats import factor_key
 from harness.report.model import Comparison, Report
 from harness.report.render.escape import markdown as md_cell, term
@@ -103,6 +103,13 @@ def expert_notes(report: Report, candidate: str) -> list[str]:
             if p["route"] == candidate and p["cohort"] == cohort and cohort != "(all)"]
 
 
+def expert_agreement(report: Report) -> list[str]:
+    """Per MoE route recorded by more than one source (live, returned, probe): how far apart they are."""
+    found = agreements(report.experts)
+    routes = list(dict.fromkeys(p["route"] for p in report.experts))
+    return [line for r in routes if (line := agreement_line(r, found))]
+
+
 EXPERT_HEADER = ["route", "source", "cohort", "responses", "tokens", "util. entropy", "router entropy", "top-k mass",
                  "imbalance CV", "max/mean", "overflow", "dropped tokens", "cf"]
 
@@ -161,6 +168,8 @@ def print_report(report: Report, console: Console | None = None, html_path: str 
         for row in expert_rows(report):
             t.add_row(*[term(c) for c in row])
         console.print(t)
+        for line in expert_agreement(report):
+            console.print(term(f"sources agree: {line}", style="magenta"))
         console.print(Text(IMBALANCE_NOTE, style="dim"))
     if report.discovery:
         d = report.discovery
@@ -280,6 +289,10 @@ def to_markdown(report: Report, html_name: str | None = None) -> str:
         lines += ["## Expert routing", "", "Per cohort, layer means; capacity at the route's factor, else 1.25 "
                   "(docs/experts.md). " + md_cell(IMBALANCE_NOTE), ""]
         lines += _md_table(EXPERT_HEADER, [[md_cell(c) for c in row] for row in expert_rows(report)])
+        agree = expert_agreement(report)
+        if agree:
+            lines += ["", "Sources compared (same responses, the most trusted source first):", ""]
+            lines += [f"- {md_cell(a)}" for a in agree]
         lines.append("")
     if report.discovery:
         d = report.discovery
