@@ -21,7 +21,7 @@ Then the one-core ramp: a fresh proxy pinned to one core (taskset) at 100% mirro
 mirror queue, and total latency stays near the stub's own (~100 ms): p50 <= 200 ms, p99 <= 1 s. The stubs and the load
 generator are pinned to the other core(s), so on a small machine this is a lower bound.
 
-    python bench/proxy_overhead.py [--rate 200] [--block-s 10] [--rounds 2] [--ramp 50,75,100,150,200,300] [--ramp-s 6]
+    python bench/proxy_overhead.py [--rate 200] [--block-s 10] [--rounds 2] [--ramp 50,75,100,150,200,300] [--ramp-s 6] [--pin]
 """
 
 from __future__ import annotations
@@ -104,6 +104,9 @@ def main() -> None:
     ap.add_argument("--ramp", default="50,75,100,150,200,300")
     ap.add_argument("--ramp-s", type=float, default=6.0)
     ap.add_argument("--core", type=int, default=0, help="the core the ramp's proxy is pinned to")
+    ap.add_argument("--pin", action="store_true",
+                    help="side by side too: each proxy on --core, the stubs and the load generator on the other cores "
+                         "(a deployment gives the proxy cores of its own; unpinned, all share the machine)")
     ap.add_argument("--stub", choices=sorted(STUBS), default="lean", help="lean: harness/testing/lean_stub.py; full: the stub server")
     args = ap.parse_args()
     env = {"PYTHONPATH": str(REPO)}
@@ -116,12 +119,16 @@ def main() -> None:
             cand_proc, cand = start_stub(tmp, "candidate", args.stub)
             stall_proc, stalled = start_stub(tmp, "stalled", args.stub, ttft_s=args.stall_s)
             procs += [primary_proc, cand_proc, stall_proc]
+            others = (os.sched_getaffinity(0) - {args.core}) or os.sched_getaffinity(0)
+            if args.pin:
+                for pid in (0, *(q.pid for q in procs)):  # the load generator and the stubs keep off the proxies' core
+                    os.sched_setaffinity(pid, others)
             normal = routes_file(tmp, "normal", primary, cand, 512)
             stall = routes_file(tmp, "stall", primary, stalled, 8)
             conds: dict[str, tuple[str, ProxyProcess | None]] = {"direct": (primary + "/chat/completions", None)}
             for name, routes, rate in (("proxy 0%", normal, "0"), ("proxy 100%", normal, "1"), ("stalled 100%", stall, "1")):
                 p = ProxyProcess(routes, tmp / f"{name.split()[0]}-{rate}.duckdb", ["--mirror-rate", rate, "--shutdown-grace", "1"],
-                                 env=env, cwd=REPO)
+                                 env=env, cwd=REPO, cpu=args.core if args.pin else None)
                 proxies.append(p)
                 conds[name] = (p.base_url + "/chat/completions", p)
             for url, _ in conds.values():  # warm-up: connections, first-call costs
@@ -143,6 +150,8 @@ def main() -> None:
                         cpu[c] += cpu_s(p.pid) - before
             print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
                   f"load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after ({time.time() - t_start:.0f} s)")
+            print(f"pinned: each proxy on core {args.core}, stubs and load generator on cores {sorted(others)}" if args.pin
+                  else "not pinned: proxies, stubs and load generator share every core")
             print(f"load: {args.rate:g} req/s Poisson, {args.rounds} x {args.block_s:g} s blocks per condition, round-robin; "
                   f"{args.stub} stub, TTFT 20 ms, 400 tok/s, {TOKENS} tokens streamed; stalled candidate answers after {args.stall_s:g} s")
             base = summary(samples["direct"])
@@ -171,7 +180,6 @@ def main() -> None:
                 return
             p = ProxyProcess(normal, tmp / "ramp.duckdb", ["--mirror-rate", "1"], env=env, cwd=REPO, cpu=args.core)
             proxies.append(p)
-            others = (os.sched_getaffinity(0) - {args.core}) or os.sched_getaffinity(0)
             for pid in (0, primary_proc.pid, cand_proc.pid):  # the load generator and the stubs keep off the proxy's core
                 os.sched_setaffinity(pid, others)
             url = p.base_url + "/chat/completions"
