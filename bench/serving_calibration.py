@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 from harness.report import stats  # noqa: E402
-from test_stats_simulation import _ar1  # noqa: E402  (the tests' generator: one definition of the load)
+from harness.testing.simulated_load import ar1  # noqa: E402  (the tests' load: one definition)
 
 SCENARIOS = {  # name: (shared drift sd, per-server swing sd, swing phi)
     "no dependence": (0.0, 0.0, 0.9),
@@ -35,8 +35,8 @@ SCENARIOS = {  # name: (shared drift sd, per-server swing sd, swing phi)
 
 def _latencies(rng: np.random.Generator, drift_sd: float, swing_sd: float, phi: float, n: int = 1200):
     mu = rng.normal(np.log(0.5), 0.3, n)
-    drift = _ar1(rng, 0.995, drift_sd, (n,)) if drift_sd else 0.0
-    swings = _ar1(rng, phi, swing_sd, (2, n)) if swing_sd else np.zeros((2, n))
+    drift = ar1(rng, 0.995, drift_sd, (n,)) if drift_sd else 0.0
+    swings = ar1(rng, phi, swing_sd, (2, n)) if swing_sd else np.zeros((2, n))
     base = np.exp(mu + drift + swings[0] + rng.normal(0, 0.2, n))
     cand = np.exp(mu + drift + swings[1] + rng.normal(0, 0.2, n))
     return base, cand, rng.integers(0, 4, n) == 0

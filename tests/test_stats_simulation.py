@@ -18,6 +18,7 @@ from scipy import stats as sps
 from harness.gate.evaluate import evaluate_gate
 from harness.report.build import quality_only_report
 from harness.report.policy import Policy
+from harness.testing.simulated_load import ar1
 from harness.testing.synthetic import paired_quality_frame
 
 SEEDS = 400
@@ -137,12 +138,6 @@ SERVING_POLICY = Policy.model_validate({"alpha": ALPHA, "min_samples": 30, "metr
     "latency_p99_s": {"margin_rel": 0.2}, "output_tokens_per_s": {"margin_rel": 0.1}}})
 
 
-def _ar1(rng, phi: float, sd: float, shape: tuple[int, ...]):
-    from scipy.signal import lfilter
-
-    return lfilter([1], [1, -phi], rng.normal(0, sd * np.sqrt(1 - phi**2), shape), axis=-1)
-
-
 def _serving_pairs(rng, correlated: bool, factor: float = 1.0):
     """A ServingPairs as the report loads it (rows in time order); `factor` scales cohort a's candidate."""
     import pandas as pd
@@ -153,8 +148,8 @@ def _serving_pairs(rng, correlated: bool, factor: float = 1.0):
     rng.shuffle(cohorts)
     n = len(cohorts)
     mu = rng.normal(np.log(0.5), 0.3, n)
-    drift = _ar1(rng, 0.995, 0.5, (n,)) if correlated else 0.0
-    swings = _ar1(rng, 0.9, 0.15, (2, n)) if correlated else np.zeros((2, n))
+    drift = ar1(rng, 0.995, 0.5, (n,)) if correlated else 0.0
+    swings = ar1(rng, 0.9, 0.15, (2, n)) if correlated else np.zeros((2, n))
     base = np.exp(mu + drift + swings[0] + rng.normal(0, 0.2, n))
     cand = np.exp(mu + drift + swings[1] + rng.normal(0, 0.2, n))
     cand[cohorts == "a"] *= factor
