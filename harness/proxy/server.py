@@ -33,7 +33,7 @@ from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.mirror.attributes import request_attributes
 from harness.proxy.capture import Exchange
 from harness.proxy.options import ProxyOptions, load_settings, resolve_cohort
-from harness.proxy.recorder import Recorder, RunState, wall_ns
+from harness.proxy.recorder import Recorder, RunState, lower_thread_priority, wall_ns
 from harness.proxy.shadow import MirrorJob, Shadow
 from harness.proxy.h1 import Answer, UpstreamError
 from harness.proxy.upstream import CHAT_PATH, fetch, make_pool, make_session, new_exchange, request_headers, response_headers
@@ -98,7 +98,8 @@ class Proxy:
         self.redactor = Redactor(secrets + ([(opts.auth_token_env, token)] if token else []))
         if writer.redactor is None and self.redactor:
             writer.redactor = self.redactor
-        self.provider = make_tracer_provider(writer, opts.otlp_endpoint)  # the recorder flushes each second
+        # The recorder flushes each second; the exporters' threads run at the store thread's low priority.
+        self.provider = make_tracer_provider(writer, opts.otlp_endpoint, thread_init=lower_thread_priority)
         self.tracer = tracer(self.provider)
         self.shadow = Shadow(self.candidates, opts.queue_size, opts.mirror_rate, self._mirror_call, opts.seed)
         self.recorder = Recorder(writer, opts, self.routes, self.primary, self.shadow.counts, self.redactor)
