@@ -295,7 +295,7 @@ def _assert_every_call_once_with_its_span(db, n_prompts: int, orphans: int | Non
 def test_a_full_disk_mid_run_is_exit_3_with_rows_written_and_resume_finishes(tmp_path, stub_server):
     """A real write failure: the file size limit makes DuckDB's WAL write fail with EFBIG part-way."""
     n_prompts = 150
-    stub = stub_server(answer=LONG_ANSWER)
+    stub = stub_server(answer=LONG_ANSWER, ttft_s=0.03)  # the run outlasts the first flush: some rows are written before the limit
     routes, corpus = _two_routes(tmp_path, stub, n_prompts)
     db = tmp_path / "s.duckdb"
     args = ["mirror", "--corpus", str(corpus), "--routes", str(routes), "--db", str(db), "--no-progress", "--warmup", "0"]
