@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--stall-s", type=float, default=30.0)
     ap.add_argument("--ramp", default="50,75,100,150,200,300")
     ap.add_argument("--ramp-s", type=float, default=6.0)
-    ap.add_argument("--core", type=int, default=0, help="the core the ramp's proxy is pinned to")
+    ap.add_argument("--core", type=int, default=0, help="the core the ramp's proxy (and with --pin every proxy) is pinned to")
     ap.add_argument("--pin", action="store_true",
                     help="side by side too: each proxy on --core, the stubs and the load generator on the other cores "
                          "(a deployment gives the proxy cores of its own; unpinned, all share the machine)")

@@ -42,6 +42,10 @@ FLUSH_INTERVAL_S = 1.0
 # process lower its threads' priority unprivileged.
 BACKGROUND_NICE = 10
 
+_RESPONSE_COLUMNS = frozenset(columns("responses"))
+_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(CallResult) if f.name in _RESPONSE_COLUMNS)
+_NOT_PARAMS = ("messages", "tools", "model")
+
 
 def lower_thread_priority(nice: int = BACKGROUND_NICE) -> None:
     """Run the calling thread at `nice` (Linux: a thread is a schedulable task); a no-op where not possible."""
@@ -49,9 +53,6 @@ def lower_thread_priority(nice: int = BACKGROUND_NICE) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError):  # not Linux, or not allowed: the writes keep the normal priority
         pass
-_RESPONSE_COLUMNS = frozenset(columns("responses"))
-_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(CallResult) if f.name in _RESPONSE_COLUMNS)
-_NOT_PARAMS = ("messages", "tools", "model")
 
 
 def prompt_row(run_id: str, prompt_id: str, cohort: str, seq: int, body: dict[str, Any], capture: bool) -> dict[str, Any]:
