@@ -1,7 +1,7 @@
 """Soak: `routecheck proxy` under steady open-loop load for 75 s (ROUTECHECK_SOAK_S; about 90 s with
 start and stop; 150 s before CI time got tight, with the same results), mirroring everything to a candidate that is too slow
 for the load (its queue overflows all along) and fails a third of its calls. Reported (printed):
-peak RSS, open file descriptors and threads over time, mirror drops. Asserted: memory bounded once warm
+peak RSS, open file descriptors and threads over time (of both the proxy's processes), mirror drops. Asserted: memory bounded once warm
 (DuckDB's capped cache and key indexes are all that grows), descriptors flat, drops counted,
 every primary call has its row.
 """
@@ -46,13 +46,20 @@ def test_memory_and_descriptors_stay_flat_with_the_mirror_queue_overflowing(tmp_
             return {"model": "dense", "stream": i % 2 == 0, "max_tokens": 64,
                     "messages": [{"role": "user", "content": f"soak request {i}{tag}"}]}
 
-        trace: list[tuple[float, float, int, int]] = []  # (t, rss MiB, fds, threads)
+        # Every process of it: `routecheck proxy` (recording), the serving process it starts and
+        # multiprocessing's resource tracker (started with a spawned process).
+        tree = [proc, *proc.children(recursive=True)]
+        assert len(tree) >= 2, tree
+        trace: list[tuple[float, float, int, int]] = []  # (t, rss MiB, fds, threads), summed over them
+        per_process: list[list[float]] = []  # rss MiB of each
         done = threading.Event()
 
         def sample() -> None:
             t0 = time.monotonic()
             while not done.wait(2.0):
-                trace.append((time.monotonic() - t0, proc.memory_info().rss / 2**20, proc.num_fds(), proc.num_threads()))
+                rss = [q.memory_info().rss / 2**20 for q in tree]
+                trace.append((time.monotonic() - t0, sum(rss), sum(q.num_fds() for q in tree), sum(q.num_threads() for q in tree)))
+                per_process.append(rss)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -60,7 +67,7 @@ def test_memory_and_descriptors_stay_flat_with_the_mirror_queue_overflowing(tmp_
         done.set()
         sampler.join()
         time.sleep(3.0)  # the load's connections close
-        fds_after = proc.num_fds()
+        fds_after = sum(q.num_fds() for q in tree)
         import httpx
 
         stats = httpx.get(p.url + "/admin/stats").json()
@@ -89,7 +96,8 @@ def test_memory_and_descriptors_stay_flat_with_the_mirror_queue_overflowing(tmp_
           f"fds {min(fds)}-{max(fds)} under load, {fds_after} after, threads {min(x[3] for x in warm)}-{max(x[3] for x in warm)}; "
           f"mirror {counts} (live queue depth {stats['queue_depth']}); "
           f"rows: primary {primary_rows[0]} ({primary_rows[1]} errors {primary_errors}), mirror {mirror_rows[0]} ({mirror_rows[1]} errors); "
-          f"RSS MiB every ~10 s: {[round(x[1]) for x in trace[::5]]}")
+          f"RSS MiB every ~10 s: {[round(x[1]) for x in trace[::5]]} (per process: "
+          f"{['+'.join(f'{x:.0f}' for x in rss) for rss in per_process[::5]]})")
     # On a quiet machine there are no errors; on the shared 2-core one a starved stub or client can time out.
     assert s["errors"] <= 0.02 * s["requests"]
     assert primary_rows[0] == s["requests"]  # every primary call has its row, failed ones too

@@ -2,4 +2,5 @@
 
 from harness.cli import app
 
-app()
+if __name__ == "__main__":  # not when `routecheck proxy`'s serving process (spawned) imports it
+    app()

@@ -63,7 +63,7 @@ def proxy_command(
     def ready(proxy) -> None:
         names = ", ".join(c.name for c in proxy.candidates) or "no candidate"
         out.print(f"proxy listening on {proxy.url} (primary {proxy.primary.name}; mirroring {opts.mirror_rate:.0%} to {names}; "
-                  f"run {proxy.recorder.current.run_id})", markup=False, highlight=False, soft_wrap=True)
+                  f"run {proxy.run_id})", markup=False, highlight=False, soft_wrap=True)
 
     try:
         summary = run_proxy(routes_file, opts, on_ready=ready)
@@ -71,3 +71,5 @@ def proxy_command(
         fail(str(e))
     out.print(f"proxy stopped: {summary.status}; {summary.primary_calls} primary calls, {summary.mirror_calls} mirrored, "
               f"{summary.not_mirrored} not mirrored; runs {', '.join(summary.run_ids)}", markup=False, highlight=False, soft_wrap=True)
+    if summary.status == "failed":
+        fail("the proxy's serving process ended unexpectedly; what it had handed over is recorded (runs marked failed)", code=1)

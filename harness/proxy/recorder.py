@@ -1,45 +1,44 @@
-"""Recording proxied traffic like a corpus run: run rows (one per session or per window), prompt
-rows, response rows and spans, written in batches once a second, off the event loop.
+"""The recording process: the serving process's messages (records.py) become run rows (one per
+session or per window), prompt rows, response rows and spans, exactly as a corpus run writes them.
 
-Nothing here runs before the client has its answer: the handler hands over the kept chunks, and
-reading them (capture.read_call), ending the spans and building rows happen after. Rows go
-through the shared BatchWriter; spans through the SDK's BatchSpanProcessor (both about 1 s), so a
-SIGKILL loses at most the last second or so.
+Reading the kept chunks (capture.read_call), span attributes and rows happen here, never in the
+process that answers clients: done beside the event loop (on it, or in threads sharing its GIL)
+they added up to 15 ms to the primary's p99 at 100 % mirroring (docs/benchmarks.md, "Shadow proxy").
+Rows go through the shared BatchWriter and spans through the SDK's BatchSpanProcessor; `flush`
+runs each second, so a SIGKILL loses at most the last second or so.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import dataclasses
+import json
 import os
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from harness import __version__
 from harness.config import RouteConfig
-from harness.mirror.attributes import result_attributes
+from harness.mirror.attributes import request_attributes, result_attributes
 from harness.mirror.openai_stream import CallResult
-from harness.mirror.runner import new_run_id
 from harness.proxy.capture import Exchange, digest, read_call, redact_messages, redact_tool_calls
 from harness.proxy.options import ProxyOptions
-from harness.proxy.shadow import MirrorCounts
+from harness.proxy.records import Counts, Message, MirrorCall, PrimaryCall, RunNotice, RunOpened, TraceIds
 from harness.store import BatchWriter, columns, upsert
 from harness.store.redact import Redactor
+from harness.tracing.provider import make_tracer_provider, tracer
 
-FLUSH_INTERVAL_S = 1.0
-# The store's writes (validation, Arrow, DuckDB inserts and checkpoints: 50-100 ms of CPU a second at
-# 200 req/s mirrored) and the span exporters run in threads at this nice value, so on the cores the
-# event loop serves from they take what it leaves: at normal priority the writes took the loop's
-# core in stretches of 100-185 ms and the primary's p99 swung from +6 to +19 ms between runs; at 10 they still get
-# about a tenth of a contended core, enough to keep up (docs/benchmarks.md, "Shadow proxy"). Linux lets a
-# process lower its threads' priority unprivileged.
+# The recording process runs as SCHED_IDLE where Linux allows it (a task the scheduler preempts at
+# once for any normal one: the serving process never waits for a core behind it), else at this nice
+# value. Measured side by side at 100 % mirroring, 200 req/s: added p99 +6.2 ms (SCHED_IDLE) against
+# +10.2 (nice 10) (docs/benchmarks.md, "Shadow proxy"). Both are allowed unprivileged.
 BACKGROUND_NICE = 10
 
 _RESPONSE_COLUMNS = frozenset(columns("responses"))
@@ -48,11 +47,12 @@ _NOT_PARAMS = ("messages", "tools", "model")
 
 
 def lower_thread_priority(nice: int = BACKGROUND_NICE) -> None:
-    """Run the calling thread at `nice` (Linux: a thread is a schedulable task); a no-op where not possible."""
-    try:
+    """Run the calling thread, and the threads it starts later (they inherit it), at the lowest CPU
+    priority there is: SCHED_IDLE, else `nice`; a no-op where neither is possible."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: the normal priority
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except (AttributeError, OSError):  # not Linux, or not allowed: the writes keep the normal priority
-        pass
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def prompt_row(run_id: str, prompt_id: str, cohort: str, seq: int, body: dict[str, Any], capture: bool) -> dict[str, Any]:
@@ -84,6 +84,32 @@ def wall_ns(ex: Exchange, t: float) -> int:
     return int((ex.wall_start + (t - ex.t_sent)) * 1e9)
 
 
+class PresetIds(IdGenerator):
+    """Gives the SDK the ids set just before a span is started; random ids otherwise."""
+
+    def __init__(self) -> None:
+        self.trace_id = self.span_id = 0
+        self._random = RandomIdGenerator()
+
+    def generate_span_id(self) -> int:
+        v, self.span_id = self.span_id, 0
+        return v or self._random.generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        v, self.trace_id = self.trace_id, 0
+        return v or self._random.generate_trace_id()
+
+
+def parent_context(ids: TraceIds) -> Context | None:
+    """The context a span with these ids starts in: its parent's, or none for a root span."""
+    if not ids.parent_id:
+        return Context()
+    state = TraceState.from_header([ids.tracestate]) if ids.tracestate else None
+    parent = SpanContext(ids.trace_id, ids.parent_id, is_remote=ids.remote,
+                         trace_flags=TraceFlags(TraceFlags.SAMPLED if ids.sampled else TraceFlags.DEFAULT), trace_state=state)
+    return trace.set_span_in_context(NonRecordingSpan(parent))
+
+
 @dataclass
 class RunState:
     run_id: str
@@ -92,80 +118,94 @@ class RunState:
     primary: int = 0
     primary_errors: int = 0
     mirror_calls: int = 0  # mirrored calls recorded (a row each)
-    in_flight: int = 0  # requests and mirrored calls not yet recorded
-    status: str = "running"
-    finished_at: datetime | None = None
-    rate_changes: list[dict[str, Any]] = field(default_factory=list)
+    notice: RunNotice = field(default_factory=RunNotice)  # the serving process's part
 
 
 class Recorder:
     def __init__(self, writer: BatchWriter, opts: ProxyOptions, routes: list[RouteConfig], primary: RouteConfig,
-                 counts: dict[tuple[str, str], MirrorCounts], redactor: Redactor | None = None):
+                 redactor: Redactor | None = None):
         self.writer = writer
         self.redactor = redactor
         self.opts = opts
         self.routes = routes
+        self._by_name = {r.name: r for r in routes}
         self.primary = primary
-        self.counts = counts  # the shadow's, read when run rows are updated
         self.capture = opts.settings.capture_content
         self.capture_prompts = self.capture and all(getattr(r, "capture_content", True) for r in routes)
+        self._ids = PresetIds()
+        self.provider = make_tracer_provider(writer, opts.otlp_endpoint, id_generator=self._ids)
+        self.tracer = tracer(self.provider)
         self.runs: dict[str, RunState] = {}
-        self.current: RunState | None = None
-        self._session_start = time.time()
-        self._flusher: asyncio.Task | None = None
-        self._seq = 0
+        self.records_dropped = 0
         self._written: dict[str, dict[str, Any]] = {}  # the last run row upserted per run: an idle proxy writes none
-        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="routecheck-store", initializer=lower_thread_priority)
+
+    def handle(self, msg: Message) -> None:
+        if isinstance(msg, PrimaryCall):
+            self.primary_call(msg)
+        elif isinstance(msg, MirrorCall):
+            self.mirror_call(msg)
+        elif isinstance(msg, Counts):
+            self.records_dropped = msg.records_dropped
+            for run_id, notice in msg.runs.items():
+                if run_id in self.runs:
+                    self.runs[run_id].notice = notice
+        elif isinstance(msg, RunOpened):
+            state = RunState(msg.run_id, msg.started_at, msg.window_end)
+            self.runs[msg.run_id] = state
+            with self.writer.locked() as con:  # the run row exists from the first moment
+                upsert(con, "runs", [self._run_row(state)])
 
     # -- runs ------------------------------------------------------------------------------------
     def snapshot(self) -> list[dict[str, Any]]:
         return [r.snapshot() for r in self.routes]
 
-    def run_for_now(self) -> RunState:
-        """The run a request arriving now belongs to; opens the next window's run when one has ended."""
-        now = time.time()
-        cur = self.current
-        if cur is not None and (cur.window_end is None or now < cur.window_end):
-            return cur
-        end = None
-        if self.opts.window_s:
-            k = int((now - self._session_start) // self.opts.window_s)
-            end = self._session_start + (k + 1) * self.opts.window_s
-        state = RunState(new_run_id(), datetime.now(timezone.utc), end)
-        self.runs[state.run_id] = state
-        self.current = state
-        with self.writer.locked() as con:
-            upsert(con, "runs", [self._run_row(state)])
-        return state
-
     def _run_row(self, s: RunState) -> dict[str, Any]:
-        return {"run_id": s.run_id, "started_at": s.started_at, "finished_at": s.finished_at, "status": s.status, "corpus_path": None,
-                "corpus_sha256": None, "routes": self.snapshot(), "options": self._options(s),
+        return {"run_id": s.run_id, "started_at": s.started_at, "finished_at": s.notice.finished_at, "status": s.notice.status,
+                "corpus_path": None, "corpus_sha256": None, "routes": self.snapshot(), "options": self._options(s),
                 "tool_version": __version__, "n_prompts": s.primary, "n_expected": s.primary + s.mirror_calls,
                 "note": f"proxy on {self.opts.host}:{self.opts.port}, primary {self.primary.name}"}
 
     def _options(self, s: RunState) -> dict[str, Any]:
-        mirrors = {name: c.as_dict() for (run, name), c in list(self.counts.items()) if run == s.run_id}
+        mirrors = s.notice.mirror
         not_mirrored = {name: c["not_sampled"] + c["queue_full"] + c["shutdown"] for name, c in mirrors.items()}
         return {**self.opts.stored(), "primary": self.primary.name,
                 "window_end": datetime.fromtimestamp(s.window_end, tz=timezone.utc).isoformat() if s.window_end else None,
                 "calls": {"primary": s.primary, "primary_errors": s.primary_errors, "mirror": mirrors,
-                          "not_mirrored": not_mirrored},
-                "mirror_rate_changes": s.rate_changes}
+                          "not_mirrored": not_mirrored, "records_dropped": self.records_dropped},
+                "mirror_rate_changes": s.notice.rate_changes}
 
-    def rate_changed(self, rate: float) -> None:
-        entry = {"at": datetime.now(timezone.utc).isoformat(), "mirror_rate": rate}
-        for s in self.runs.values():
-            if s.status == "running":
-                s.rate_changes.append(entry)
+    # -- calls -----------------------------------------------------------------------------------
+    def _span(self, name: str, ids: TraceIds, kind: SpanKind, start_ns: int, attributes: dict[str, Any]) -> trace.Span:
+        self._ids.trace_id, self._ids.span_id = ids.trace_id, ids.span_id
+        return self.tracer.start_span(name, context=parent_context(ids), kind=kind, start_time=start_ns, attributes=attributes)
 
-    # -- rows ------------------------------------------------------------------------------------
-    def next_prompt_id(self) -> tuple[str, int]:
-        self._seq += 1
-        return f"p{self._seq:09d}", self._seq
+    def primary_call(self, m: PrimaryCall) -> None:
+        run = self.runs[m.run_id]
+        body = json.loads(m.raw)  # the serving process answered 400 to a body that is not a JSON object
+        p = self.primary
+        sent = body if body.get("model") == p.model else {**body, "model": p.model}
+        server_span = self._span("proxy chat", m.server, SpanKind.SERVER, m.server_start_ns,
+                                 {"routecheck.run_id": m.run_id, "routecheck.prompt_id": m.prompt_id,
+                                  "routecheck.cohort": m.cohort, "routecheck.sample": 0, "routecheck.primary": p.name,
+                                  "http.request.method": "POST", "url.path": m.path})
+        span = self._span(f"chat {p.model}", m.client, SpanKind.CLIENT, int(m.ex.wall_start * 1e9),
+                          request_attributes(p, m.run_id, m.prompt_id, m.cohort, 0, sent))
+        self.writer.add("prompts", [prompt_row(m.run_id, m.prompt_id, m.cohort, m.seq, body, self.capture_prompts)])
+        r = self.call(run, m.prompt_id, m.cohort, p, sent, m.ex, span, {"routecheck.proxy.role": "primary"})
+        server_span.set_attributes({"routecheck.mirrored_to": m.mirrored, "http.response.status_code": m.ex.status or 502})
+        if not r.ok:
+            server_span.set_status(Status(StatusCode.ERROR, r.error_message))
+        server_span.end(end_time=wall_ns(m.ex, m.ex.t_end))
 
-    def prompt(self, run: RunState, prompt_id: str, seq: int, cohort: str, body: dict[str, Any]) -> None:
-        self.writer.add("prompts", [prompt_row(run.run_id, prompt_id, cohort, seq, body, self.capture_prompts)])
+    def mirror_call(self, m: MirrorCall) -> None:
+        run = self.runs[m.run_id]
+        route = self._by_name[m.route]
+        sent = {**json.loads(m.raw), "model": route.model}
+        attrs = request_attributes(route, m.run_id, m.prompt_id, m.cohort, 0, sent)
+        attrs["routecheck.proxy.role"] = "mirror"
+        attrs["routecheck.queue_wait_s"] = m.queue_wait_s
+        span = self._span(f"chat {route.model}", m.span, SpanKind.CLIENT, int(m.ex.wall_start * 1e9), attrs)
+        self.call(run, m.prompt_id, m.cohort, route, sent, m.ex, span)
 
     def call(self, run: RunState, prompt_id: str, cohort: str, route: RouteConfig, body: dict[str, Any],
              ex: Exchange, span: trace.Span, extra: dict[str, Any] | None = None) -> CallResult:
@@ -184,59 +224,37 @@ class Recorder:
         span.set_attributes(attrs)
         if not r.ok:
             span.set_status(Status(StatusCode.ERROR, r.error_message))
-        span.end(end_time=wall_ns(ex, ex.t_end if ex.t_end is not None else time.perf_counter()))
+        span.end(end_time=wall_ns(ex, ex.t_end if ex.t_end is not None else ex.t_sent))
         self.writer.add("responses", [response_row(run.run_id, prompt_id, cohort, route, r, span)])
         if route.name == self.primary.name:
             run.primary += 1
             run.primary_errors += 0 if r.ok else 1
         else:
             run.mirror_calls += 1
-        run.in_flight -= 1
         return r
 
     # -- writing ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._flusher = asyncio.create_task(self._flush_periodically())
-
-    async def _flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            rows = self._due_run_rows()
-            await asyncio.get_running_loop().run_in_executor(self._store_thread, self._write, rows)
-
-    def _due_run_rows(self) -> list[dict[str, Any]]:
-        """Run rows to update (built on the loop, where the counts change): every running run whose
-        row changed since it was last written (a DuckDB upsert costs 15-30 ms of CPU, so an idle
-        proxy writes nothing), and a window that has ended with nothing left in flight is completed."""
-        now = time.time()
+    def flush(self) -> None:
+        """Write what is buffered, and the run rows that changed since they were last written (a
+        DuckDB upsert costs 15-30 ms of CPU, so an idle proxy writes nothing)."""
         rows = []
         for s in self.runs.values():
-            if s.status != "running":
-                continue
-            if s.window_end is not None and now >= s.window_end and s.in_flight <= 0 and s is not self.current:
-                s.status, s.finished_at = "completed", datetime.now(timezone.utc)
             row = self._run_row(s)
             if self._written.get(s.run_id) != row:
                 self._written[s.run_id] = row
                 rows.append(row)
-        return rows
-
-    def _write(self, run_rows: list[dict[str, Any]]) -> None:
         self.writer.flush()
-        if run_rows:
+        if rows:
             with self.writer.locked() as con:
-                upsert(con, "runs", run_rows)
+                upsert(con, "runs", rows)
 
-    async def close(self, status: str) -> list[str]:
-        """Stop the periodic flush, write what is buffered, mark every open run; returns the run ids."""
-        if self._flusher:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-        rows = []
+    def close(self, status: str) -> list[str]:
+        """Flush the spans, mark every run still open with `status`, write everything; returns the run ids."""
+        self.provider.force_flush()
+        self.provider.shutdown()
+        now = datetime.now(timezone.utc)
         for s in self.runs.values():
-            if s.status == "running":
-                s.status, s.finished_at = status, datetime.now(timezone.utc)
-            rows.append(self._run_row(s))
-        await asyncio.get_running_loop().run_in_executor(self._store_thread, self._write, rows)
-        self._store_thread.shutdown(wait=False)
+            if s.notice.status == "running":
+                s.notice = dataclasses.replace(s.notice, status=status, finished_at=now)
+        self.flush()
         return list(self.runs)

@@ -1,34 +1,50 @@
-"""A proxy session: start the serve: routes' servers (as `mirror` does), serve until SIGTERM or
-Ctrl-C, then stop gracefully: stop accepting, finish the primary calls in flight, give mirrored calls
-their grace, write every row and span, mark the runs, stop the servers."""
+"""A proxy session, in two processes: this one starts the `serve:` routes' servers (as `mirror`
+does), owns the store and records; a child process (server.serve) answers the clients and mirrors.
+
+The serving process hands each finished call over a pipe (records.py) and never touches the store,
+the spans or anything else that would share its CPU time or its GIL; this process reads the calls
+in order, records them (recorder.py) at a lower CPU priority, and writes once a second. SIGTERM or
+Ctrl-C here is passed on as SIGTERM: the serving process stops accepting, finishes the primary calls
+in flight, gives mirrored calls their grace and says it has ended; then the runs are marked and
+every row and span written. A SIGKILL of this process kills the serving process too (Linux).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
+import multiprocessing
+import os
 import signal
-import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from harness.config import RoutesFile
+from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.mirror.runner import _loop_factory
 from harness.proxy.options import ProxyOptions
-from harness.proxy.server import Proxy
+from harness.proxy.recorder import Recorder, lower_thread_priority
+from harness.proxy.records import Ended, Failed, Ready, read
+from harness.proxy.server import read_token, resolve_routes, serve
 from harness.serving.engines import engine_for, server_span_columns
 from harness.serving.metrics import MetricsScraper
 from harness.serving.pool import serving
 from harness.store import BatchWriter, connect, shared
+from harness.store.redact import Redactor
 from harness.tracing.otlp_receiver import OTLPReceiver, attach_server_spans
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STORE_MEMORY_LIMIT = "64MB"
-# The span exporter and the row flusher are threads: while one runs Python, the event loop waking
-# from a read waits for the GIL up to the switch interval (5 ms by default) before it may forward
-# the primary's next chunk. 1 ms bounds that wait at the cost of a few more switches.
-GIL_SWITCH_INTERVAL_S = 0.001
+FLUSH_INTERVAL_S = 1.0
+START_TIMEOUT_S = 120.0
+
+
+@dataclass
+class ProxyReady:
+    url: str
+    primary: RouteConfig
+    candidates: list[RouteConfig]
+    run_id: str  # the first run's
 
 
 @dataclass
@@ -40,9 +56,9 @@ class ProxySummary:
     not_mirrored: int
 
 
-def run_proxy(routes: RoutesFile, opts: ProxyOptions, on_ready: Callable[[Proxy], None] | None = None,
+def run_proxy(routes: RoutesFile, opts: ProxyOptions, on_ready: Callable[[ProxyReady], None] | None = None,
               scrape_interval_s: float = 10.0) -> ProxySummary:
-    """Serve until stopped; `on_ready(proxy)` is called once it accepts connections (proxy.url)."""
+    """Serve until stopped; `on_ready` is called once the serving process accepts connections."""
     served = [r for r in routes.routes if r.serve is not None]
     engines = {r.name: engine_for(r) for r in served}  # an unknown engine fails before anything starts
     owner = f"routecheck proxy on {opts.host}:{opts.port}"
@@ -52,7 +68,7 @@ def run_proxy(routes: RoutesFile, opts: ProxyOptions, on_ready: Callable[[Proxy]
     # processes, so a small cache costs nothing.
     con.execute(f"SET memory_limit = '{STORE_MEMORY_LIMIT}'")
     # The proxy's statements are small batched inserts: one DuckDB thread costs a third less CPU
-    # per insert than two (docs/benchmarks.md, "Shadow proxy"), on the cores the proxy serves from.
+    # per insert than two (docs/benchmarks.md, "Shadow proxy").
     con.execute("SET threads = 1")
     writer = BatchWriter(con)
     try:
@@ -64,60 +80,117 @@ def run_proxy(routes: RoutesFile, opts: ProxyOptions, on_ready: Callable[[Proxy]
                 receiver = stack.enter_context(OTLPReceiver(writer, span_columns=server_span_columns))
                 log_dir = opts.db.parent / "logs" / ("proxy-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
                 urls = stack.enter_context(serving(served, log_dir, receiver.endpoint))
-            proxy = Proxy(routes, opts, writer, urls)
-            first = proxy.recorder.run_for_now()
-            if served:
-                stack.enter_context(MetricsScraper(urls, writer, first.run_id, interval_s=scrape_interval_s, engines=engines))
-            status, run_ids = _serve(proxy, on_ready)
+            resolved, primary = resolve_routes(routes, opts, urls)
+            token = read_token(opts.auth_token_env)
+            # Keys (and the clients' token) are replaced in everything stored: a server may echo one back.
+            secrets = [(r.api_key_env, r.api_key()) for r in resolved if r.api_key_env]
+            redactor = Redactor(secrets + ([(opts.auth_token_env, token)] if token else []))
+            if writer.redactor is None and redactor:
+                writer.redactor = redactor
+            child = ServingProcess(routes, opts, urls)
+            stack.callback(child.kill)
+            # From here this thread, and the threads it starts (span export, metrics), yield the CPU to
+            # the serving process; the servers above were started at the normal priority.
+            lower_thread_priority()
+            recorder = Recorder(writer, opts, resolved, primary, redactor)
+            with child.forward_signals():
+                ready = child.wait_ready(recorder)
+                if on_ready:
+                    on_ready(ProxyReady(ready.url, primary, [r for r in resolved if r.name != primary.name], ready.run_id))
+                if served:
+                    stack.enter_context(MetricsScraper(urls, writer, ready.run_id, interval_s=scrape_interval_s, engines=engines))
+                status = child.pump(recorder)
+            run_ids = recorder.close(status)
             if receiver is not None:  # servers export their request spans in batches: wait for them
-                receiver.wait_for_server_spans(sum(s.primary + s.mirror_calls for s in proxy.recorder.runs.values()
-                                                   if s.run_id in run_ids), 15.0)
+                receiver.wait_for_server_spans(sum(s.primary + s.mirror_calls for s in recorder.runs.values()), 15.0)
         writer.flush()
         with writer.locked() as c:
             for run_id in run_ids:
                 attach_server_spans(c, run_id)
-        runs = proxy.recorder.runs.values()
-        counts = proxy.shadow.counts.values()
+        runs = recorder.runs.values()
         return ProxySummary(run_ids, status, sum(s.primary for s in runs), sum(s.mirror_calls for s in runs),
-                            sum(c.not_sampled + c.queue_full + c.shutdown for c in counts))
+                            sum(c["not_sampled"] + c["queue_full"] + c["shutdown"] for s in runs for c in s.notice.mirror.values()))
     finally:
         writer.flush()
         con.close()
 
 
-def _serve(proxy: Proxy, on_ready: Callable[[Proxy], None] | None) -> tuple[str, list[str]]:
-    async def main() -> tuple[str, list[str]]:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in STOP_SIGNALS:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
-            loop.add_signal_handler(signal.SIGHUP, lambda: print(proxy.reload(), file=sys.stderr, flush=True))
-        status = "failed"
-        try:
-            await proxy.start()
-            # The cyclic GC's full collections walk every object; ~175k of them are the libraries and
-            # start-up state, which made a full collection a pause of ~100 ms of the event loop (the
-            # primary's p99). Frozen, they are never walked again; what requests allocate still is.
-            gc.collect()
-            gc.freeze()
-            if on_ready:
-                on_ready(proxy)
-            await stop.wait()
-            status = "completed"
-        finally:
-            run_ids = await proxy.stop(status)
-        return status, run_ids
+class ServingProcess:
+    """The child that answers clients (server.serve), and the pipe its records come through."""
 
-    previous = {sig: signal.getsignal(sig) for sig in (*STOP_SIGNALS, signal.SIGHUP)}
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(main())
-    finally:
-        sys.setswitchinterval(interval)
-        for sig, handler in previous.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, handler)
+    def __init__(self, routes: RoutesFile, opts: ProxyOptions, base_urls: dict[str, str]):
+        ctx = multiprocessing.get_context("spawn")  # this process has threads and a DuckDB connection: no fork
+        self.conn, theirs = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=serve, args=(routes, opts, base_urls, theirs, _loop_factory()),
+                                name="routecheck-proxy-serving", daemon=True)
+        self.proc.start()
+        theirs.close()
+        self._stopping = False
+
+    @contextlib.contextmanager
+    def forward_signals(self):
+        """SIGINT and SIGTERM stop the serving process gracefully; SIGHUP reaches it (re-read --config)."""
+        def stop(signum, frame) -> None:
+            self._stopping = True
+            self.signal(signal.SIGTERM)
+
+        previous = {sig: signal.getsignal(sig) for sig in (*STOP_SIGNALS, signal.SIGHUP)}
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, stop)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.signal(signal.SIGHUP))
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                with contextlib.suppress(ValueError, TypeError):
+                    signal.signal(sig, handler)
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(self.proc.pid, sig)
+
+    def wait_ready(self, recorder: Recorder) -> Ready:
+        """Record what comes before the serving process listens (the first run); its Ready, or a ConfigError."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if not self.conn.poll(max(0.0, deadline - time.monotonic())):
+                raise ConfigError(f"routecheck proxy: the serving process did not start within {START_TIMEOUT_S:g} s")
+            try:
+                msg = read(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                raise ConfigError(f"routecheck proxy: the serving process exited at start (exit code {self._exit_code()})") from None
+            if isinstance(msg, Failed):
+                raise ConfigError(msg.message)
+            if isinstance(msg, Ready):
+                return msg
+            recorder.handle(msg)
+
+    def pump(self, recorder: Recorder) -> str:
+        """Record every message until the serving process has ended; flush once a second. Returns the
+        session's status ("failed" when the serving process died without saying it had ended)."""
+        status = "failed"
+        next_flush = time.monotonic() + FLUSH_INTERVAL_S
+        while True:
+            try:
+                if self.conn.poll(max(0.0, next_flush - time.monotonic())):
+                    msg = read(self.conn.recv_bytes())
+                    if isinstance(msg, Ended):
+                        status = msg.status
+                        break
+                    recorder.handle(msg)
+            except (EOFError, OSError):  # the pipe's end without an Ended: the serving process died
+                break
+            if time.monotonic() >= next_flush:
+                recorder.flush()
+                next_flush = time.monotonic() + FLUSH_INTERVAL_S
+        self.proc.join(30)
+        return status
+
+    def _exit_code(self) -> int | None:
+        self.proc.join(5)
+        return self.proc.exitcode
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)

@@ -8,41 +8,45 @@ byte for byte and offers each request to the shadow (shadow.py) for the candidat
     GET|POST /admin/mirror-rate  read or set the share mirrored ({"mirror_rate": 0.25}), no restart
 
 On the primary's path: read the body, parse it once (for the model name and the cohort rule),
-start two spans, offer the job to the shadow (a queue put), stream the upstream's chunks to the
-client while keeping them. Everything else (reading the answer, span attributes, rows) is
-scheduled after the response has been written (recorder.py).
+choose the span ids, offer the job to the shadow (a queue put), stream the upstream's chunks to the
+client while keeping them. This is the serving process: once a call has ended, all it does for the
+record is hand the kept chunks to the recording process (sink.py, recorder.py), which reads them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
 import hashlib
 import hmac
 import json
 import os
+import signal
+import sys
 import time
+from multiprocessing.connection import Connection
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from harness.config import ConfigError, RouteConfig, RoutesFile
-from harness.mirror.attributes import request_attributes
 from harness.proxy.capture import Exchange
-from harness.proxy.options import ProxyOptions, load_settings, resolve_cohort
-from harness.proxy.recorder import Recorder, RunState, lower_thread_priority, wall_ns
-from harness.proxy.shadow import MirrorJob, Shadow
 from harness.proxy.h1 import Answer, UpstreamError
+from harness.proxy.options import ProxyOptions, load_settings, resolve_cohort
+from harness.proxy.records import Ended, Failed, MirrorCall, PrimaryCall, Ready, TraceIds, new_span_id, new_trace_id
+from harness.proxy.shadow import MirrorJob, Shadow
+from harness.proxy.sink import LiveRun, Sink
 from harness.proxy.upstream import CHAT_PATH, fetch, make_pool, make_session, new_exchange, request_headers, response_headers
-from harness.store import BatchWriter
-from harness.store.redact import Redactor
-from harness.tracing.provider import make_tracer_provider, tracer
 
 PRIMARY_CONNECTIONS = 1024  # the primary serves real clients: its concurrency is theirs, not max_concurrency
 CLIENT_BUFFER_LIMIT = 1 << 20  # bytes waiting for a slow client before the primary's connection stops being read
+COUNTS_INTERVAL_S = 1.0  # how often mirror counts and ended windows go to the recording process
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def error_body(status: int, message: str, kind: str) -> web.Response:
@@ -57,6 +61,17 @@ def resolve_primary(routes: RoutesFile, name: str | None) -> RouteConfig:
         if r.name == name:
             return r
     raise ConfigError(f"--primary {name!r}: no such route (routes: {', '.join(r.name for r in routes.routes)})")
+
+
+def resolve_routes(routes: RoutesFile, opts: ProxyOptions, base_urls: dict[str, str] | None) -> tuple[list[RouteConfig], RouteConfig]:
+    """Every route with its URL (a `serve:` route's from its started server), and the primary."""
+    urls = {r.name: r.base_url for r in routes.routes} | (base_urls or {})
+    missing = [n for n, u in urls.items() if not u]
+    if missing:
+        raise ConfigError(f"routes {missing} have no base_url (serve: routes must be started first)")
+    resolved = [r.model_copy(update={"base_url": urls[r.name]}) for r in routes.routes]
+    chosen = resolve_primary(routes, opts.primary).name
+    return resolved, next(r for r in resolved if r.name == chosen)
 
 
 def read_token(env: str | None) -> str | None:
@@ -80,34 +95,22 @@ async def _resume_when_drained(out: asyncio.Transport, conn, answer: Answer) -> 
 
 
 class Proxy:
-    def __init__(self, routes: RoutesFile, opts: ProxyOptions, writer: BatchWriter, base_urls: dict[str, str] | None = None):
-        urls = {r.name: r.base_url for r in routes.routes} | (base_urls or {})
-        missing = [n for n, u in urls.items() if not u]
-        if missing:
-            raise ConfigError(f"routes {missing} have no base_url (serve: routes must be started first)")
-        self.routes = [r.model_copy(update={"base_url": urls[r.name]}) for r in routes.routes]
-        chosen = resolve_primary(routes, opts.primary).name
-        self.primary = next(r for r in self.routes if r.name == chosen)
-        self.candidates = [r for r in self.routes if r.name != chosen]
+    def __init__(self, routes: RoutesFile, opts: ProxyOptions, sink: Sink, base_urls: dict[str, str] | None = None):
+        self.routes, self.primary = resolve_routes(routes, opts, base_urls)
+        self.candidates = [r for r in self.routes if r.name != self.primary.name]
         self.opts = opts
         token = read_token(opts.auth_token_env)
         self._token = _token_digest(token) if token is not None else None
         self._keys = {r.name: r.api_key() for r in self.routes}  # from the environment; never logged or stored
-        # Keys (and the clients' token) are replaced in everything stored: a server may echo one back.
-        secrets = [(r.api_key_env, self._keys[r.name]) for r in self.routes if r.api_key_env]
-        self.redactor = Redactor(secrets + ([(opts.auth_token_env, token)] if token else []))
-        if writer.redactor is None and self.redactor:
-            writer.redactor = self.redactor
-        # The recorder flushes each second; the exporters' threads run at the store thread's low priority.
-        self.provider = make_tracer_provider(writer, opts.otlp_endpoint, thread_init=lower_thread_priority)
-        self.tracer = tracer(self.provider)
         self.shadow = Shadow(self.candidates, opts.queue_size, opts.mirror_rate, self._mirror_call, opts.seed)
-        self.recorder = Recorder(writer, opts, self.routes, self.primary, self.shadow.counts, self.redactor)
+        self.sink = sink
         self._rules = opts.settings.cohort_rules
         self._session: aiohttp.ClientSession | None = None  # GET /v1/models only
         self._pools = {}
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._counter: asyncio.Task | None = None
+        self._seq = 0
         self.url: str | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -122,13 +125,14 @@ class Proxy:
         return app
 
     async def start(self, sock=None) -> str:
-        """Open the sessions, start the shadow and the recorder, listen. Returns the base URL."""
+        """Open the sessions and the pipe to the recording process, start the shadow, listen. Returns the base URL."""
         self._loop = asyncio.get_running_loop()
+        await self.sink.attach(self._loop)
         self._session = make_session(self.primary, 16)
         self._pools = {r.name: make_pool(r, PRIMARY_CONNECTIONS if r is self.primary else r.max_concurrency) for r in self.routes}
-        self.recorder.run_for_now()  # the run row exists from the start
+        self.sink.run_for_now()  # the run row exists from the start
         self.shadow.start()
-        self.recorder.start()
+        self._counter = asyncio.create_task(self._send_counts())
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=max(self.primary.timeout_s, 1.0))
         await self._runner.setup()
         site = web.SockSite(self._runner, sock, backlog=2048) if sock is not None else \
@@ -138,20 +142,28 @@ class Proxy:
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         return self.url
 
-    async def stop(self, status: str = "completed") -> list[str]:
-        """Stop accepting, finish in-flight primary calls, give mirrored calls their grace, write
-        everything, mark the runs. Returns the run ids of the session."""
+    async def stop(self, status: str = "completed") -> None:
+        """Stop accepting, finish in-flight primary calls, give mirrored calls their grace, hand every
+        record and the runs' end to the recording process."""
         if self._runner is not None:
             await self._runner.cleanup()  # waits for handlers in flight (up to the primary's timeout)
-        await asyncio.sleep(0)  # recordings the last handlers scheduled
+        await asyncio.sleep(0)  # the records the last handlers scheduled
         await self.shadow.stop(self.opts.shutdown_grace_s)
         for pool in self._pools.values():
             await pool.close()
         if self._session is not None:
             await self._session.close()
-        await asyncio.to_thread(self.provider.force_flush)
-        await asyncio.to_thread(self.provider.shutdown)
-        return await self.recorder.close(status)
+        if self._counter is not None:
+            self._counter.cancel()
+            await asyncio.gather(self._counter, return_exceptions=True)
+        self.sink.counts(self.shadow.counts, final_status=status)
+        self.sink.send(Ended(status))
+        await self.sink.close()
+
+    async def _send_counts(self) -> None:
+        while True:
+            await asyncio.sleep(COUNTS_INTERVAL_S)
+            self.sink.counts(self.shadow.counts)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _authorized(self, request: web.Request) -> bool:
@@ -164,7 +176,7 @@ class Proxy:
 
     def set_mirror_rate(self, rate: float) -> None:
         self.shadow.rate = rate
-        self.recorder.rate_changed(rate)
+        self.sink.rate_changed(rate)
 
     def reload(self) -> str:
         """SIGHUP: re-read --config; its mirror_rate and cohort_rules apply to the next request. Returns what changed."""
@@ -179,13 +191,22 @@ class Proxy:
             self.set_mirror_rate(settings.mirror_rate)
         return f"SIGHUP: re-read {self.opts.config_path}: mirror rate {self.shadow.rate:g}, {len(self._rules)} cohort rules"
 
-    def _upstream_headers(self, route: RouteConfig, base: dict[str, str], span: trace.Span) -> dict[str, str]:
+    def _upstream_headers(self, route: RouteConfig, base: dict[str, str], span: TraceIds) -> dict[str, str]:
         headers = dict(base)
         key = self._keys[route.name]
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        propagate.inject(headers, context=trace.set_span_in_context(span))  # the server's own span joins the trace
+        headers.update(span.traceparent())  # the server's own span joins the trace
         return headers
+
+    @staticmethod
+    def _server_ids(request: web.Request) -> TraceIds:
+        """The proxy span's ids: in the client's trace when it sent a traceparent (sampled as it says)."""
+        parent = trace.get_current_span(propagate.extract(request.headers)).get_span_context()
+        if parent.is_valid:
+            return TraceIds(parent.trace_id, new_span_id(), parent.span_id, parent.trace_flags.sampled,
+                            parent.trace_state.to_header() if parent.trace_state else "", True)
+        return TraceIds(new_trace_id(), new_span_id())
 
     # -- handlers --------------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -207,8 +228,7 @@ class Proxy:
     async def stats(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return error_body(401, "missing or wrong bearer token", "invalid_api_key")
-        runs = {s.run_id: {"status": s.status, "primary": s.primary, "primary_errors": s.primary_errors,
-                           "mirror_calls": s.mirror_calls, "in_flight": s.in_flight} for s in self.recorder.runs.values()}
+        runs = {r.run_id: r.stats() for r in self.sink.runs.values()}
         mirror = {f"{run}/{route}": c.as_dict() for (run, route), c in self.shadow.counts.items()}
         return web.json_response({"primary": self.primary.name, "mirror_rate": self.shadow.rate, "runs": runs,
                                   "mirror": mirror, "queue_depth": self.shadow.depth(), "mirror_in_flight": self.shadow.in_flight})
@@ -237,35 +257,31 @@ class Proxy:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return error_body(400, "the body must be a JSON object with a 'messages' list", "invalid_request_error")
 
-        rec = self.recorder
-        run = rec.run_for_now()
+        server_start_ns = time.time_ns()
+        run = self.sink.run_for_now()
         run.in_flight += 1
-        prompt_id, seq = rec.next_prompt_id()
+        self._seq += 1
+        prompt_id, seq = f"p{self._seq:09d}", self._seq
         cohort = resolve_cohort(request.headers, body, self._rules)
         p = self.primary
-        server_span = self.tracer.start_span("proxy chat", context=propagate.extract(request.headers), kind=SpanKind.SERVER,
-                                             attributes={"routecheck.run_id": run.run_id, "routecheck.prompt_id": prompt_id,
-                                                         "routecheck.cohort": cohort, "routecheck.sample": 0,
-                                                         "routecheck.primary": p.name, "http.request.method": "POST",
-                                                         "url.path": request.path})
-        parent = trace.set_span_in_context(server_span)
+        server = self._server_ids(request)
         forwarded = request_headers(request.headers, None)
-        mirrored = self.shadow.offer(MirrorJob(run.run_id, prompt_id, cohort, body, forwarded, parent))
+        mirrored = self.shadow.offer(MirrorJob(run.run_id, prompt_id, cohort, raw, body, forwarded, server))
         run.in_flight += len(mirrored)
 
-        sent = body if body.get("model") == p.model else {**body, "model": p.model}
-        data = raw if sent is body else json.dumps(sent).encode()
-        span = self.tracer.start_span(f"chat {p.model}", context=parent, kind=SpanKind.CLIENT,
-                                      attributes=request_attributes(p, run.run_id, prompt_id, cohort, 0, sent))
-        headers = self._upstream_headers(p, forwarded, span)
+        data = raw if body.get("model") == p.model else json.dumps({**body, "model": p.model}).encode()
+        client = server.child()
+        headers = self._upstream_headers(p, forwarded, client)
         ex = new_exchange()
         resp: web.StreamResponse | None = None
         try:
             resp = await self._stream_primary(request, data, headers, ex)
         finally:
             ex.t_end = time.perf_counter()
-            # Read and record once this response is out (and whatever else is ready has run).
-            self._loop.call_soon(self._record_primary, run, prompt_id, seq, cohort, body, sent, ex, span, server_span, mirrored)
+            # Handed to the recording process once this response is out (and whatever else is ready has run).
+            self._loop.call_soon(self._record, run, True, ex,
+                                 PrimaryCall(run.run_id, prompt_id, seq, cohort, raw, request.path, server, client,
+                                             server_start_ns, ex, mirrored))
         return resp
 
     async def _stream_primary(self, request: web.Request, data: bytes, headers: dict[str, str], ex: Exchange) -> web.StreamResponse:
@@ -332,30 +348,83 @@ class Proxy:
             request.transport.close()
         return resp
 
-    def _record_primary(self, run: RunState, prompt_id: str, seq: int, cohort: str, body: dict[str, Any], sent: dict[str, Any],
-                        ex: Exchange, span: trace.Span, server_span: trace.Span, mirrored: list[str]) -> None:
-        rec = self.recorder
-        rec.prompt(run, prompt_id, seq, cohort, body)
-        r = rec.call(run, prompt_id, cohort, self.primary, sent, ex, span, {"routecheck.proxy.role": "primary"})
-        server_span.set_attributes({"routecheck.mirrored_to": mirrored, "http.response.status_code": ex.status or 502})
-        if not r.ok:
-            server_span.set_status(Status(StatusCode.ERROR, r.error_message))
-        server_span.end(end_time=wall_ns(ex, ex.t_end))
+    def _record(self, run: LiveRun, primary: bool, ex: Exchange, msg: PrimaryCall | MirrorCall) -> None:
+        if primary:
+            run.primary += 1
+            run.primary_errors += 1 if ex.error_type or ex.status != 200 else 0
+        else:
+            run.mirror_calls += 1
+        run.in_flight -= 1
+        self.sink.send(msg)
 
     async def _mirror_call(self, route: RouteConfig, job: MirrorJob) -> None:
-        run = self.recorder.runs[job.run_id]
-        sent = {**job.body, "model": route.model}
-        attrs = request_attributes(route, job.run_id, job.prompt_id, job.cohort, 0, sent)
-        attrs["routecheck.proxy.role"] = "mirror"
-        attrs["routecheck.queue_wait_s"] = time.perf_counter() - job.enqueued
-        span = self.tracer.start_span(f"chat {route.model}", context=job.parent, kind=SpanKind.CLIENT, attributes=attrs)
+        run = self.sink.runs[job.run_id]
+        span = job.server.child()
+        queue_wait_s = time.perf_counter() - job.enqueued
         ex = new_exchange()
+        msg = MirrorCall(job.run_id, job.prompt_id, job.cohort, route.name, job.raw, span, queue_wait_s, ex)
         try:
-            await fetch(self._pools[route.name], json.dumps(sent).encode(),
+            await fetch(self._pools[route.name], json.dumps({**job.body, "model": route.model}).encode(),
                         self._upstream_headers(route, job.headers, span), route.timeout_s, ex)
         except asyncio.CancelledError:
             ex.t_end = time.perf_counter()
             ex.error_type, ex.error_message = "shutdown", "the proxy stopped before the mirrored answer was complete"
-            self.recorder.call(run, job.prompt_id, job.cohort, route, sent, ex, span)
+            self._record(run, False, ex, msg)
             raise
-        self.recorder.call(run, job.prompt_id, job.cohort, route, sent, ex, span)
+        self._record(run, False, ex, msg)
+
+
+# -- the serving process ---------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the recording process dies (a SIGKILL of it must not leave the
+    port served with nothing recorded). Elsewhere the pipe's end stops it (the counts task)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def serve(routes: RoutesFile, opts: ProxyOptions, base_urls: dict[str, str], conn: Connection, loop_factory: Any = None) -> None:
+    """The serving process's whole life: answer clients until SIGTERM (the recording process forwards
+    its stop signals; SIGINT itself is ignored here), then stop gracefully and say so."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    sink = Sink(conn, opts.window_s)
+    try:
+        proxy = Proxy(routes, opts, sink, base_urls)
+    except ConfigError as e:
+        sink.send(Failed(str(e)))
+        conn.close()
+        return
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: print(proxy.reload(), file=sys.stderr, flush=True))
+        try:
+            url = await proxy.start()
+        except OSError as e:
+            sink.send(Failed(f"--listen {opts.host}:{opts.port}: {e.strerror or e}"))
+            await sink.close()
+            return
+        # The cyclic GC's full collections walk every object; ~175k of them are the libraries and
+        # start-up state, which made a full collection a pause of ~100 ms of the event loop (the
+        # primary's p99). Frozen, they are never walked again; what requests allocate still is.
+        gc.collect()
+        gc.freeze()
+        sink.send(Ready(url, sink.current.run_id))
+        status = "failed"
+        try:
+            while not stop.is_set():  # stop, or the recording process is gone (not Linux: no PDEATHSIG)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                if os.getppid() != parent:
+                    break
+            status = "completed"
+        finally:
+            await proxy.stop(status)
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())

@@ -9,15 +9,15 @@ candidate, and memory is bounded by queue_size x candidates however slow a candi
 
 from __future__ import annotations
 
-import dataclasses
-
 import asyncio
+import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from harness.config import RouteConfig
+from harness.proxy.records import TraceIds
 
 
 @dataclass
@@ -25,9 +25,10 @@ class MirrorJob:
     run_id: str
     prompt_id: str
     cohort: str
-    body: dict[str, Any]  # the client's body (each route's model is set when sent)
+    raw: bytes  # the client's body as received (what is recorded)
+    body: dict[str, Any]  # the same, parsed (each route's model is set when sent)
     headers: dict[str, str]  # the client's headers, filtered (upstream.request_headers without a key)
-    parent: Any  # OTel context of the request's proxy span
+    server: TraceIds  # the request's proxy span: each mirrored call's span is its child
     enqueued: float = field(default_factory=time.perf_counter)
 
 

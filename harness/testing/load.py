@@ -62,11 +62,29 @@ def schedule(rate: float, duration_s: float, poisson: bool = True, seed: int = 0
         times.append(t)
 
 
-async def _one(pool: Pool, i: int, at: float, t0: float, body: bytes, headers: dict[str, str], timeout_s: float) -> Sample:
+async def _unmeasured(pool: Pool, body: bytes, headers: dict[str, str], timeout_s: float) -> None:
+    """The same request to a second server, read to the end and not timed (the load a mirror puts on it)."""
+    answer = Answer(asyncio.get_running_loop(), [], [])
+    conn, ok = None, False
+    try:
+        async with asyncio.timeout(timeout_s):
+            conn = await pool.post("", body, headers, answer)
+            await answer.done
+            ok = True
+    except (UpstreamError, TimeoutError, OSError):
+        pass
+    finally:
+        if conn is not None:
+            pool.finish(conn, ok)
+
+
+async def _one(pool: Pool, i: int, at: float, t0: float, body: bytes, headers: dict[str, str], timeout_s: float,
+               also: Pool | None = None) -> Sample:
     delay = t0 + at - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
     start = time.perf_counter()
+    shadow = asyncio.create_task(_unmeasured(also, body, headers, timeout_s)) if also is not None else None
     sample = Sample(i, at, start - t0 - at, None, None, None, 0)
     answer = Answer(asyncio.get_running_loop(), [], [])
     pending = [b""]
@@ -96,22 +114,29 @@ async def _one(pool: Pool, i: int, at: float, t0: float, body: bytes, headers: d
     finally:
         if conn is not None:
             pool.finish(conn, ok)
+    if shadow is not None:
+        await shadow
     return sample
 
 
 async def run_load(url: str, rate: float, duration_s: float, *, body: Callable[[int], dict[str, Any]] = chat_body,
                    headers: dict[str, str] | None = None, poisson: bool = True, seed: int = 0,
-                   timeout_s: float = 60.0, connections: int = 512) -> list[Sample]:
-    """POST `body(i)` to `url` at `rate` per second for `duration_s`; one Sample per request, in order."""
+                   timeout_s: float = 60.0, connections: int = 512, also_url: str | None = None) -> list[Sample]:
+    """POST `body(i)` to `url` at `rate` per second for `duration_s`; one Sample per request, in order.
+    With `also_url`, each request is sent there too at the same moment, untimed: the load a 100 %
+    mirror puts on a candidate, without a proxy (the control for what the proxy itself adds)."""
     times = schedule(rate, duration_s, poisson, seed)
     bodies = [json.dumps(body(i)).encode() for i in range(len(times))]  # encoded before the clock starts
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     pool = Pool(url, connections, connect_timeout_s=min(10.0, timeout_s))
+    also = Pool(also_url, connections, connect_timeout_s=min(10.0, timeout_s)) if also_url else None
     try:
         t0 = time.perf_counter()
-        return list(await asyncio.gather(*(_one(pool, i, at, t0, bodies[i], hdrs, timeout_s) for i, at in enumerate(times))))
+        return list(await asyncio.gather(*(_one(pool, i, at, t0, bodies[i], hdrs, timeout_s, also) for i, at in enumerate(times))))
     finally:
         await pool.close()
+        if also is not None:
+            await also.close()
 
 
 def quantiles(values: list[float], qs: tuple[float, ...] = (0.5, 0.99, 0.999)) -> list[float | None]:
