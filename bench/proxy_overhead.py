@@ -5,6 +5,8 @@ Conditions, each its own process, all in front of the same primary stub (streame
 server's bytes at about half its CPU, so the stubs take less of the shared machine from what is
 measured; `--stub full` is the stub server itself):
     direct        the stub itself
+    direct+cand   the stub itself, each request also sent (untimed) to the candidate stub: the
+                  machine's load at 100 % mirroring without the proxy, the control for "proxy 100%"
     proxy 0%      routecheck proxy, --mirror-rate 0
     proxy 100%    routecheck proxy, --mirror-rate 1, a healthy candidate stub (max_concurrency 512)
     stalled 100%  routecheck proxy, --mirror-rate 1, a candidate that answers after --stall-s (30 s):
@@ -14,7 +16,8 @@ round-robin over the conditions, --rounds times, so a change in the shared machi
 condition alike. Printed: TTFT and total latency p50/p99/p99.9, the difference against direct, the
 proxy's CPU per request (user + system from /proc, psutil), and what each proxy mirrored and dropped;
 also the CPU per request of the load generator and of the stubs in each condition, to show they are
-not what limits it (the direct condition's latency is the stub's own plus the load generator's).
+not what limits it (the direct condition's latency is the stub's own plus the load generator's). The proxy's CPU is its two
+processes' (the recording process, `routecheck proxy` itself, and the serving process it starts).
 
 Then the one-core ramp: a fresh proxy pinned to one core (taskset) at 100% mirroring, each rate of
 --ramp for --ramp-s; a rate is sustained when every request succeeds, nothing is dropped from the
@@ -82,6 +85,12 @@ def cpu_s(pid: int) -> float:
     return t.user + t.system
 
 
+def proxy_cpu_s(pid: int) -> tuple[float, float]:
+    """(recording process, serving process) CPU seconds: `routecheck proxy` and the child that answers."""
+    proc = psutil.Process(pid)
+    return cpu_s(pid), sum(cpu_s(c.pid) for c in proc.children(recursive=True))
+
+
 def mirror_counts(p: ProxyProcess) -> dict[str, int]:
     s = httpx.get(p.url + "/admin/stats", timeout=10).json()
     out = {"mirrored": 0, "queue_full": 0, "not_sampled": 0}
@@ -108,6 +117,8 @@ def main() -> None:
                     help="side by side too: each proxy on --core, the stubs and the load generator on the other cores "
                          "(a deployment gives the proxy cores of its own; unpinned, all share the machine)")
     ap.add_argument("--stub", choices=sorted(STUBS), default="lean", help="lean: harness/testing/lean_stub.py; full: the stub server")
+    ap.add_argument("--b-tree", type=Path, help="a second checkout whose proxy runs too (conditions 'B 0%%', 'B 100%%'), "
+                                                 "interleaved in the same rounds: two builds compared side by side in one run")
     args = ap.parse_args()
     env = {"PYTHONPATH": str(REPO)}
     procs: list[subprocess.Popen] = []
@@ -125,29 +136,43 @@ def main() -> None:
                     os.sched_setaffinity(pid, others)
             normal = routes_file(tmp, "normal", primary, cand, 512)
             stall = routes_file(tmp, "stall", primary, stalled, 8)
-            conds: dict[str, tuple[str, ProxyProcess | None]] = {"direct": (primary + "/chat/completions", None)}
+            # (URL, proxy, a URL also sent each request untimed): "direct+cand" puts on the candidate stub the
+            # load the 100 % proxy's mirror does, with no proxy, so what the proxy itself adds at 100 % can be
+            # told from what the candidate's work costs the shared machine.
+            conds: dict[str, tuple[str, ProxyProcess | None, str | None]] = {
+                "direct": (primary + "/chat/completions", None, None),
+                "direct+cand": (primary + "/chat/completions", None, cand + "/chat/completions")}
             for name, routes, rate in (("proxy 0%", normal, "0"), ("proxy 100%", normal, "1"), ("stalled 100%", stall, "1")):
                 p = ProxyProcess(routes, tmp / f"{name.split()[0]}-{rate}.duckdb", ["--mirror-rate", rate, "--shutdown-grace", "1"],
                                  env=env, cwd=REPO, cpu=args.core if args.pin else None)
                 proxies.append(p)
-                conds[name] = (p.base_url + "/chat/completions", p)
-            for url, _ in conds.values():  # warm-up: connections, first-call costs
-                uvloop.run(run_load(url, 50, 1.0, body=body))
+                conds[name] = (p.base_url + "/chat/completions", p, None)
+            if args.b_tree:
+                for name, rate in (("B 0%", "0"), ("B 100%", "1")):
+                    p = ProxyProcess(normal, tmp / f"b-{rate}.duckdb", ["--mirror-rate", rate, "--shutdown-grace", "1"],
+                                     env={"PYTHONPATH": str(args.b_tree)}, cwd=args.b_tree, cpu=args.core if args.pin else None)
+                    proxies.append(p)
+                    conds[name] = (p.base_url + "/chat/completions", p, None)
+            for url, _, also in conds.values():  # warm-up: connections, first-call costs
+                uvloop.run(run_load(url, 50, 1.0, body=body, also_url=also))
             samples: dict[str, list] = {c: [] for c in conds}
-            cpu = {c: 0.0 for c in conds}
+            cpu = {c: 0.0 for c in conds}  # the proxy's two processes
+            serving_cpu = {c: 0.0 for c in conds}  # of which the serving process
             gen_cpu = {c: 0.0 for c in conds}  # the load generator (this process)
             stub_cpu = {c: 0.0 for c in conds}  # primary and candidate stubs
             load0 = os.getloadavg()
             t_start = time.time()
             for rnd in range(args.rounds):
-                for c, (url, p) in conds.items():
-                    before = cpu_s(p.pid) if p else 0.0
+                for c, (url, p, also) in conds.items():
+                    before = proxy_cpu_s(p.pid) if p else (0.0, 0.0)
                     stubs0, gen0 = sum(cpu_s(q.pid) for q in procs), time.process_time()
-                    samples[c] += uvloop.run(run_load(url, args.rate, args.block_s, body=body, seed=rnd))
+                    samples[c] += uvloop.run(run_load(url, args.rate, args.block_s, body=body, seed=rnd, also_url=also))
                     gen_cpu[c] += time.process_time() - gen0
                     stub_cpu[c] += sum(cpu_s(q.pid) for q in procs) - stubs0
                     if p:
-                        cpu[c] += cpu_s(p.pid) - before
+                        now = proxy_cpu_s(p.pid)
+                        cpu[c] += sum(now) - sum(before)
+                        serving_cpu[c] += now[1] - before[1]
             print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
                   f"load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after ({time.time() - t_start:.0f} s)")
             print(f"pinned: each proxy on core {args.core}, stubs and load generator on cores {sorted(others)}" if args.pin
@@ -157,7 +182,7 @@ def main() -> None:
             base = summary(samples["direct"])
             print(f"{'condition':<13} {'ok':>5} {'err':>4} {'TTFT p50':>8} {'p99':>7} {'p99.9':>7} {'total p50':>9} {'p99':>7} "
                   f"{'p99.9':>7} {'+TTFT p50':>9} {'+p99':>6} {'+tot p50':>8} {'+p99':>6} {'CPU ms/req':>10} {'mirrored':>8} {'dropped':>7}")
-            for c, (_, p) in conds.items():
+            for c, (_, p, _) in conds.items():
                 s = summary(samples[c])
                 dif = {k: (s[k] - base[k]) if s[k] is not None and base[k] is not None else None
                        for k in ("ttft_p50_s", "ttft_p99_s", "latency_p50_s", "latency_p99_s")}
@@ -167,9 +192,15 @@ def main() -> None:
                       f"{ms(dif['ttft_p50_s']):>9} {ms(dif['ttft_p99_s']):>6} {ms(dif['latency_p50_s']):>8} {ms(dif['latency_p99_s']):>6} "
                       f"{(1000 * cpu[c] / max(len(samples[c]), 1)) if p else float('nan'):>10.3f} "
                       f"{m['mirrored'] if m else '-':>8} {m['queue_full'] if m else '-':>7}", flush=True)
-            for c, (_, p) in conds.items():
+            both = summary(samples["direct+cand"]), summary(samples["proxy 100%"])
+            print("proxy 100% against direct+cand (the candidate stub equally loaded, no proxy): "
+                  + ", ".join(f"+{k.replace('_s', '')} {ms(both[1][k] - both[0][k])}" for k in
+                              ("ttft_p50_s", "ttft_p99_s", "latency_p50_s", "latency_p99_s", "latency_p999_s")))
+            for c, (_, p, _) in conds.items():
                 n = max(len(samples[c]), 1)
-                print(f"{c}: " + (f"proxy {1000 * cpu[c] / n * args.rate / 1000:.2f} cores at {args.rate:g} req/s; " if p else "")
+                print(f"{c}: " + (f"proxy {1000 * cpu[c] / n * args.rate / 1000:.2f} cores at {args.rate:g} req/s "
+                                  f"(serving {1000 * serving_cpu[c] / n:.2f} ms/req, recording {1000 * (cpu[c] - serving_cpu[c]) / n:.2f}); "
+                                  if p else "")
                       + f"load generator {1000 * gen_cpu[c] / n:.2f} ms/req, stubs {1000 * stub_cpu[c] / n:.2f} ms/req")
             for p in proxies:
                 p.stop(signal.SIGTERM)
@@ -190,10 +221,10 @@ def main() -> None:
                   f"{'ms/req':>7} {'mirrored':>8} {'dropped':>7} sustained")
             best = None
             for rate in [float(x) for x in args.ramp.split(",")]:
-                m0, c0, w0 = mirror_counts(p), cpu_s(p.pid), time.perf_counter()
+                m0, c0, w0 = mirror_counts(p), sum(proxy_cpu_s(p.pid)), time.perf_counter()
                 got = uvloop.run(run_load(url, rate, args.ramp_s, body=body, seed=int(rate)))
                 wall = time.perf_counter() - w0
-                used = cpu_s(p.pid) - c0
+                used = sum(proxy_cpu_s(p.pid)) - c0
                 time.sleep(1.0)  # mirrored calls finish
                 m1 = mirror_counts(p)
                 s = summary(got)
