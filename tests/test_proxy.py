@@ -515,6 +515,46 @@ def test_sigkill_loses_at_most_the_last_second(tmp_path, stub_server, proxies):
     assert rows(db, "SELECT status, n_prompts FROM runs") == [("running", 20)]  # killed: left running, as mirror does
 
 
+def serving_process(p: ProxyProcess):
+    """The child that answers (not multiprocessing's resource tracker)."""
+    import psutil
+
+    kids = [k for k in psutil.Process(p.pid).children() if "spawn_main" in " ".join(k.cmdline())]
+    assert len(kids) == 1, kids
+    return kids[0]
+
+
+def test_two_processes_a_dead_serving_process_fails_the_session_and_keeps_what_it_handed_over(tmp_path, stub_server, proxies):
+    """The clients are served by a child process; should it die, the command says so and exits 1,
+    the calls it had handed over are recorded and the run is marked failed, not left running."""
+    base, cand = stub_server(), stub_server()
+    db = tmp_path / "store.duckdb"
+    p = proxies(two_routes(tmp_path, base.base_url, cand.base_url), db)
+    c = client(p)
+    for i in range(5):
+        c.chat.completions.create(model="x", messages=[{"role": "user", "content": f"q{i}"}])
+    wait_for(lambda: list(stats(p)["runs"].values())[0]["mirror_calls"] == 5)
+    serving_process(p).kill()
+    assert p.proc.wait(30) == 1
+    assert "the proxy's serving process ended unexpectedly" in p.output
+    assert rows(db, "SELECT route, count(*) FROM responses GROUP BY route ORDER BY route") == [("dense", 5), ("moe", 5)]
+    assert rows(db, "SELECT status, n_prompts FROM runs") == [("failed", 5)]
+    assert rows(db, "SELECT count(*) FROM spans") == [(15,)]
+
+
+def test_a_port_in_use_is_one_clear_error(tmp_path, stub_server, proxies):
+    base, cand = stub_server(), stub_server()
+    routes = two_routes(tmp_path, base.base_url, cand.base_url)
+    p = proxies(routes, tmp_path / "a.duckdb")
+    port = p.url.rsplit(":", 1)[1]
+    res = CliRunner().invoke(__import__("harness.cli", fromlist=["app"]).app,
+                             ["proxy", "--routes", str(routes), "--db", str(tmp_path / "b.duckdb"), "--listen", f"127.0.0.1:{port}"])
+    assert res.exit_code == 2, res.output
+    assert f"--listen 127.0.0.1:{port}:" in res.output and "address already in use" in res.output
+    assert "Traceback" not in res.output and "Unclosed" not in res.output
+    assert p.stop() == 0
+
+
 # -- the stages after: score, report, gate; windows ---------------------------------------------
 def test_score_report_and_gate_work_on_a_proxy_run(tmp_path, stub_server, proxies):
     base = stub_server(answer="The answer is 42.")

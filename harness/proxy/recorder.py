@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -136,10 +137,22 @@ class Recorder:
         self.provider = make_tracer_provider(writer, opts.otlp_endpoint, id_generator=self._ids)
         self.tracer = tracer(self.provider)
         self.runs: dict[str, RunState] = {}
-        self.records_dropped = 0
+        self.records_dropped = 0  # by the serving process (its buffer full)
+        self.records_failed = 0  # here (a message that could not be recorded)
         self._written: dict[str, dict[str, Any]] = {}  # the last run row upserted per run: an idle proxy writes none
 
     def handle(self, msg: Message) -> None:
+        """Record one message. A message that cannot be recorded (a bug) costs that call, not the
+        session: it is counted in the run rows (`options.calls.records_failed`) and said on stderr."""
+        try:
+            self._handle(msg)
+        except Exception as e:
+            self.records_failed += 1
+            if self.records_failed <= 5:
+                print(f"routecheck proxy: a {type(msg).__name__} could not be recorded: {type(e).__name__}: {e}",
+                      file=sys.stderr, flush=True)
+
+    def _handle(self, msg: Message) -> None:
         if isinstance(msg, PrimaryCall):
             self.primary_call(msg)
         elif isinstance(msg, MirrorCall):
@@ -171,7 +184,8 @@ class Recorder:
         return {**self.opts.stored(), "primary": self.primary.name,
                 "window_end": datetime.fromtimestamp(s.window_end, tz=timezone.utc).isoformat() if s.window_end else None,
                 "calls": {"primary": s.primary, "primary_errors": s.primary_errors, "mirror": mirrors,
-                          "not_mirrored": not_mirrored, "records_dropped": self.records_dropped},
+                          "not_mirrored": not_mirrored, "records_dropped": self.records_dropped,
+                          "records_failed": self.records_failed},
                 "mirror_rate_changes": s.notice.rate_changes}
 
     # -- calls -----------------------------------------------------------------------------------
@@ -179,8 +193,15 @@ class Recorder:
         self._ids.trace_id, self._ids.span_id = ids.trace_id, ids.span_id
         return self.tracer.start_span(name, context=parent_context(ids), kind=kind, start_time=start_ns, attributes=attributes)
 
+    def _run(self, run_id: str) -> RunState:
+        """The run of a call; should its RunOpened have been dropped, a row is made for it now."""
+        run = self.runs.get(run_id)
+        if run is None:
+            run = self.runs[run_id] = RunState(run_id, datetime.now(timezone.utc), None)
+        return run
+
     def primary_call(self, m: PrimaryCall) -> None:
-        run = self.runs[m.run_id]
+        run = self._run(m.run_id)
         body = json.loads(m.raw)  # the serving process answered 400 to a body that is not a JSON object
         p = self.primary
         sent = body if body.get("model") == p.model else {**body, "model": p.model}
@@ -198,7 +219,7 @@ class Recorder:
         server_span.end(end_time=wall_ns(m.ex, m.ex.t_end))
 
     def mirror_call(self, m: MirrorCall) -> None:
-        run = self.runs[m.run_id]
+        run = self._run(m.run_id)
         route = self._by_name[m.route]
         sent = {**json.loads(m.raw), "model": route.model}
         attrs = request_attributes(route, m.run_id, m.prompt_id, m.cohort, 0, sent)

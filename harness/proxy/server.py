@@ -149,16 +149,19 @@ class Proxy:
             await self._runner.cleanup()  # waits for handlers in flight (up to the primary's timeout)
         await asyncio.sleep(0)  # the records the last handlers scheduled
         await self.shadow.stop(self.opts.shutdown_grace_s)
-        for pool in self._pools.values():
-            await pool.close()
-        if self._session is not None:
-            await self._session.close()
+        await self.close_clients()
         if self._counter is not None:
             self._counter.cancel()
             await asyncio.gather(self._counter, return_exceptions=True)
         self.sink.counts(self.shadow.counts, final_status=status)
         self.sink.send(Ended(status))
         await self.sink.close()
+
+    async def close_clients(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+        if self._session is not None:
+            await self._session.close()
 
     async def _send_counts(self) -> None:
         while True:
@@ -406,6 +409,7 @@ def serve(routes: RoutesFile, opts: ProxyOptions, base_urls: dict[str, str], con
         try:
             url = await proxy.start()
         except OSError as e:
+            await proxy.close_clients()
             sink.send(Failed(f"--listen {opts.host}:{opts.port}: {e.strerror or e}"))
             await sink.close()
             return
