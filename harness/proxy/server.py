@@ -46,7 +46,6 @@ from harness.proxy.upstream import CHAT_PATH, fetch, make_pool, make_session, ne
 PRIMARY_CONNECTIONS = 1024  # the primary serves real clients: its concurrency is theirs, not max_concurrency
 CLIENT_BUFFER_LIMIT = 1 << 20  # bytes waiting for a slow client before the primary's connection stops being read
 COUNTS_INTERVAL_S = 1.0  # how often mirror counts and ended windows go to the recording process
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def error_body(status: int, message: str, kind: str) -> web.Response:
