@@ -204,6 +204,8 @@ class Proxy:
     @staticmethod
     def _server_ids(request: web.Request) -> TraceIds:
         """The proxy span's ids: in the client's trace when it sent a traceparent (sampled as it says)."""
+        if "traceparent" not in request.headers:  # most requests: no propagator run
+            return TraceIds(new_trace_id(), new_span_id())
         parent = trace.get_current_span(propagate.extract(request.headers)).get_span_context()
         if parent.is_valid:
             return TraceIds(parent.trace_id, new_span_id(), parent.span_id, parent.trace_flags.sampled,
