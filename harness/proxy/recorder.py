@@ -36,10 +36,12 @@ from harness.store import BatchWriter, columns, upsert
 from harness.store.redact import Redactor
 from harness.tracing.provider import make_tracer_provider, tracer
 
-# The recording process runs as SCHED_IDLE where Linux allows it (a task the scheduler preempts at
-# once for any normal one: the serving process never waits for a core behind it), else at this nice
-# value. Measured side by side at 100 % mirroring, 200 req/s: added p99 +6.2 ms (SCHED_IDLE) against
-# +10.2 (nice 10) (docs/benchmarks.md, "Shadow proxy"). Both are allowed unprivileged.
+# The recording process runs at nice 10 under SCHED_BATCH (its wake-ups never preempt the serving
+# process), so on the cores the serving process answers from it takes little of what that wants, yet
+# keeps going when the machine is saturated. SCHED_IDLE added about 1 ms less to the primary's p99
+# at 100 % mirroring (docs/benchmarks.md, "Shadow proxy, two processes") but got no CPU at all while
+# other work kept both cores busy: recording stopped, and a stop waited minutes to write what was
+# left. Lowering is allowed unprivileged; raising it back is not.
 BACKGROUND_NICE = 10
 
 _RESPONSE_COLUMNS = frozenset(columns("responses"))
@@ -48,12 +50,12 @@ _NOT_PARAMS = ("messages", "tools", "model")
 
 
 def lower_thread_priority(nice: int = BACKGROUND_NICE) -> None:
-    """Run the calling thread, and the threads it starts later (they inherit it), at the lowest CPU
-    priority there is: SCHED_IDLE, else `nice`; a no-op where neither is possible."""
+    """Run the calling thread, and the threads it starts later (they inherit it), at `nice` under
+    SCHED_BATCH; what of that the platform does not allow is skipped."""
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: the normal priority
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     with contextlib.suppress(AttributeError, OSError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 def prompt_row(run_id: str, prompt_id: str, cohort: str, seq: int, body: dict[str, Any], capture: bool) -> dict[str, Any]:
