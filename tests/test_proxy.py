@@ -92,6 +92,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def closed_port() -> int:
+    """A port nothing listens on and nothing will: below the ephemeral range, so no server started on
+    port 0 later (the proxy itself) takes it, and no outgoing connection starts from it (a TCP
+    self-connect, which once made this 'dead' route answer garbage instead of refusing)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in range(low - 1, 1024, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 # -- the primary's bytes, the mirror's rows ------------------------------------------------------
 def test_openai_clients_get_the_primarys_bytes_and_both_calls_are_recorded(tmp_path, stub_server, proxies):
     base = stub_server(record_bodies=100, tool_arguments={"city": "Paris"}, fail_on={"[[boom]]": 400})
@@ -299,7 +314,7 @@ def test_slow_erroring_dead_and_crashing_candidates_never_touch_the_primary(tmp_
     erroring = stub_server(fail_first=10**6, fail_status=500)
     truncating = stub_server(fault="content_length_short")  # breaks every answer mid-body
     crashing = stub_server()  # killed halfway through
-    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens
+    dead = f"http://127.0.0.1:{closed_port()}/v1"  # nothing listens
     routes = write_routes(tmp_path / "routes.yaml", [
         {"name": "dense", "role": "baseline", "model": "dense", "base_url": base.base_url},
         {"name": "stalled", "role": "candidate", "model": "c1", "base_url": stalled.base_url, "max_concurrency": 4},
@@ -639,6 +654,29 @@ def test_recorded_calls_read_like_the_standard_library_would():
                      times=[0.02], t_end=0.02)
     r = read_call({"messages": []}, plain)
     assert (r.text, r.output_tokens, r.usage_source, r.ttft_s) == ("hi", 1, "server", 0.02)
+
+
+def test_a_connection_that_reaches_itself_is_a_refused_connect():
+    """With nothing listening on a local port, a connection to it may be given that very port as its
+    source and reach itself (TCP simultaneous open). It must be recorded as the refused connect it is,
+    not as an answer that could not be parsed. Forced here with the source port set."""
+    from harness.proxy.h1 import Answer, Pool, UpstreamError
+
+    port = closed_port()
+
+    async def go() -> UpstreamError:
+        loop = asyncio.get_running_loop()
+        pool = Pool(f"http://127.0.0.1:{port}/v1", 1, 5.0, local_addr=("127.0.0.1", port))
+        try:
+            with pytest.raises(UpstreamError) as e:
+                await pool.post("/chat/completions", b"{}", {}, Answer(loop, [], []))
+            return e.value
+        finally:
+            await pool.close()
+
+    err = asyncio.run(go())
+    assert err.kind == "ClientConnectorError"
+    assert "the connection reached itself" in str(err)
 
 
 def test_two_replicas_gathered_into_one_store_and_reported(tmp_path, stub_server, proxies):

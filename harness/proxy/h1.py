@@ -174,7 +174,7 @@ class Pool:
 
     IDLE_S = 3.0  # servers close idle keep-alive connections (uvicorn after 5 s); reconnect before they do
 
-    def __init__(self, base_url: str, limit: int, connect_timeout_s: float):
+    def __init__(self, base_url: str, limit: int, connect_timeout_s: float, local_addr: tuple[str, int] | None = None):
         u = urlsplit(base_url)
         self.host = u.hostname or "127.0.0.1"
         self.tls = u.scheme == "https"
@@ -184,6 +184,7 @@ class Pool:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host if default_port else f"{host}:{self.port}"
         self.connect_timeout_s = connect_timeout_s
+        self.local_addr = local_addr  # the source address, as aiohttp's TCPConnector(local_addr=) takes it
         self._slots = asyncio.Semaphore(limit)
         self._idle: list[Connection] = []
         self._ssl = ssl.create_default_context() if self.tls else None
@@ -194,10 +195,19 @@ class Pool:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, conn = await loop.create_connection(lambda: Connection(self), self.host, self.port, ssl=self._ssl,
-                                                       server_hostname=self.host if self.tls else None)
+                                                       server_hostname=self.host if self.tls else None,
+                                                       local_addr=self.local_addr)
         except (OSError, TimeoutError, ssl.SSLError) as e:
             raise UpstreamError("ClientConnectorError", f"Cannot connect to host {self.host}:{self.port} "
                                 f"ssl:{'default' if self.tls else 'False'} [{e.__class__.__name__}: {e}]") from None
+        t = conn.transport
+        if t is not None and t.get_extra_info("sockname") == t.get_extra_info("peername"):
+            # A TCP self-connect: with nothing listening on a local port in the ephemeral range, the
+            # kernel may pick that very port for the connection, which then reaches itself (Go's net
+            # package checks for this too). It is a refused connection, not an answer to parse.
+            t.close()
+            raise UpstreamError("ClientConnectorError", f"Cannot connect to host {self.host}:{self.port} "
+                                f"ssl:{'default' if self.tls else 'False'} [nothing listens there: the connection reached itself]")
         self._all.add(conn)
         return conn
 
