@@ -36,6 +36,10 @@ class Exchange:
     error_message: str | None = None
     timed_out: bool = False
 
+    def wall(self, t: float | None) -> float:
+        """A perf_counter time of this exchange as epoch seconds (None: when it was sent)."""
+        return self.wall_start + (t - self.t_sent if t is not None else 0.0)
+
 
 def _merge_tool_call(acc: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
     """Tool calls stream in pieces keyed by index: id and name once, arguments as string fragments."""

@@ -10,12 +10,9 @@ runs each second, so a SIGKILL loses at most the last second or so.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import sys
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,31 +28,15 @@ from harness.mirror.attributes import request_attributes, result_attributes
 from harness.mirror.openai_stream import CallResult
 from harness.proxy.capture import Exchange, digest, read_call, redact_messages, redact_tool_calls
 from harness.proxy.options import ProxyOptions
+from harness.proxy.priority import Priority
 from harness.proxy.records import Counts, Message, MirrorCall, PrimaryCall, RunNotice, RunOpened, TraceIds
 from harness.store import BatchWriter, columns, upsert
 from harness.store.redact import Redactor
 from harness.tracing.provider import make_tracer_provider, tracer
 
-# The recording process runs at nice 10 under SCHED_BATCH (its wake-ups never preempt the serving
-# process), so on the cores the serving process answers from it takes little of what that wants, yet
-# keeps going when the machine is saturated. SCHED_IDLE added about 1 ms less to the primary's p99
-# at 100 % mirroring (docs/benchmarks.md, "Shadow proxy, two processes") but got no CPU at all while
-# other work kept both cores busy: recording stopped, and a stop waited minutes to write what was
-# left. Lowering is allowed unprivileged; raising it back is not.
-BACKGROUND_NICE = 10
-
 _RESPONSE_COLUMNS = frozenset(columns("responses"))
 _RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(CallResult) if f.name in _RESPONSE_COLUMNS)
 _NOT_PARAMS = ("messages", "tools", "model")
-
-
-def lower_thread_priority(nice: int = BACKGROUND_NICE) -> None:
-    """Run the calling thread, and the threads it starts later (they inherit it), at `nice` under
-    SCHED_BATCH; what of that the platform does not allow is skipped."""
-    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: the normal priority
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    with contextlib.suppress(AttributeError, OSError):
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 def prompt_row(run_id: str, prompt_id: str, cohort: str, seq: int, body: dict[str, Any], capture: bool) -> dict[str, Any]:
@@ -84,7 +65,7 @@ def response_row(run_id: str, prompt_id: str, cohort: str, route: RouteConfig, r
 
 def wall_ns(ex: Exchange, t: float) -> int:
     """A perf_counter time of an exchange as epoch nanoseconds (spans carry wall-clock times)."""
-    return int((ex.wall_start + (t - ex.t_sent)) * 1e9)
+    return int(ex.wall(t) * 1e9)
 
 
 class PresetIds(IdGenerator):
@@ -126,8 +107,9 @@ class RunState:
 
 class Recorder:
     def __init__(self, writer: BatchWriter, opts: ProxyOptions, routes: list[RouteConfig], primary: RouteConfig,
-                 redactor: Redactor | None = None):
+                 redactor: Redactor | None = None, priority: Priority | None = None):
         self.writer = writer
+        self.priority = priority  # how often this process fell behind goes into the run rows
         self.redactor = redactor
         self.opts = opts
         self.routes = routes
@@ -187,7 +169,8 @@ class Recorder:
                 "window_end": datetime.fromtimestamp(s.window_end, tz=timezone.utc).isoformat() if s.window_end else None,
                 "calls": {"primary": s.primary, "primary_errors": s.primary_errors, "mirror": mirrors,
                           "not_mirrored": not_mirrored, "records_dropped": self.records_dropped,
-                          "records_failed": self.records_failed},
+                          "records_failed": self.records_failed,
+                          "recording_fell_behind": self.priority.fell_behind if self.priority else 0},
                 "mirror_rate_changes": s.notice.rate_changes}
 
     # -- calls -----------------------------------------------------------------------------------

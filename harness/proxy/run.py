@@ -23,8 +23,9 @@ from typing import Callable
 from harness.config import ConfigError, RouteConfig, RoutesFile
 from harness.mirror.runner import _loop_factory
 from harness.proxy.options import ProxyOptions
-from harness.proxy.recorder import Recorder, lower_thread_priority
-from harness.proxy.records import Ended, Failed, Ready, read
+from harness.proxy.priority import Priority
+from harness.proxy.recorder import Recorder
+from harness.proxy.records import Ended, Failed, MirrorCall, PrimaryCall, Ready, read
 from harness.proxy.server import read_token, resolve_routes, serve
 from harness.serving.engines import engine_for, server_span_columns
 from harness.serving.metrics import MetricsScraper
@@ -87,12 +88,13 @@ def run_proxy(routes: RoutesFile, opts: ProxyOptions, on_ready: Callable[[ProxyR
             redactor = Redactor(secrets + ([(opts.auth_token_env, token)] if token else []))
             if writer.redactor is None and redactor:
                 writer.redactor = redactor
-            child = ServingProcess(routes, opts, urls)
+            priority = Priority()
+            child = ServingProcess(routes, opts, urls, priority)
             stack.callback(child.kill)
             # From here this thread, and the threads it starts (span export, metrics), yield the CPU to
-            # the serving process; the servers above were started at the normal priority.
-            lower_thread_priority()
-            recorder = Recorder(writer, opts, resolved, primary, redactor)
+            # the serving process (priority.py); the servers above were started at the normal priority.
+            priority.lower()
+            recorder = Recorder(writer, opts, resolved, primary, redactor, priority)
             with child.forward_signals():
                 ready = child.wait_ready(recorder)
                 if on_ready:
@@ -118,13 +120,14 @@ def run_proxy(routes: RoutesFile, opts: ProxyOptions, on_ready: Callable[[ProxyR
 class ServingProcess:
     """The child that answers clients (server.serve), and the pipe its records come through."""
 
-    def __init__(self, routes: RoutesFile, opts: ProxyOptions, base_urls: dict[str, str]):
+    def __init__(self, routes: RoutesFile, opts: ProxyOptions, base_urls: dict[str, str], priority: Priority | None = None):
         ctx = multiprocessing.get_context("spawn")  # this process has threads and a DuckDB connection: no fork
         self.conn, theirs = ctx.Pipe(duplex=False)
         self.proc = ctx.Process(target=serve, args=(routes, opts, base_urls, theirs, _loop_factory()),
                                 name="routecheck-proxy-serving", daemon=True)
         self.proc.start()
         theirs.close()
+        self.priority = priority or Priority(adaptive=False)
         self._stopping = False
 
     @contextlib.contextmanager
@@ -132,6 +135,7 @@ class ServingProcess:
         """SIGINT and SIGTERM stop the serving process gracefully; SIGHUP reaches it (re-read --config)."""
         def stop(signum, frame) -> None:
             self._stopping = True
+            self.priority.stopping()
             self.signal(signal.SIGTERM)
 
         previous = {sig: signal.getsignal(sig) for sig in (*STOP_SIGNALS, signal.SIGHUP)}
@@ -167,7 +171,8 @@ class ServingProcess:
 
     def pump(self, recorder: Recorder) -> str:
         """Record every message until the serving process has ended; flush once a second. Returns the
-        session's status ("failed" when the serving process died without saying it had ended)."""
+        session's status ("failed" when the serving process died without saying it had ended).
+        How long ago the calls read ended tells `priority` whether this process keeps up."""
         status = "failed"
         next_flush = time.monotonic() + FLUSH_INTERVAL_S
         while True:
@@ -178,11 +183,16 @@ class ServingProcess:
                         status = msg.status
                         break
                     recorder.handle(msg)
+                    if isinstance(msg, (PrimaryCall, MirrorCall)):
+                        self.priority.observe(time.time() - msg.ex.wall(msg.ex.t_end))
+                else:
+                    self.priority.idle()
             except (EOFError, OSError):  # the pipe's end without an Ended: the serving process died
                 break
             if time.monotonic() >= next_flush:
                 recorder.flush()
                 next_flush = time.monotonic() + FLUSH_INTERVAL_S
+        self.priority.stopping()
         self.proc.join(30)
         return status
 
