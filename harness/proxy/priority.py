@@ -1,8 +1,9 @@
 """The recording process's CPU priority: out of the serving process's way, yet never starved.
 
-`SCHED_IDLE` hands the CPU to any other runnable task at once: at 100 % mirroring it added about
-1 ms less to the primary's p99 than nice 10 under `SCHED_BATCH` (docs/benchmarks.md, "Shadow
-proxy, two processes"). But beside work that keeps every core busy it gets next to nothing:
+`SCHED_IDLE` hands the CPU to any other runnable task at once: side by side with nice 10 under
+`SCHED_BATCH`, the primary's p99 was lower with it in 6 of 6 runs without mirroring (by 0.6-2.3 ms)
+and in 7 of 10 at 100 % mirroring (docs/benchmarks.md, "Shadow proxy: the recording process's
+priority"). But beside work that keeps every core busy it gets next to nothing:
 recording stops, and a stop waits minutes to write what is left. So the process runs `SCHED_IDLE`
 while it keeps up, and nice 10 under `SCHED_BATCH` (a tenth of a contended core; its wake-ups still
 never preempt the serving process) once it is behind: the newest call it has read ended more than
