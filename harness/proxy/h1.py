@@ -198,18 +198,20 @@ class Pool:
                                                        server_hostname=self.host if self.tls else None,
                                                        local_addr=self.local_addr)
         except (OSError, TimeoutError, ssl.SSLError) as e:
-            raise UpstreamError("ClientConnectorError", f"Cannot connect to host {self.host}:{self.port} "
-                                f"ssl:{'default' if self.tls else 'False'} [{e.__class__.__name__}: {e}]") from None
+            raise self._refused(f"{e.__class__.__name__}: {e}") from None
         t = conn.transport
         if t is not None and t.get_extra_info("sockname") == t.get_extra_info("peername"):
             # A TCP self-connect: with nothing listening on a local port in the ephemeral range, the
             # kernel may pick that very port for the connection, which then reaches itself (Go's net
             # package checks for this too). It is a refused connection, not an answer to parse.
             t.close()
-            raise UpstreamError("ClientConnectorError", f"Cannot connect to host {self.host}:{self.port} "
-                                f"ssl:{'default' if self.tls else 'False'} [nothing listens there: the connection reached itself]")
+            raise self._refused("nothing listens there: the connection reached itself")
         self._all.add(conn)
         return conn
+
+    def _refused(self, why: str) -> UpstreamError:
+        return UpstreamError("ClientConnectorError", f"Cannot connect to host {self.host}:{self.port} "
+                             f"ssl:{'default' if self.tls else 'False'} [{why}]")
 
     def _take_idle(self) -> Connection | None:
         now = time.monotonic()
