@@ -562,9 +562,13 @@ def test_a_port_in_use_is_one_clear_error(tmp_path, stub_server, proxies):
     routes = two_routes(tmp_path, base.base_url, cand.base_url)
     p = proxies(routes, tmp_path / "a.duckdb")
     port = p.url.rsplit(":", 1)[1]
+    me = threading.get_native_id()
+    before = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, me))
     res = CliRunner().invoke(__import__("harness.cli", fromlist=["app"]).app,
                              ["proxy", "--routes", str(routes), "--db", str(tmp_path / "b.duckdb"), "--listen", f"127.0.0.1:{port}"])
     assert res.exit_code == 2, res.output
+    # in-process, the recording side lowered this thread's priority for the session: put back after it
+    assert (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, me)) == before
     assert f"--listen 127.0.0.1:{port}:" in res.output and "address already in use" in res.output
     assert "Traceback" not in res.output and "Unclosed" not in res.output
     assert p.stop() == 0

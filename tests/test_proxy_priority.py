@@ -19,28 +19,30 @@ linux_root = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE") or os.geteuid() !=
 
 
 def policies_in_a_thread(steps) -> list[tuple[int, int, int]]:
-    """Run `steps(priority)` in a fresh thread (the test's own threads keep their policy); returns
-    (the thread's policy, a helper thread's policy, the thread's nice) after each step."""
+    """Run `steps(priority)` in a fresh thread inside `priority.lowered()`; returns (the thread's
+    policy, a helper thread's policy, the thread's nice) at the start, after each step and after the
+    block."""
     out: list[tuple[int, int, int]] = []
     error: list[BaseException] = []
 
     def body() -> None:
         try:
             p = Priority()
-            p.lower()
             stop = threading.Event()
-            helper = threading.Thread(target=stop.wait)  # started after lower(): inherits it, as the span exporter does
-            helper.start()
             me = threading.get_native_id()
+            with p.lowered():
+                helper = threading.Thread(target=stop.wait)  # started lowered: inherits it, as the span exporter does
+                helper.start()
 
-            def look() -> None:
-                out.append((os.sched_getscheduler(me), os.sched_getscheduler(helper.native_id),
-                            os.getpriority(os.PRIO_PROCESS, me)))
+                def look() -> None:
+                    out.append((os.sched_getscheduler(me), os.sched_getscheduler(helper.native_id),
+                                os.getpriority(os.PRIO_PROCESS, me)))
 
-            look()
-            for step in steps:
-                step(p)
                 look()
+                for step in steps:
+                    step(p)
+                    look()
+            look()  # the block left: this thread as it was (the helper, its own thread, as it was last set)
             stop.set()
             helper.join()
         except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
@@ -68,9 +70,10 @@ def test_idle_while_keeping_up_batch_while_behind_and_from_the_stop_on():
         lambda p: p.stopping(),
         lambda p: p.idle(now=30.0),  # once stopping, never idle again
     ])
-    assert [(a, b) for a, b, _ in seen] == [(idle, idle), (idle, idle), (batch, batch), (batch, batch), (batch, batch),
-                                            (idle, idle), (batch, batch), (batch, batch), (batch, batch)]
-    assert {nice for _, _, nice in seen} == {10}
+    assert [(a, b) for a, b, _ in seen[:-1]] == [(idle, idle), (idle, idle), (batch, batch), (batch, batch), (batch, batch),
+                                                 (idle, idle), (batch, batch), (batch, batch), (batch, batch)]
+    assert {nice for _, _, nice in seen[:-1]} == {10}
+    assert seen[-1][0] == main_policy and seen[-1][2] == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # put back
     assert os.sched_getscheduler(0) == main_policy  # only the threads it lowered
 
 
@@ -88,7 +91,7 @@ def test_not_adaptive_is_batch_throughout_and_still_counts_falling_behind():
         lambda p: p.idle(now=12.0),
         lambda p: p.observe(3.0, now=14.0), count,
     ])
-    assert [(a, b) for a, b, _ in seen][1:] == [(batch, batch)] * 6
+    assert [(a, b) for a, b, _ in seen][1:-1] == [(batch, batch)] * 6
     assert counted == [1, 2]
 
 

@@ -21,6 +21,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 NICE = 10
 BEHIND_S = 1.0  # the newest call read ended longer ago than this: behind
@@ -51,7 +52,7 @@ def _tasks() -> list[int]:
 
 
 class Priority:
-    """`lower()` once, in the thread whose later threads should inherit it; then `observe(lag)` per
+    """`lower()` (or `with lowered()`) once, in the thread whose later threads should inherit it; then `observe(lag)` per
     call read, `idle()` when nothing is waiting, `stopping()` once the session stops. `fell_behind`
     counts the times the process fell behind (a saturated host), adaptive or not."""
 
@@ -77,6 +78,25 @@ class Priority:
             self.policy = target
         except OSError:
             self.adaptive = False
+
+    @contextlib.contextmanager
+    def lowered(self) -> Iterator[Priority]:
+        """`lower()` for the block, then the calling thread's policy and nice as they were (where
+        allowed: raising a priority back needs root or RLIMIT_NICE), so an in-process caller (a test
+        invoking the CLI, a library user) is not left running at idle priority."""
+        tid = threading.get_native_id()
+        saved = None
+        with contextlib.suppress(AttributeError, OSError):
+            saved = (os.sched_getscheduler(0), os.sched_getparam(0), os.getpriority(os.PRIO_PROCESS, tid))
+        self.lower()
+        try:
+            yield self
+        finally:
+            if saved is not None:
+                with contextlib.suppress(OSError):
+                    os.sched_setscheduler(0, saved[0], saved[1])
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, tid, saved[2])
 
     def observe(self, lag_s: float, now: float | None = None) -> None:
         """The newest call read ended `lag_s` ago."""

@@ -93,7 +93,7 @@ def run_proxy(routes: RoutesFile, opts: ProxyOptions, on_ready: Callable[[ProxyR
             stack.callback(child.kill)
             # From here this thread, and the threads it starts (span export, metrics), yield the CPU to
             # the serving process (priority.py); the servers above were started at the normal priority.
-            priority.lower()
+            stack.enter_context(priority.lowered())
             recorder = Recorder(writer, opts, resolved, primary, redactor, priority)
             with child.forward_signals():
                 ready = child.wait_ready(recorder)
