@@ -35,7 +35,6 @@ from multidict import CIMultiDict
 from opentelemetry import propagate, trace
 
 from harness.config import ConfigError, RouteConfig, RoutesFile
-from harness.mirror.runner import _collect_less
 from harness.proxy.capture import Exchange
 from harness.proxy.h1 import Answer, UpstreamError
 from harness.proxy.options import ProxyOptions, load_settings, resolve_cohort
@@ -415,24 +414,22 @@ def serve(routes: RoutesFile, opts: ProxyOptions, base_urls: dict[str, str], con
             sink.send(Failed(f"--listen {opts.host}:{opts.port}: {e.strerror or e}"))
             await sink.close()
             return
-        # The cyclic GC pauses the event loop, so every stream in flight. ~175k objects are the
-        # libraries and start-up state (a full collection of them was a ~100 ms pause, the primary's
-        # p99): frozen, never walked again. And with the default threshold, at 100 % mirroring, the
-        # young generations were collected 39 times in 30 s, 0.7-4.9 ms each (the in-flight calls'
-        # objects): the mirror runner's settings collect them every 20,000 net allocations instead.
+        # The cyclic GC's full collections walk every object; ~175k of them are the libraries and
+        # start-up state, which made a full collection a pause of ~100 ms of the event loop (the
+        # primary's p99). Frozen, they are never walked again; what requests allocate still is.
         gc.collect()
-        with _collect_less():
-            sink.send(Ready(url, sink.current.run_id))
-            status = "failed"
-            try:
-                while not stop.is_set():  # stop, or the recording process is gone (not Linux: no PDEATHSIG)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
-                    if os.getppid() != parent:
-                        break
-                status = "completed"
-            finally:
-                await proxy.stop(status)
+        gc.freeze()
+        sink.send(Ready(url, sink.current.run_id))
+        status = "failed"
+        try:
+            while not stop.is_set():  # stop, or the recording process is gone (not Linux: no PDEATHSIG)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                if os.getppid() != parent:
+                    break
+            status = "completed"
+        finally:
+            await proxy.stop(status)
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main())
