@@ -52,9 +52,10 @@ def _tasks() -> list[int]:
 
 
 class Priority:
-    """`lower()` (or `with lowered()`) once, in the thread whose later threads should inherit it; then `observe(lag)` per
-    call read, `idle()` when nothing is waiting, `stopping()` once the session stops. `fell_behind`
-    counts the times the process fell behind (a saturated host), adaptive or not."""
+    """`with lowered()` (or `lower()`) once, in the thread whose later threads should inherit it;
+    then `observe(lag)` per call read, `idle()` when nothing is waiting, `stopping()` once the
+    session stops. `fell_behind` counts the times the process fell behind (a saturated host),
+    adaptive or not."""
 
     def __init__(self, nice: int = NICE, adaptive: bool | None = None):
         self.nice = nice

@@ -63,8 +63,8 @@ def response_row(run_id: str, prompt_id: str, cohort: str, route: RouteConfig, r
     return {k: v for k, v in row.items() if k in _RESPONSE_COLUMNS}
 
 
-def wall_ns(ex: Exchange, t: float) -> int:
-    """A perf_counter time of an exchange as epoch nanoseconds (spans carry wall-clock times)."""
+def wall_ns(ex: Exchange, t: float | None) -> int:
+    """A perf_counter time of an exchange as epoch nanoseconds (spans carry wall-clock times); None: when it was sent."""
     return int(ex.wall(t) * 1e9)
 
 
@@ -230,7 +230,7 @@ class Recorder:
         span.set_attributes(attrs)
         if not r.ok:
             span.set_status(Status(StatusCode.ERROR, r.error_message))
-        span.end(end_time=wall_ns(ex, ex.t_end if ex.t_end is not None else ex.t_sent))
+        span.end(end_time=wall_ns(ex, ex.t_end))
         self.writer.add("responses", [response_row(run.run_id, prompt_id, cohort, route, r, span)])
         if route.name == self.primary.name:
             run.primary += 1

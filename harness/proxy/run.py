@@ -120,14 +120,14 @@ def run_proxy(routes: RoutesFile, opts: ProxyOptions, on_ready: Callable[[ProxyR
 class ServingProcess:
     """The child that answers clients (server.serve), and the pipe its records come through."""
 
-    def __init__(self, routes: RoutesFile, opts: ProxyOptions, base_urls: dict[str, str], priority: Priority | None = None):
+    def __init__(self, routes: RoutesFile, opts: ProxyOptions, base_urls: dict[str, str], priority: Priority):
         ctx = multiprocessing.get_context("spawn")  # this process has threads and a DuckDB connection: no fork
         self.conn, theirs = ctx.Pipe(duplex=False)
         self.proc = ctx.Process(target=serve, args=(routes, opts, base_urls, theirs, _loop_factory()),
                                 name="routecheck-proxy-serving", daemon=True)
         self.proc.start()
         theirs.close()
-        self.priority = priority or Priority(adaptive=False)
+        self.priority = priority
         self._stopping = False
 
     @contextlib.contextmanager
