@@ -15,6 +15,9 @@ Open-loop Poisson load at --rate from this process (harness/testing/load.py); bl
 round-robin over the conditions, --rounds times, so a change in the shared machine's load hits every
 condition alike. Printed: TTFT and total latency p50/p99/p99.9, the difference against direct, the
 proxy's CPU per request (user + system from /proc, psutil), and what each proxy mirrored and dropped;
+then what each proxy adds at p50 and p99 with a 95 % interval from resampling the rounds
+(`load.added_quantile`: one run's p99 moves by a few ms with the machine's load, so a single figure
+without its interval cannot say whether the bar, +1 ms at p50 and +5 ms at p99, held);
 also the CPU per request of the load generator and of the stubs in each condition, to show they are
 not what limits it (the direct condition's latency is the stub's own plus the load generator's). The proxy's CPU is its two
 processes' (the recording process, `routecheck proxy` itself, and the serving process it starts).
@@ -24,7 +27,7 @@ Then the one-core ramp: a fresh proxy pinned to one core (taskset) at 100% mirro
 mirror queue, and total latency stays near the stub's own (~100 ms): p50 <= 200 ms, p99 <= 1 s. The stubs and the load
 generator are pinned to the other core(s), so on a small machine this is a lower bound.
 
-    python bench/proxy_overhead.py [--rate 200] [--block-s 10] [--rounds 2] [--ramp 50,75,100,150,200,300] [--ramp-s 6] [--pin]
+    python bench/proxy_overhead.py [--rate 200] [--block-s 5] [--rounds 8] [--ramp 50,75,100,150,200,300] [--ramp-s 6] [--pin]
 """
 
 from __future__ import annotations
@@ -47,10 +50,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.testing.load import run_load, summary  # noqa: E402
+from harness.testing.load import added_quantile, run_load, summary, to_dicts  # noqa: E402
 from harness.testing.proxy_process import ProxyProcess  # noqa: E402
 
 TOKENS = 32
+BAR_S = {0.5: 0.001, 0.99: 0.005}  # issue 22: the proxy adds at most 1 ms at p50 and 5 ms at p99
 
 
 STUBS = {"lean": "harness.testing.lean_stub", "full": "harness.testing.stub_server"}
@@ -104,11 +108,35 @@ def ms(x: float | None) -> str:
     return "-" if x is None else f"{1000 * x:.2f}"
 
 
+def _values(rounds: list[list], key: str) -> list[list[float]]:
+    return [[getattr(s, key) for s in r if s.ok and getattr(s, key) is not None] for r in rounds]
+
+
+def print_added(by_round: dict[str, list[list]], conds: dict) -> None:
+    """Each proxy's added p50 and p99 (TTFT, total) against direct with 95 % intervals over rounds, and
+    whether the bar held: at the point estimate, and at the interval's upper end."""
+    print(f"\nadded against direct, 95 % interval from resampling the {len(by_round['direct'])} rounds (ms); "
+          f"bar: +{1000 * BAR_S[0.5]:g} at p50, +{1000 * BAR_S[0.99]:g} at p99")
+    pairs = [(c, "direct") for c, (_, p, _) in conds.items() if p is not None]
+    pairs.append(("proxy 100%", "direct+cand"))
+    for c, base in pairs:
+        cells, held, held_hi = [], True, True
+        for key, label in (("ttft_s", "TTFT"), ("latency_s", "total")):
+            for q in (0.5, 0.99):
+                point, lo, hi = added_quantile(_values(by_round[base], key), _values(by_round[c], key), q)
+                held &= point <= BAR_S[q]
+                held_hi &= hi <= BAR_S[q]
+                cells.append(f"{label} p{100 * q:g} {1000 * point:+.2f} [{1000 * lo:+.2f}, {1000 * hi:+.2f}]")
+        name = c if base == "direct" else f"{c} vs {base}"
+        verdict = ("held, also at the upper ends" if held_hi else "held at the point estimates; an upper end over it") if held else "NOT held"
+        print(f"  {name:<26} " + "  ".join(cells) + f"  bar: {verdict}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=200.0)
-    ap.add_argument("--block-s", type=float, default=10.0)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--block-s", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=8, help="the intervals resample rounds: use at least 5")
     ap.add_argument("--stall-s", type=float, default=30.0)
     ap.add_argument("--ramp", default="50,75,100,150,200,300")
     ap.add_argument("--ramp-s", type=float, default=6.0)
@@ -119,6 +147,8 @@ def main() -> None:
     ap.add_argument("--stub", choices=sorted(STUBS), default="lean", help="lean: harness/testing/lean_stub.py; full: the stub server")
     ap.add_argument("--b-tree", type=Path, help="a second checkout whose proxy runs too (conditions 'B 0%%', 'B 100%%'), "
                                                  "interleaved in the same rounds: two builds compared side by side in one run")
+    ap.add_argument("--samples-out", type=Path, help="also write every timed request as JSON lines (condition, round, "
+                                                       "and load.Sample's fields) for a look at the tails")
     args = ap.parse_args()
     env = {"PYTHONPATH": str(REPO)}
     procs: list[subprocess.Popen] = []
@@ -156,6 +186,7 @@ def main() -> None:
             for url, _, also in conds.values():  # warm-up: connections, first-call costs
                 uvloop.run(run_load(url, 50, 1.0, body=body, also_url=also))
             samples: dict[str, list] = {c: [] for c in conds}
+            by_round: dict[str, list[list]] = {c: [] for c in conds}  # one block's samples per round
             cpu = {c: 0.0 for c in conds}  # the proxy's two processes
             serving_cpu = {c: 0.0 for c in conds}  # of which the serving process
             gen_cpu = {c: 0.0 for c in conds}  # the load generator (this process)
@@ -166,7 +197,9 @@ def main() -> None:
                 for c, (url, p, also) in conds.items():
                     before = proxy_cpu_s(p.pid) if p else (0.0, 0.0)
                     stubs0, gen0 = sum(cpu_s(q.pid) for q in procs), time.process_time()
-                    samples[c] += uvloop.run(run_load(url, args.rate, args.block_s, body=body, seed=rnd, also_url=also))
+                    got = uvloop.run(run_load(url, args.rate, args.block_s, body=body, seed=rnd, also_url=also))
+                    samples[c] += got
+                    by_round[c].append(got)
                     gen_cpu[c] += time.process_time() - gen0
                     stub_cpu[c] += sum(cpu_s(q.pid) for q in procs) - stubs0
                     if p:
@@ -196,6 +229,13 @@ def main() -> None:
             print("proxy 100% against direct+cand (the candidate stub equally loaded, no proxy): "
                   + ", ".join(f"+{k.replace('_s', '')} {ms(both[1][k] - both[0][k])}" for k in
                               ("ttft_p50_s", "ttft_p99_s", "latency_p50_s", "latency_p99_s", "latency_p999_s")))
+            print_added(by_round, conds)
+            if args.samples_out:
+                with args.samples_out.open("w") as f:
+                    for c, rounds in by_round.items():
+                        for rnd, got in enumerate(rounds):
+                            for row in to_dicts(got):
+                                f.write(json.dumps({"condition": c, "round": rnd, **row}) + "\n")
             for c, (_, p, _) in conds.items():
                 n = max(len(samples[c]), 1)
                 print(f"{c}: " + (f"proxy {1000 * cpu[c] / n * args.rate / 1000:.2f} cores at {args.rate:g} req/s "

@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from harness.proxy.h1 import Answer, Pool, UpstreamError
 
 _EMPTY_CONTENT = (b'"content": ""', b'"content":""')
@@ -145,6 +147,32 @@ def quantiles(values: list[float], qs: tuple[float, ...] = (0.5, 0.99, 0.999)) -
         return [None for _ in qs]
     s = sorted(values)
     return [s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))] for q in qs]
+
+
+def added_quantile(base: list[list[float]], cond: list[list[float]], q: float, resamples: int = 1000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """How much higher `cond`'s q-quantile is than `base`'s, with a 95 % percentile interval.
+
+    Both are lists of rounds (the values of one block each), run in turn in the same rounds: a
+    p99 moves with the shared machine's load from minute to minute, so the rounds are what varies,
+    and a resample draws rounds with replacement, the same rounds for both (a round's blocks saw
+    the same machine). Quantiles are nearest-rank, as `quantiles`. Fewer than 2 rounds: no interval."""
+    if not base or len(base) != len(cond):
+        raise ValueError("added_quantile: base and cond need the same number of rounds, at least one")
+    b = [np.asarray(r, dtype=float) for r in base]
+    c = [np.asarray(r, dtype=float) for r in cond]
+
+    def q_of(parts: list[np.ndarray], rows: np.ndarray) -> float:
+        return float(np.quantile(np.concatenate([parts[i] for i in rows]), q, method="inverted_cdf"))
+
+    every = np.arange(len(b))
+    point = q_of(c, every) - q_of(b, every)
+    if len(b) < 2:
+        return point, math.nan, math.nan
+    draws = np.random.default_rng(seed).integers(0, len(b), size=(resamples, len(b)))
+    diffs = [q_of(c, rows) - q_of(b, rows) for rows in draws]
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return point, float(lo), float(hi)
 
 
 def summary(samples: list[Sample]) -> dict[str, Any]:
