@@ -13,7 +13,11 @@ measured; `--stub full` is the stub server itself):
                   its 8 slots stay busy, its queue (256) fills and the rest is dropped and counted
 Open-loop Poisson load at --rate from this process (harness/testing/load.py); blocks of --block-s go
 round-robin over the conditions, --rounds times, so a change in the shared machine's load hits every
-condition alike. Printed: TTFT and total latency p50/p99/p99.9, the difference against direct, the
+condition alike. Each block starts with --settle-s of the same load that is not counted: after the
+other conditions' blocks the client's connections are new, and the proxy has dropped its upstream
+ones (idle over 3 s, harness/proxy/h1.py), so the first requests pay for connects through the proxy
+(its early requests' p90 was +4 ms over direct's in 5 s blocks), a gap a steady 200 req/s never has;
+`--settle-s 0` counts them. Printed: TTFT and total latency p50/p99/p99.9, the difference against direct, the
 proxy's CPU per request (user + system from /proc, psutil), and what each proxy mirrored and dropped;
 then what each proxy adds at p50 and p99 with a 95 % interval from resampling the rounds
 (`load.added_quantile`: one run's p99 moves by a few ms with the machine's load, so a single figure
@@ -137,6 +141,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--block-s", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=8, help="the intervals resample rounds: use at least 5")
+    ap.add_argument("--settle-s", type=float, default=0.5, help="the start of each block, not counted (connections)")
     ap.add_argument("--stall-s", type=float, default=30.0)
     ap.add_argument("--ramp", default="50,75,100,150,200,300")
     ap.add_argument("--ramp-s", type=float, default=6.0)
@@ -187,6 +192,7 @@ def main() -> None:
                 uvloop.run(run_load(url, 50, 1.0, body=body, also_url=also))
             samples: dict[str, list] = {c: [] for c in conds}
             by_round: dict[str, list[list]] = {c: [] for c in conds}  # one block's samples per round
+            sent = {c: 0 for c in conds}
             cpu = {c: 0.0 for c in conds}  # the proxy's two processes
             serving_cpu = {c: 0.0 for c in conds}  # of which the serving process
             gen_cpu = {c: 0.0 for c in conds}  # the load generator (this process)
@@ -197,7 +203,9 @@ def main() -> None:
                 for c, (url, p, also) in conds.items():
                     before = proxy_cpu_s(p.pid) if p else (0.0, 0.0)
                     stubs0, gen0 = sum(cpu_s(q.pid) for q in procs), time.process_time()
-                    got = uvloop.run(run_load(url, args.rate, args.block_s, body=body, seed=rnd, also_url=also))
+                    got = uvloop.run(run_load(url, args.rate, args.settle_s + args.block_s, body=body, seed=rnd, also_url=also))
+                    sent[c] += len(got)  # CPU per request counts the settling ones too
+                    got = [x for x in got if x.scheduled_s >= args.settle_s]
                     samples[c] += got
                     by_round[c].append(got)
                     gen_cpu[c] += time.process_time() - gen0
@@ -210,7 +218,8 @@ def main() -> None:
                   f"load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after ({time.time() - t_start:.0f} s)")
             print(f"pinned: each proxy on core {args.core}, stubs and load generator on cores {sorted(others)}" if args.pin
                   else "not pinned: proxies, stubs and load generator share every core")
-            print(f"load: {args.rate:g} req/s Poisson, {args.rounds} x {args.block_s:g} s blocks per condition, round-robin; "
+            print(f"load: {args.rate:g} req/s Poisson, {args.rounds} x {args.block_s:g} s blocks per condition (each after "
+                  f"{args.settle_s:g} s not counted), round-robin; "
                   f"{args.stub} stub, TTFT 20 ms, 400 tok/s, {TOKENS} tokens streamed; stalled candidate answers after {args.stall_s:g} s")
             base = summary(samples["direct"])
             print(f"{'condition':<13} {'ok':>5} {'err':>4} {'TTFT p50':>8} {'p99':>7} {'p99.9':>7} {'total p50':>9} {'p99':>7} "
@@ -223,7 +232,7 @@ def main() -> None:
                 print(f"{c:<13} {s['ok']:>5} {s['errors']:>4} {ms(s['ttft_p50_s']):>8} {ms(s['ttft_p99_s']):>7} {ms(s['ttft_p999_s']):>7} "
                       f"{ms(s['latency_p50_s']):>9} {ms(s['latency_p99_s']):>7} {ms(s['latency_p999_s']):>7} "
                       f"{ms(dif['ttft_p50_s']):>9} {ms(dif['ttft_p99_s']):>6} {ms(dif['latency_p50_s']):>8} {ms(dif['latency_p99_s']):>6} "
-                      f"{(1000 * cpu[c] / max(len(samples[c]), 1)) if p else float('nan'):>10.3f} "
+                      f"{(1000 * cpu[c] / max(sent[c], 1)) if p else float('nan'):>10.3f} "
                       f"{m['mirrored'] if m else '-':>8} {m['queue_full'] if m else '-':>7}", flush=True)
             both = summary(samples["direct+cand"]), summary(samples["proxy 100%"])
             print("proxy 100% against direct+cand (the candidate stub equally loaded, no proxy): "
@@ -237,7 +246,7 @@ def main() -> None:
                             for row in to_dicts(got):
                                 f.write(json.dumps({"condition": c, "round": rnd, **row}) + "\n")
             for c, (_, p, _) in conds.items():
-                n = max(len(samples[c]), 1)
+                n = max(sent[c], 1)
                 print(f"{c}: " + (f"proxy {1000 * cpu[c] / n * args.rate / 1000:.2f} cores at {args.rate:g} req/s "
                                   f"(serving {1000 * serving_cpu[c] / n:.2f} ms/req, recording {1000 * (cpu[c] - serving_cpu[c]) / n:.2f}); "
                                   if p else "")
